@@ -1,0 +1,126 @@
+"""The Celery worker step, install(app), the worker options and the inspect command: thin glue."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+from celery import bootsteps
+from celery.utils.log import get_logger
+from celery.worker.control import inspect_command
+
+from .config import DEFAULTS, load_config
+from .service import Service
+
+__all__ = ["RedisStreamStep", "install"]
+
+logger = get_logger(__name__)
+
+
+class RedisStreamStep(bootsteps.StartStopStep):
+    """Runs the stream readers in the worker's main process, after the pool started.
+
+    Requiring the pool means prefork children are forked before the reader
+    thread exists, so each worker process has exactly one reader.
+    """
+
+    label = "RedisStream"
+    requires = ("celery.worker.components:Pool",)
+
+    def __init__(
+        self,
+        parent: Any,
+        without_redis_stream: bool = False,
+        redis_streams: str | None = None,
+        **options: Any,
+    ) -> None:
+        self.enabled = not without_redis_stream
+        self.only = tuple(s.strip() for s in redis_streams.split(",") if s.strip()) if redis_streams else None
+        self.service: Service | None = None
+        parent.redis_stream = None
+        super().__init__(parent, **options)
+
+    def include_if(self, parent: Any) -> bool:
+        return self.enabled
+
+    def create(self, parent: Any) -> Service | None:
+        app = parent.app
+        unknown = sorted(k for k in app.conf if k.lower().startswith("stream_") and k.lower() not in DEFAULTS)
+        if unknown:
+            logger.warning("redis-stream: ignoring unknown setting(s) %s", ", ".join(unknown))
+        # Raising here stops the worker before the pool starts and before anything is read.
+        config = load_config(app, only=self.only)
+        if not config.streams:
+            logger.info("redis-stream: no streams mapped (stream_tasks is empty); not reading")
+            return None
+        self.service = Service(app, config, consumer=parent.hostname)
+        parent.redis_stream = self.service
+        return self.service
+
+    def start(self, parent: Any) -> None:
+        service = self.service
+        if service is None:
+            return
+        described = ", ".join(
+            f"{sc.stream}->{sc.task} ({sc.mode} {sc.group if sc.mode == 'group' else sc.tracker_key})"
+            for sc in service.config.streams
+        )
+        logger.info(
+            "redis-stream: reading %s from %s as consumer %s", described, service.config.safe_url, service.consumer
+        )
+        service.start()
+
+    def stop(self, parent: Any) -> None:
+        self._shutdown()
+
+    def terminate(self, parent: Any) -> None:
+        self._shutdown()
+
+    def _shutdown(self) -> None:
+        service = self.service
+        if service is not None and not service.stop_event.is_set():
+            service.stop()
+            logger.info("redis-stream: stopped")
+
+    def info(self, parent: Any) -> dict[str, Any]:
+        service = self.service
+        return {"redis_stream": service.info() if service is not None else {"streams": []}}
+
+
+@inspect_command()
+def redis_stream(state: Any, **kwargs: Any) -> dict[str, Any]:
+    """Readers of this worker: streams, mode, counts, last id, paused, last error."""
+    service = getattr(state.consumer.controller, "redis_stream", None)
+    if service is None:
+        return {"enabled": False, "streams": []}
+    info = service.info()
+    info["enabled"] = True
+    info["alive"] = service.alive
+    return info
+
+
+def install(app: Any) -> Any:
+    """Add the step, the worker options and the inspect command to ``app``. Idempotent."""
+    steps = app.steps["worker"]
+    if RedisStreamStep not in steps:
+        steps.add(RedisStreamStep)
+    options = app.user_options["worker"]
+    names = {getattr(o, "name", None) for o in options}
+    if "without_redis_stream" not in names:
+        options.add(
+            click.Option(
+                ["--without-redis-stream"],
+                is_flag=True,
+                default=False,
+                help="Do not read Redis streams in this worker.",
+            )
+        )
+    if "redis_streams" not in names:
+        options.add(
+            click.Option(
+                ["--redis-streams"],
+                default=None,
+                help="Comma-separated stream names: read only these of the mapped streams.",
+            )
+        )
+    return app

@@ -1,0 +1,276 @@
+"""Settings, read once from ``app.conf`` into frozen dataclasses; the only reader of app.conf."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, cast
+
+from kombu.utils.url import maybe_sanitize_url
+
+from .entry import CallShape, Converter
+from .exceptions import StreamConfigError
+
+__all__ = ["StreamConfig", "BridgeConfig", "load_config", "Mode"]
+
+Mode = Literal["group", "tracker"]
+MODES = ("group", "tracker")
+CALLS = ("fields", "kwargs", "entry")
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+STREAM_KEYS = frozenset(
+    {
+        "task", "queue", "options", "call", "converter", "mode", "group", "start",
+        "tracker", "batch_size", "registered", "max_queue_length",
+    }
+)  # fmt: skip
+
+DEFAULTS: dict[str, Any] = {
+    "stream_tasks": {},
+    "stream_url": None,
+    "stream_mode": "group",
+    "stream_group": "celery",
+    "stream_consumer": None,
+    "stream_start": "$",
+    "stream_batch_size": 100,
+    "stream_block_ms": 1000,
+    "stream_claim_idle_ms": 60000,
+    "stream_dead_letter": "{stream}:dead",
+    "stream_max_entry_bytes": 1048576,
+    "stream_max_queue_length": None,
+    "stream_tracker_prefix": "stream_tracker:",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class StreamConfig:
+    """How one stream maps to one task."""
+
+    stream: str
+    task: str
+    mode: Mode
+    group: str
+    start: str
+    tracker_key: str
+    batch_size: int
+    dead_letter: str
+    call: CallShape = "fields"
+    converter: Converter | None = None
+    converter_path: str | None = None
+    queue: str | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+    registered: bool = True
+    max_queue_length: int | None = None
+
+    @property
+    def lease_key(self) -> str:
+        return f"{self.tracker_key}:lease"
+
+    @property
+    def position_name(self) -> str:
+        """What a task id is derived from besides the entry: the group or the tracker."""
+        return f"group:{self.group}" if self.mode == "group" else f"tracker:{self.tracker_key}"
+
+
+@dataclass(frozen=True, slots=True)
+class BridgeConfig:
+    """All settings of one worker's bridge."""
+
+    url: str
+    consumer: str | None
+    block_ms: int
+    claim_idle_ms: int
+    max_entry_bytes: int
+    streams: tuple[StreamConfig, ...]
+
+    @property
+    def safe_url(self) -> str:
+        return str(maybe_sanitize_url(self.url))
+
+    def __repr__(self) -> str:
+        return f"<BridgeConfig url={self.safe_url!r} streams={[s.stream for s in self.streams]!r}>"
+
+
+def _fail(setting: str, problem: str, stream: str | None = None) -> StreamConfigError:
+    where = f" for stream {stream!r}" if stream is not None else ""
+    return StreamConfigError(f"celery-redis-stream: setting {setting}{where}: {problem}")
+
+
+def _int(value: Any, setting: str, stream: str | None = None, *, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _fail(setting, f"expected an integer, got {value!r}", stream)
+    if value < minimum:
+        raise _fail(setting, f"must be at least {minimum}, got {value}", stream)
+    return value
+
+
+def _str(value: Any, setting: str, stream: str | None = None) -> str:
+    if not isinstance(value, str) or not value:
+        raise _fail(setting, f"expected a non-empty string, got {value!r}", stream)
+    return value
+
+
+def _start(value: Any, setting: str, stream: str | None = None) -> str:
+    value = _str(str(value) if isinstance(value, int) and not isinstance(value, bool) else value, setting, stream)
+    if value in ("$", "0"):
+        return value
+    ms, _, seq = value.partition("-")
+    if not ms.isdigit() or (seq and not seq.isdigit()):
+        raise _fail(setting, f"expected '$', '0' or an entry id like '1700000000000-0', got {value!r}", stream)
+    return value
+
+
+def import_converter(path: str, stream: str) -> Converter:
+    module_name, sep, attr = path.partition(":")
+    if not sep or not module_name or not attr:
+        raise _fail("stream_tasks", f"converter must look like 'package.module:function', got {path!r}", stream)
+    try:
+        obj: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except Exception as exc:
+        raise _fail("stream_tasks", f"converter {path!r} does not import: {exc}", stream) from exc
+    if not callable(obj):
+        raise _fail("stream_tasks", f"converter {path!r} is not callable", stream)
+    return cast(Converter, obj)
+
+
+def default_url(conf: Any) -> str:
+    broker = conf.get("broker_url") or ""
+    if isinstance(broker, str):
+        first = broker.split(";")[0].strip()
+        if first.startswith(REDIS_SCHEMES):
+            return first
+    return "redis://localhost:6379/0"
+
+
+def _setting(conf: Any, name: str) -> Any:
+    value = conf.get(name)
+    return DEFAULTS[name] if value is None else value
+
+
+def load_config(app: Any, *, only: tuple[str, ...] | None = None, check_registered: bool = True) -> BridgeConfig:
+    """Read and check every ``stream_*`` setting of ``app`` once.
+
+    Raises :class:`StreamConfigError` (an ``ImproperlyConfigured``) naming the
+    setting and the stream. ``only`` keeps a subset of the mapped streams
+    (the worker's ``--redis-streams`` option); naming an unmapped stream is an error.
+    """
+    conf = app.conf
+    tasks = _setting(conf, "stream_tasks")
+    if not isinstance(tasks, Mapping):
+        raise _fail("stream_tasks", f"expected a mapping of stream name to task, got {type(tasks).__name__}")
+    mode = _setting(conf, "stream_mode")
+    if mode not in MODES:
+        raise _fail("stream_mode", f"expected one of {MODES}, got {mode!r}")
+    group = _str(_setting(conf, "stream_group"), "stream_group")
+    start = _start(_setting(conf, "stream_start"), "stream_start")
+    batch_size = _int(_setting(conf, "stream_batch_size"), "stream_batch_size", minimum=1)
+    block_ms = _int(_setting(conf, "stream_block_ms"), "stream_block_ms", minimum=1)
+    claim_idle_ms = _int(_setting(conf, "stream_claim_idle_ms"), "stream_claim_idle_ms", minimum=1)
+    max_entry_bytes = _int(_setting(conf, "stream_max_entry_bytes"), "stream_max_entry_bytes", minimum=1)
+    dead_letter = _str(_setting(conf, "stream_dead_letter"), "stream_dead_letter")
+    if "{stream}" not in dead_letter:
+        raise _fail("stream_dead_letter", f"must contain '{{stream}}', got {dead_letter!r}")
+    prefix = _str(_setting(conf, "stream_tracker_prefix"), "stream_tracker_prefix")
+    max_queue = conf.get("stream_max_queue_length")
+    if max_queue is not None:
+        max_queue = _int(max_queue, "stream_max_queue_length", minimum=1)
+    url = conf.get("stream_url") or default_url(conf)
+    if not isinstance(url, str):
+        raise _fail("stream_url", "expected a URL string")
+    if not url.startswith(REDIS_SCHEMES):
+        raise _fail("stream_url", f"expected a redis://, rediss:// or unix:// URL, got {maybe_sanitize_url(url)!r}")
+    consumer = conf.get("stream_consumer")
+    if consumer is not None:
+        consumer = _str(consumer, "stream_consumer")
+
+    if only is not None:
+        unknown = sorted(set(only) - set(tasks))
+        if unknown:
+            raise _fail("--redis-streams", f"names streams that stream_tasks does not map: {', '.join(unknown)}")
+
+    streams = []
+    for stream, spec in tasks.items():
+        if not isinstance(stream, str) or not stream:
+            raise _fail("stream_tasks", f"stream names must be non-empty strings, got {stream!r}")
+        if only is not None and stream not in only:
+            continue
+        if isinstance(spec, str):
+            spec = {"task": spec}
+        elif not isinstance(spec, Mapping):
+            raise _fail("stream_tasks", f"expected a task name or a dict of options, got {spec!r}", stream)
+        unknown_keys = sorted(set(spec) - STREAM_KEYS)
+        if unknown_keys:
+            raise _fail(
+                "stream_tasks",
+                f"unknown option(s) {', '.join(map(repr, unknown_keys))}; allowed: {', '.join(sorted(STREAM_KEYS))}",
+                stream,
+            )
+        if "task" not in spec:
+            raise _fail("stream_tasks", "the 'task' option is required", stream)
+        task = _str(spec["task"], "stream_tasks 'task'", stream).strip()
+        if not task:
+            raise _fail("stream_tasks", "the task name is empty", stream)
+        registered = spec.get("registered", True)
+        if not isinstance(registered, bool):
+            raise _fail("stream_tasks 'registered'", f"expected True or False, got {registered!r}", stream)
+        if registered and check_registered and task not in app.tasks:
+            raise _fail(
+                "stream_tasks",
+                f"task {task!r} is not registered in this app (import it, or set 'registered': False "
+                "if another worker runs it)",
+                stream,
+            )
+        call = spec.get("call", "fields")
+        if call not in CALLS:
+            raise _fail("stream_tasks 'call'", f"expected one of {CALLS}, got {call!r}", stream)
+        converter_path = spec.get("converter")
+        converter = None
+        if converter_path is not None:
+            converter = import_converter(_str(converter_path, "stream_tasks 'converter'", stream), stream)
+        stream_mode = spec.get("mode", mode)
+        if stream_mode not in MODES:
+            raise _fail("stream_tasks 'mode'", f"expected one of {MODES}, got {stream_mode!r}", stream)
+        queue = spec.get("queue")
+        if queue is not None:
+            queue = _str(queue, "stream_tasks 'queue'", stream)
+        options = spec.get("options", {})
+        if not isinstance(options, Mapping):
+            raise _fail("stream_tasks 'options'", f"expected a dict of send_task options, got {options!r}", stream)
+        reserved = sorted({"task_id", "args", "kwargs", "producer", "name"} & set(options))
+        if reserved:
+            raise _fail("stream_tasks 'options'", f"{', '.join(reserved)} cannot be set per stream", stream)
+        tracker_name = spec.get("tracker", "{%s}" % stream)
+        tracker_name = _str(tracker_name, "stream_tasks 'tracker'", stream)
+        stream_max_queue = spec.get("max_queue_length", max_queue)
+        if stream_max_queue is not None:
+            stream_max_queue = _int(stream_max_queue, "stream_tasks 'max_queue_length'", stream, minimum=1)
+        streams.append(
+            StreamConfig(
+                stream=stream,
+                task=task,
+                mode=stream_mode,
+                group=_str(spec.get("group", group), "stream_tasks 'group'", stream),
+                start=_start(spec.get("start", start), "stream_tasks 'start'", stream),
+                tracker_key=f"{prefix}{tracker_name}",
+                batch_size=_int(spec.get("batch_size", batch_size), "stream_tasks 'batch_size'", stream, minimum=1),
+                dead_letter=dead_letter.format(stream=stream),
+                call=call,
+                converter=converter,
+                converter_path=converter_path,
+                queue=queue,
+                options=dict(options),
+                registered=registered,
+                max_queue_length=stream_max_queue,
+            )
+        )
+    return BridgeConfig(
+        url=url,
+        consumer=consumer,
+        block_ms=block_ms,
+        claim_idle_ms=claim_idle_ms,
+        max_entry_bytes=max_entry_bytes,
+        streams=tuple(streams),
+    )

@@ -1,0 +1,24 @@
+"""Exceptions raised by celery-redis-stream."""
+
+from __future__ import annotations
+
+from celery.exceptions import ImproperlyConfigured
+
+__all__ = ["StreamError", "StreamConfigError", "EntryError"]
+
+
+class StreamError(Exception):
+    """Base class of every error raised by celery-redis-stream."""
+
+
+class StreamConfigError(StreamError, ImproperlyConfigured):
+    """A ``stream_*`` setting is invalid; the message names the setting and the stream."""
+
+
+class EntryError(StreamError):
+    """A stream entry cannot become a task; it goes to the dead-letter stream."""
+
+    def __init__(self, reason: str, error: str) -> None:
+        super().__init__(f"{reason}: {error}")
+        self.reason = reason
+        self.error = error

@@ -1,0 +1,385 @@
+"""The reading loops: stop event, bounded block, backoff; runs without a worker (testable alone)."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from celery.utils.log import get_logger
+from kombu.utils.url import maybe_sanitize_url
+from redis.exceptions import AuthenticationError, NoPermissionError, ResponseError
+
+from .config import BridgeConfig, StreamConfig
+from .dispatch import BrokerUnavailable, Dispatcher
+from .entry import RawEntry
+from .position import Lease, LeaseLost, commit
+from .reader import autoclaim, connect, delivery_counts, ensure_group, is_nogroup, read_group, read_tracked
+from .reader import start_position
+
+__all__ = ["Service", "StreamStats"]
+
+logger = get_logger(__name__)
+
+BACKOFF_MIN = 0.2
+BACKOFF_MAX = 10.0
+
+
+@dataclass
+class StreamStats:
+    """What one stream's reader has done; shown by ``celery inspect redis_stream``."""
+
+    stream: str
+    mode: str
+    task: str
+    group: str | None
+    tracker: str | None
+    dispatched: int = 0
+    dead_lettered: int = 0
+    trimmed: int = 0
+    last_id: str | None = None
+    reading: bool = False
+    paused: bool = False
+    last_error: str | None = None
+
+
+class Fatal(Exception):
+    """An error that retrying cannot fix (missing ACL permission, a key of the wrong type)."""
+
+
+def _fatal(exc: BaseException) -> bool:
+    if isinstance(exc, (NoPermissionError, AuthenticationError)):
+        return True
+    text = str(exc)
+    return isinstance(exc, ResponseError) and text.startswith(("NOPERM", "WRONGTYPE", "NOAUTH", "WRONGPASS"))
+
+
+def _describe(exc: BaseException) -> str:
+    return str(maybe_sanitize_url(f"{type(exc).__name__}: {exc}"))[:500]
+
+
+class _Loop(threading.Thread):
+    """One thread, one Redis client, one blocking read for all its streams."""
+
+    def __init__(self, service: Service, streams: Sequence[StreamConfig], batch_size: int, name: str) -> None:
+        super().__init__(name=name, daemon=True)
+        self.service = service
+        self.streams = {sc.stream: sc for sc in streams}
+        self.batch_size = batch_size
+        self.client: Any = None
+        self.dispatcher = Dispatcher(service.app, max_entry_bytes=service.config.max_entry_bytes)
+        self.failures = 0
+
+    @property
+    def block_ms(self) -> int:
+        return self.service.config.block_ms
+
+    @property
+    def stopping(self) -> bool:
+        return self.service.stop_event.is_set()
+
+    def run(self) -> None:
+        try:
+            while not self.stopping:
+                try:
+                    if self.client is None:
+                        self.client = connect(self.service.config)
+                    self.step()
+                    if self.failures:
+                        logger.info("redis-stream: %s recovered after %d failed attempt(s)", self.name, self.failures)
+                        self.failures = 0
+                        for stats in self._stats():
+                            stats.last_error = None
+                except Exception as exc:
+                    if _fatal(exc):
+                        self._give_up(exc)
+                        return
+                    self._retry_later(exc)
+        finally:
+            self.cleanup()
+
+    def _stats(self) -> list[StreamStats]:
+        return [self.service.stats[s] for s in self.streams]
+
+    def _give_up(self, exc: BaseException) -> None:
+        error = _describe(exc)
+        for stats in self._stats():
+            stats.last_error, stats.reading = error, False
+        logger.error(
+            "redis-stream: %s stopped reading %s: %s (not retried: fix the Redis permissions or the key, "
+            "then restart the worker)",
+            self.name, ",".join(self.streams), error,
+        )  # fmt: skip
+
+    def _retry_later(self, exc: BaseException) -> None:
+        self.failures += 1
+        error = _describe(exc)
+        for stats in self._stats():
+            stats.last_error = error
+        delay = min(BACKOFF_MAX, BACKOFF_MIN * 2 ** min(self.failures - 1, 10)) * random.uniform(0.5, 1.0)
+        log = logger.warning if self.failures == 1 else logger.debug
+        if isinstance(exc, BrokerUnavailable):
+            log("redis-stream: %s: broker unavailable, position kept, retrying: %s", self.name, error)
+        elif isinstance(exc, LeaseLost):
+            log("redis-stream: %s: %s", self.name, error)
+        else:
+            log("redis-stream: %s: %s; retrying in %.1fs", self.name, error, delay, exc_info=self.failures == 1)
+        self.on_error(exc)
+        self.service.stop_event.wait(delay)
+
+    def on_error(self, exc: BaseException) -> None:
+        """Forget what is not known to be true any more after an error."""
+
+    def cleanup(self) -> None:
+        self.dispatcher.close()
+        client, self.client = self.client, None
+        if client is not None:
+            try:
+                client.close()
+            except Exception:  # closing a broken connection may fail; it is discarded anyway
+                pass
+
+    def handle(
+        self,
+        sc: StreamConfig,
+        entries: Sequence[RawEntry],
+        *,
+        counts: dict[str, int] | None = None,
+        trimmed: Sequence[str] = (),
+        lease: Lease | None = None,
+    ) -> None:
+        """Dispatch a batch of one stream, then move its position past it."""
+        stats = self.service.stats[sc.stream]
+        dead = self.dispatcher.send(sc, entries, counts) if entries else []
+        ids = [e.id for e in entries]
+        commit(self.client, sc, [*ids, *trimmed] if sc.mode == "group" else ids, dead, lease=lease)
+        for letter in dead:
+            logger.error(
+                "redis-stream: dead-lettered stream=%s id=%s reason=%s to=%s: %s",
+                sc.stream, letter.raw.id, letter.reason, sc.dead_letter, letter.error,
+            )  # fmt: skip
+        if trimmed:
+            logger.warning(
+                "redis-stream: %d pending entr%s of stream=%s were trimmed before dispatch and cannot be "
+                "sent: %s",
+                len(trimmed), "y" if len(trimmed) == 1 else "ies", sc.stream, ",".join(trimmed[:10]),
+            )  # fmt: skip
+        stats.dispatched += len(entries) - len(dead)
+        stats.dead_lettered += len(dead)
+        stats.trimmed += len(trimmed)
+        if ids:
+            stats.last_id = ids[-1]
+
+
+class GroupLoop(_Loop):
+    """Group mode: own pending entries first, then new ones; claims what dead consumers left."""
+
+    def __init__(self, service: Service, streams: Sequence[StreamConfig], batch_size: int, group: str) -> None:
+        super().__init__(service, streams, batch_size, name=f"redis-stream group={group}")
+        self.group = group
+        self.consumer = service.consumer
+        self.started = False
+        self.needs_setup = True
+        self.pending: dict[str, str] = {}
+        self.next_claim = 0.0
+        claim_ms = service.config.claim_idle_ms
+        self.claim_every = min(max(claim_ms / 2000, self.block_ms / 1000), 30.0)
+
+    def setup(self) -> None:
+        for sc in self.streams.values():
+            # A group missing at start follows stream_start; one that vanishes
+            # while we run (Redis restarted empty, key deleted) comes back from
+            # "0": "$" would silently skip what was written in between.
+            if ensure_group(self.client, sc, None if not self.started else "0") and self.started:
+                logger.warning(
+                    "redis-stream: group %s on stream %s was missing; recreated from 0", sc.group, sc.stream
+                )
+            self.service.stats[sc.stream].reading = True
+        self.started = True
+        self.needs_setup = False
+        self.pending = {s: "0" for s in self.streams}
+
+    def step(self) -> None:
+        if self.needs_setup:
+            self.setup()
+        if self.pending:
+            self.recover_own_pending()
+            return
+        if time.monotonic() >= self.next_claim:
+            self.claim()
+            self.next_claim = time.monotonic() + self.claim_every
+        positions = {s: ">" for s in self.streams if not self.service.paused(self.streams[s])}
+        if not positions:
+            self.service.stop_event.wait(self.block_ms / 1000)
+            return
+        reply = read_group(
+            self.client, self.group, self.consumer, positions, count=self.batch_size, block_ms=self.block_ms
+        )
+        for stream, entries in reply.items():
+            if entries:
+                self.handle(self.streams[stream], entries)
+
+    def recover_own_pending(self) -> None:
+        reply = read_group(self.client, self.group, self.consumer, self.pending, count=self.batch_size, block_ms=None)
+        for stream in list(self.pending):
+            entries = reply.get(stream) or []
+            if not entries:
+                del self.pending[stream]
+                continue
+            sc = self.streams[stream]
+            self.pending[stream] = entries[-1].id
+            live = [e for e in entries if e.pairs is not None]
+            trimmed = [e.id for e in entries if e.pairs is None]
+            counts = delivery_counts(self.client, sc, self.consumer, [e.id for e in live]) if live else {}
+            self.handle(sc, live, counts=counts, trimmed=trimmed)
+
+    def claim(self) -> None:
+        min_idle = self.service.config.claim_idle_ms
+        for sc in self.streams.values():
+            cursor = "0-0"
+            while not self.stopping:
+                cursor, entries, trimmed = autoclaim(
+                    self.client, sc, self.consumer, min_idle_ms=min_idle, start=cursor, count=self.batch_size
+                )
+                if entries or trimmed:
+                    logger.info(
+                        "redis-stream: claimed %d idle entr%s of stream=%s group=%s",
+                        len(entries), "y" if len(entries) == 1 else "ies", sc.stream, sc.group,
+                    )  # fmt: skip
+                    counts = delivery_counts(self.client, sc, self.consumer, [e.id for e in entries])
+                    self.handle(sc, entries, counts=counts, trimmed=trimmed)
+                if cursor in ("0-0", "0"):
+                    break
+
+    def on_error(self, exc: BaseException) -> None:
+        if isinstance(exc, (BrokerUnavailable, LeaseLost)):
+            # Whatever was read but not acknowledged sits in our own pending
+            # list: re-reading it from "0" resumes exactly where it failed.
+            self.pending = {s: "0" for s in self.streams}
+        else:
+            # Redis failed: the group may be gone (restart, deleted key).
+            self.needs_setup = True
+
+
+class TrackerLoop(_Loop):
+    """Tracker mode: XREAD after a stored position, one worker per stream under a lease."""
+
+    def __init__(self, service: Service, streams: Sequence[StreamConfig], batch_size: int) -> None:
+        super().__init__(service, streams, batch_size, name="redis-stream tracker")
+        self.lease: Lease | None = None
+        self.owned: dict[str, str] = {}
+
+    @property
+    def lease_ms(self) -> int:
+        return max(self.service.config.claim_idle_ms, 3 * self.block_ms)
+
+    def step(self) -> None:
+        if self.lease is None:
+            self.lease = Lease(self.client, self.service.consumer, self.lease_ms)
+        lease = self.lease
+        for stream, sc in self.streams.items():
+            stats = self.service.stats[stream]
+            if lease.acquire(sc):
+                if stream not in self.owned:
+                    self.owned[stream] = start_position(self.client, sc)
+                    logger.info(
+                        "redis-stream: reading tracked stream=%s from %s (lease %s)",
+                        stream, self.owned[stream], sc.lease_key,
+                    )  # fmt: skip
+                stats.reading = True
+            elif stream in self.owned or stats.reading:
+                self.owned.pop(stream, None)
+                stats.reading = False
+                logger.warning("redis-stream: lease on stream=%s taken by another worker; standing by", stream)
+        positions = {s: p for s, p in self.owned.items() if not self.service.paused(self.streams[s])}
+        if not positions:
+            self.service.stop_event.wait(self.block_ms / 1000)
+            return
+        reply = read_tracked(self.client, positions, count=self.batch_size, block_ms=self.block_ms)
+        for stream, entries in reply.items():
+            if not entries or stream not in self.owned:
+                continue
+            try:
+                self.handle(self.streams[stream], entries, lease=lease)
+            except LeaseLost:
+                self.owned.pop(stream, None)
+                self.service.stats[stream].reading = False
+                raise
+            self.owned[stream] = entries[-1].id
+
+    def on_error(self, exc: BaseException) -> None:
+        # Reload positions from the tracker keys: they hold what was committed.
+        self.owned.clear()
+
+    def cleanup(self) -> None:
+        if self.lease is not None and self.client is not None:
+            for stream in list(self.owned):
+                try:
+                    self.lease.release(self.streams[stream])
+                except Exception:  # an unreleased lease expires by itself
+                    pass
+            self.owned.clear()
+        super().cleanup()
+
+
+class Service:
+    """All readers of one worker: start() returns at once, stop() is idempotent and prompt."""
+
+    def __init__(self, app: Any, config: BridgeConfig, *, consumer: str) -> None:
+        self.app = app
+        self.config = config
+        self.consumer = config.consumer or consumer
+        self.stop_event = threading.Event()
+        self.stats = {
+            sc.stream: StreamStats(
+                stream=sc.stream,
+                mode=sc.mode,
+                task=sc.task,
+                group=sc.group if sc.mode == "group" else None,
+                tracker=sc.tracker_key if sc.mode == "tracker" else None,
+            )
+            for sc in config.streams
+        }
+        self.loops: list[_Loop] = []
+        groups: dict[tuple[str, int], list[StreamConfig]] = {}
+        tracked: dict[int, list[StreamConfig]] = {}
+        for sc in config.streams:
+            if sc.mode == "group":
+                groups.setdefault((sc.group, sc.batch_size), []).append(sc)
+            else:
+                tracked.setdefault(sc.batch_size, []).append(sc)
+        for (group, size), streams in groups.items():
+            self.loops.append(GroupLoop(self, streams, size, group))
+        for size, streams in tracked.items():
+            self.loops.append(TrackerLoop(self, streams, size))
+
+    def paused(self, sc: StreamConfig) -> bool:
+        return False
+
+    def start(self) -> None:
+        for loop in self.loops:
+            loop.start()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Finish the batch in flight, then stop; waits at most about one read."""
+        self.stop_event.set()
+        if timeout is None:
+            timeout = self.config.block_ms / 1000 + 5
+        deadline = time.monotonic() + timeout
+        for loop in self.loops:
+            if loop.is_alive() and loop is not threading.current_thread():
+                loop.join(max(0.0, deadline - time.monotonic()))
+
+    @property
+    def alive(self) -> bool:
+        return any(loop.is_alive() for loop in self.loops)
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "url": self.config.safe_url,
+            "consumer": self.consumer,
+            "streams": [asdict(stats) for stats in self.stats.values()],
+        }

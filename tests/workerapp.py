@@ -1,0 +1,78 @@
+"""The Celery app that the end-to-end tests run as real `celery worker` processes.
+
+Settings come from the environment (CRS_*), so each test chooses its own
+Redis servers and stream mapping.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+import redis
+from celery import Celery
+
+import celery_redis_stream
+
+app = Celery("workerapp", broker=os.environ.get("CRS_BROKER_URL", "memory://"))
+app.conf.update(
+    stream_url=os.environ.get("CRS_STREAM_URL"),
+    worker_hijack_root_logger=True,
+    broker_connection_retry_on_startup=True,
+    task_acks_late=False,
+)
+app.conf.update(json.loads(os.environ.get("CRS_CONF", "{}")))
+
+_ledger: redis.Redis | None = None
+
+
+def ledger() -> redis.Redis:
+    global _ledger
+    if _ledger is None:
+        _ledger = redis.Redis.from_url(os.environ["CRS_LEDGER_URL"])
+    return _ledger
+
+
+def _record(request: Any, args: Any, kwargs: Any) -> None:
+    ledger().rpush(
+        "executed",
+        json.dumps(
+            {
+                "task_id": request.id,
+                "stream": request.redis_stream,
+                "stream_id": request.redis_stream_id,
+                "args": args,
+                "kwargs": kwargs,
+                "pid": os.getpid(),
+                "hostname": request.hostname,
+            }
+        ),
+    )
+
+
+@app.task(bind=True, name="tests.record")
+def record(self: Any, *args: Any, **kwargs: Any) -> None:
+    _record(self.request, args, kwargs)
+
+
+@app.task(bind=True, name="tests.slow")
+def slow(self: Any, *args: Any, **kwargs: Any) -> None:
+    time.sleep(float(os.environ.get("CRS_SLOW_SECONDS", "0.01")))
+    _record(self.request, args, kwargs)
+
+
+def to_order(entry: celery_redis_stream.StreamEntry) -> tuple[list[Any], dict[str, Any]]:
+    """A converter: the order id as an int argument, the rest as kwargs."""
+    fields = dict(entry.fields)
+    return [int(fields.pop("order_id"))], {**fields, "delivery": entry.delivery_count}
+
+
+def broken_converter(entry: celery_redis_stream.StreamEntry) -> tuple[list[Any], dict[str, Any]]:
+    if entry.fields.get("bad"):
+        raise ValueError("bad entry")
+    return [entry.fields], {}
+
+
+celery_redis_stream.install(app)
