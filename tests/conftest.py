@@ -4,7 +4,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from .support import RedisServer
+from .support import RedisServer, Worker
 
 
 @pytest.fixture
@@ -15,3 +15,14 @@ def redis_server() -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def workers() -> Iterator[list[Worker]]:
+    """Collects the Worker processes a test starts; any still running at the end are killed."""
+    started: list[Worker] = []
+    try:
+        yield started
+    finally:
+        for worker in started:
+            worker.kill()

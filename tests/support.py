@@ -199,9 +199,10 @@ def produce_many(client: redis.Redis, stream: str, n: int, start: int = 0, **fie
 
 
 def queued_messages(client: redis.Redis, queue: str = "celery") -> list[dict[str, Any]]:
-    """Task messages waiting in a Redis-broker queue, decoded (headers)."""
+    """Task messages waiting in a Redis-broker queue, decoded (headers), oldest first."""
     out = []
-    for raw in client.lrange(queue, 0, -1):
+    # kombu's Redis transport LPUSHes and BRPOPs: the oldest message is last.
+    for raw in reversed(client.lrange(queue, 0, -1)):
         out.append(json.loads(raw)["headers"])
     return out
 

@@ -1,0 +1,150 @@
+"""Settings are read once, checked, and refused with a message naming the setting and the stream."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from celery import Celery
+from celery.exceptions import ImproperlyConfigured
+
+from celery_redis_stream import StreamConfigError, StreamError
+from celery_redis_stream.config import load_config
+
+
+def make_app(**conf: Any) -> Celery:
+    app = Celery("cfg", broker="redis://:secret@127.0.0.1:1/3", set_as_current=False)
+
+    @app.task(name="shop.handle", shared=False)
+    def handle(fields: Any) -> None: ...
+
+    app.conf.update(conf)
+    return app
+
+
+def test_a_task_name_maps_a_stream_with_the_documented_defaults() -> None:
+    config = load_config(make_app(stream_tasks={"orders": "shop.handle"}))
+    (sc,) = config.streams
+    assert (sc.stream, sc.task, sc.mode, sc.group, sc.start, sc.batch_size) == (
+        "orders", "shop.handle", "group", "celery", "$", 100,
+    )  # fmt: skip
+    assert sc.call == "fields"
+    assert sc.tracker_key == "stream_tracker:{orders}"
+    assert sc.dead_letter == "orders:dead"
+    assert config.block_ms == 1000 and config.claim_idle_ms == 60000
+    assert config.max_entry_bytes == 1048576
+
+
+def test_stream_url_defaults_to_a_redis_broker_and_never_shows_its_password() -> None:
+    config = load_config(make_app(stream_tasks={"orders": "shop.handle"}))
+    assert config.url == "redis://:secret@127.0.0.1:1/3"
+    assert "secret" not in config.safe_url
+    assert "secret" not in repr(config)
+
+
+def test_stream_url_falls_back_to_local_redis_for_an_amqp_broker() -> None:
+    app = make_app(stream_tasks={"orders": "shop.handle"})
+    app.conf.broker_url = "amqp://guest:guest@localhost//"
+    assert load_config(app).url == "redis://localhost:6379/0"
+
+
+def test_per_stream_options_override_the_global_settings() -> None:
+    app = make_app(
+        stream_tasks={
+            "payments": {
+                "task": "shop.handle",
+                "queue": "payments",
+                "options": {"priority": 5},
+                "call": "kwargs",
+                "mode": "tracker",
+                "group": "g2",
+                "start": "0",
+                "tracker": "pay",
+                "batch_size": 7,
+            }
+        },
+        stream_mode="group",
+        stream_tracker_prefix="t:",
+    )
+    (sc,) = load_config(app).streams
+    assert (sc.queue, dict(sc.options), sc.call, sc.mode, sc.group, sc.start, sc.batch_size) == (
+        "payments", {"priority": 5}, "kwargs", "tracker", "g2", "0", 7,
+    )  # fmt: skip
+    assert sc.tracker_key == "t:pay"
+
+
+def test_a_converter_is_imported_at_start_up() -> None:
+    app = make_app(stream_tasks={"o": {"task": "shop.handle", "converter": "tests.workerapp:to_order"}})
+    (sc,) = load_config(app).streams
+    assert sc.converter is not None and sc.converter.__name__ == "to_order"
+
+
+def test_the_user_mapping_is_not_mutated() -> None:
+    tasks = {"orders": {"task": "shop.handle"}}
+    load_config(make_app(stream_tasks=tasks))
+    assert tasks == {"orders": {"task": "shop.handle"}}
+
+
+@pytest.mark.parametrize(
+    ("conf", "words"),
+    [
+        ({"stream_tasks": {"orders": {"task": "shop.handle", "qeue": "x"}}}, ["stream_tasks", "orders", "qeue"]),
+        ({"stream_tasks": {"orders": {"queue": "x"}}}, ["stream_tasks", "orders", "task"]),
+        ({"stream_tasks": {"orders": ""}}, ["stream_tasks", "orders"]),
+        ({"stream_tasks": {"orders": "   "}}, ["stream_tasks", "orders", "empty"]),
+        ({"stream_tasks": {"orders": 5}}, ["stream_tasks", "orders"]),
+        ({"stream_tasks": ["orders"]}, ["stream_tasks"]),
+        ({"stream_tasks": {"orders": {"task": "shop.handle", "call": "args"}}}, ["call", "orders"]),
+        ({"stream_tasks": {"orders": {"task": "shop.handle", "converter": "no.such:fn"}}}, ["converter", "orders"]),
+        ({"stream_tasks": {"orders": {"task": "shop.handle", "converter": "nocolon"}}}, ["converter", "orders"]),
+        ({"stream_tasks": {"orders": "shop.unknown"}}, ["stream_tasks", "orders", "shop.unknown", "registered"]),
+        ({"stream_tasks": {"orders": {"task": "shop.handle", "mode": "x"}}}, ["mode", "orders"]),
+        ({"stream_tasks": {"orders": {"task": "shop.handle", "batch_size": 0}}}, ["batch_size", "orders"]),
+        ({"stream_tasks": {"orders": {"task": "shop.handle", "start": "yesterday"}}}, ["start", "orders"]),
+        ({"stream_tasks": {"orders": {"task": "shop.handle", "options": {"task_id": "x"}}}}, ["options", "task_id"]),
+        ({"stream_tasks": {"orders": {"task": "shop.handle", "registered": "no"}}}, ["registered", "orders"]),
+        ({"stream_tasks": {"o": "shop.handle"}, "stream_mode": "fanout"}, ["stream_mode"]),
+        ({"stream_tasks": {"o": "shop.handle"}, "stream_batch_size": "10"}, ["stream_batch_size"]),
+        ({"stream_tasks": {"o": "shop.handle"}, "stream_block_ms": 0}, ["stream_block_ms"]),
+        ({"stream_tasks": {"o": "shop.handle"}, "stream_claim_idle_ms": True}, ["stream_claim_idle_ms"]),
+        ({"stream_tasks": {"o": "shop.handle"}, "stream_dead_letter": "dead"}, ["stream_dead_letter"]),
+        ({"stream_tasks": {"o": "shop.handle"}, "stream_max_entry_bytes": -1}, ["stream_max_entry_bytes"]),
+        ({"stream_tasks": {"o": "shop.handle"}, "stream_max_queue_length": 0}, ["stream_max_queue_length"]),
+        ({"stream_tasks": {"o": "shop.handle"}, "stream_url": "amqp://x:pw@h//"}, ["stream_url"]),
+        ({"stream_tasks": {"o": "shop.handle"}, "stream_start": "-"}, ["stream_start"]),
+        ({"stream_tasks": {"o": "shop.handle"}, "stream_group": ""}, ["stream_group"]),
+    ],
+)
+def test_invalid_settings_are_refused_naming_setting_and_stream(conf: dict[str, Any], words: list[str]) -> None:
+    with pytest.raises(StreamConfigError) as info:
+        load_config(make_app(**conf))
+    message = str(info.value)
+    for word in words:
+        assert word in message
+    assert "pw" not in message
+    assert isinstance(info.value, ImproperlyConfigured) and isinstance(info.value, StreamError)
+
+
+def test_an_unregistered_task_is_allowed_when_the_stream_says_so() -> None:
+    app = make_app(stream_tasks={"orders": {"task": "elsewhere.task", "registered": False}})
+    assert load_config(app).streams[0].task == "elsewhere.task"
+
+
+def test_only_keeps_the_named_streams_and_refuses_unmapped_names() -> None:
+    app = make_app(stream_tasks={"a": "shop.handle", "b": "shop.handle"})
+    assert [s.stream for s in load_config(app, only=("b",)).streams] == ["b"]
+    with pytest.raises(StreamConfigError, match="--redis-streams.*zzz"):
+        load_config(app, only=("zzz",))
+
+
+def test_django_style_namespaced_settings_are_read(tmp_path: Any, monkeypatch: Any) -> None:
+    (tmp_path / "djsettings.py").write_text(
+        "CELERY_STREAM_TASKS = {'orders': 'shop.handle'}\nCELERY_STREAM_BATCH_SIZE = 9\n"
+        "CELERY_STREAM_URL = 'redis://127.0.0.1:1/5'\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    app = make_app()
+    app.config_from_object("djsettings", namespace="CELERY")
+    config = load_config(app)
+    assert config.url == "redis://127.0.0.1:1/5"
+    assert config.streams[0].batch_size == 9
