@@ -14,6 +14,7 @@ from kombu.utils.url import maybe_sanitize_url
 from redis.exceptions import AuthenticationError, NoPermissionError, ResponseError
 
 from .config import BridgeConfig, StreamConfig
+from .backpressure import QueueGauge, target_queue
 from .dispatch import BrokerUnavailable, Dispatcher
 from .entry import RawEntry
 from .position import Lease, LeaseLost, commit
@@ -71,6 +72,8 @@ class _Loop(threading.Thread):
         self.batch_size = batch_size
         self.client: Any = None
         self.dispatcher = Dispatcher(service.app, max_entry_bytes=service.config.max_entry_bytes)
+        self.gauge = QueueGauge(service.app)
+        self.queues = {sc.stream: target_queue(service.app, sc) for sc in streams if sc.max_queue_length}
         self.failures = 0
 
     @property
@@ -130,10 +133,35 @@ class _Loop(threading.Thread):
         self.on_error(exc)
         self.service.stop_event.wait(delay)
 
+    def step(self) -> None:
+        """One round: at most one blocking read and the batches it returned."""
+        raise NotImplementedError
+
     def on_error(self, exc: BaseException) -> None:
         """Forget what is not known to be true any more after an error."""
 
+    def paused(self, sc: StreamConfig) -> bool:
+        """Backpressure: leave the backlog in the stream while the target queue is full."""
+        if sc.max_queue_length is None:
+            return False
+        stats = self.service.stats[sc.stream]
+        queue = self.queues[sc.stream]
+        try:
+            size = self.gauge.size(queue)
+        except Exception as exc:
+            self.gauge.close()
+            raise BrokerUnavailable(f"cannot read the length of queue {queue!r}: {_describe(exc)}") from exc
+        paused = size > sc.max_queue_length
+        if paused != stats.paused:
+            stats.paused = paused
+            logger.info(
+                "redis-stream: %s stream=%s queue=%s length=%d limit=%d",
+                "pausing" if paused else "resuming", sc.stream, queue, size, sc.max_queue_length,
+            )  # fmt: skip
+        return paused
+
     def cleanup(self) -> None:
+        self.gauge.close()
         self.dispatcher.close()
         client, self.client = self.client, None
         if client is not None:
@@ -211,7 +239,7 @@ class GroupLoop(_Loop):
         if time.monotonic() >= self.next_claim:
             self.claim()
             self.next_claim = time.monotonic() + self.claim_every
-        positions = {s: ">" for s in self.streams if not self.service.paused(self.streams[s])}
+        positions = {s: ">" for s in self.streams if not self.paused(self.streams[s])}
         if not positions:
             self.service.stop_event.wait(self.block_ms / 1000)
             return
@@ -294,7 +322,7 @@ class TrackerLoop(_Loop):
                 self.owned.pop(stream, None)
                 stats.reading = False
                 logger.warning("redis-stream: lease on stream=%s taken by another worker; standing by", stream)
-        positions = {s: p for s, p in self.owned.items() if not self.service.paused(self.streams[s])}
+        positions = {s: p for s, p in self.owned.items() if not self.paused(self.streams[s])}
         if not positions:
             self.service.stop_event.wait(self.block_ms / 1000)
             return
@@ -355,9 +383,6 @@ class Service:
             self.loops.append(GroupLoop(self, streams, size, group))
         for size, streams in tracked.items():
             self.loops.append(TrackerLoop(self, streams, size))
-
-    def paused(self, sc: StreamConfig) -> bool:
-        return False
 
     def start(self) -> None:
         for loop in self.loops:
