@@ -1,0 +1,1 @@
+"""The `orders` app: the tasks that stream entries become."""
