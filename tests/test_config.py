@@ -53,7 +53,7 @@ def test_per_stream_options_override_the_global_settings() -> None:
         stream_tasks={
             "payments": {
                 "task": "shop.handle",
-                "queue": "payments",
+                "queue": "billing",
                 "options": {"priority": 5},
                 "call": "kwargs",
                 "mode": "tracker",
@@ -68,7 +68,7 @@ def test_per_stream_options_override_the_global_settings() -> None:
     )
     (sc,) = load_config(app).streams
     assert (sc.queue, dict(sc.options), sc.call, sc.mode, sc.group, sc.start, sc.batch_size) == (
-        "payments", {"priority": 5}, "kwargs", "tracker", "g2", "0", 7,
+        "billing", {"priority": 5}, "kwargs", "tracker", "g2", "0", 7,
     )  # fmt: skip
     assert sc.tracker_key == "t:pay"
 
@@ -123,6 +123,15 @@ def test_invalid_settings_are_refused_naming_setting_and_stream(conf: dict[str, 
         assert word in message
     assert "pw" not in message
     assert isinstance(info.value, ImproperlyConfigured) and isinstance(info.value, StreamError)
+
+
+def test_a_queue_named_like_a_stream_in_the_broker_database_is_refused() -> None:
+    app = make_app(stream_tasks={"payments": {"task": "shop.handle", "queue": "payments"}})
+    app.conf.broker_url = app.conf.stream_url = "redis://127.0.0.1:1/0"
+    with pytest.raises(StreamConfigError, match="payments.*same Redis database"):
+        load_config(app)
+    app.conf.stream_url = "redis://127.0.0.1:1/1"  # streams in another database: fine
+    assert load_config(app).streams[0].queue == "payments"
 
 
 def test_an_unregistered_task_is_allowed_when_the_stream_says_so() -> None:
