@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 import threading
 import time
@@ -10,16 +11,23 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from celery.utils.log import get_logger
-from kombu.utils.url import maybe_sanitize_url
 from redis.exceptions import AuthenticationError, NoPermissionError, ResponseError
 
-from .config import BridgeConfig, StreamConfig
 from .backpressure import QueueGauge, target_queue
+from .config import BridgeConfig, StreamConfig
 from .dispatch import BrokerUnavailable, Dispatcher
 from .entry import RawEntry
 from .position import Lease, LeaseLost, commit
-from .reader import autoclaim, connect, delivery_counts, ensure_group, is_nogroup, read_group, read_tracked
-from .reader import start_position
+from .reader import (
+    autoclaim,
+    connect,
+    delivery_counts,
+    ensure_group,
+    read_group,
+    read_tracked,
+    start_position,
+)
+from .redact import redact
 
 __all__ = ["Service", "StreamStats"]
 
@@ -59,7 +67,7 @@ def _fatal(exc: BaseException) -> bool:
 
 
 def _describe(exc: BaseException) -> str:
-    return str(maybe_sanitize_url(f"{type(exc).__name__}: {exc}"))[:500]
+    return redact(f"{type(exc).__name__}: {exc}")[:500]
 
 
 class _Loop(threading.Thread):
@@ -165,10 +173,8 @@ class _Loop(threading.Thread):
         self.dispatcher.close()
         client, self.client = self.client, None
         if client is not None:
-            try:
+            with contextlib.suppress(Exception):  # closing a broken connection may fail; it is discarded anyway
                 client.close()
-            except Exception:  # closing a broken connection may fail; it is discarded anyway
-                pass
 
     def handle(
         self,
@@ -345,10 +351,8 @@ class TrackerLoop(_Loop):
     def cleanup(self) -> None:
         if self.lease is not None and self.client is not None:
             for stream in list(self.owned):
-                try:
+                with contextlib.suppress(Exception):  # an unreleased lease expires by itself
                     self.lease.release(self.streams[stream])
-                except Exception:  # an unreleased lease expires by itself
-                    pass
             self.owned.clear()
         super().cleanup()
 

@@ -1,0 +1,106 @@
+"""The dead-letter stream of a mapped stream: list, requeue to the source stream, purge; raw bytes kept."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from .config import StreamConfig
+
+__all__ = ["BATCH", "DLQ_FIELDS", "DeadEntry", "batches", "purge", "read", "requeue"]
+
+#: The fields a dead letter carries besides the entry's own (see position.DeadLetter).
+DLQ_FIELDS = frozenset({b"dlq_source_stream", b"dlq_source_id", b"dlq_reason", b"dlq_error"})
+BATCH = 500
+
+
+def _bytes(value: Any) -> bytes:
+    return value if isinstance(value, bytes) else str(value).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class DeadEntry:
+    """One entry of a dead-letter stream, as the raw pairs Redis returned."""
+
+    id: str
+    pairs: tuple[bytes, ...]
+
+    def meta(self, name: str) -> bytes | None:
+        key = name.encode()
+        for i in range(0, len(self.pairs) - 1, 2):
+            if self.pairs[i] == key:
+                return self.pairs[i + 1]
+        return None
+
+    @property
+    def original(self) -> tuple[bytes, ...]:
+        """The entry's own fields, in order, duplicates and undecodable bytes included."""
+        out: list[bytes] = []
+        for i in range(0, len(self.pairs) - 1, 2):
+            if self.pairs[i] not in DLQ_FIELDS:
+                out += [self.pairs[i], self.pairs[i + 1]]
+        return tuple(out)
+
+
+def _parse(reply: Any) -> list[DeadEntry]:
+    entries = []
+    for raw_id, pairs in reply or ():
+        entry_id = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
+        entries.append(DeadEntry(entry_id, tuple(_bytes(p) for p in pairs or ())))
+    return entries
+
+
+def read(client: Any, sc: StreamConfig, *, start: str = "-", count: int = BATCH) -> list[DeadEntry]:
+    """XRANGE of the dead-letter stream from ``start`` (``"(id"`` excludes ``id``), oldest first.
+
+    ``client`` must keep XRANGE replies raw (``reader.connect``), so nothing is decoded here.
+    """
+    return _parse(client.execute_command("XRANGE", sc.dead_letter, start, "+", "COUNT", count))
+
+
+def batches(client: Any, sc: StreamConfig, total: int, batch: int = BATCH) -> Iterator[list[DeadEntry]]:
+    """The oldest ``total`` dead letters in batches of at most ``batch``; bounded however the stream changes."""
+    start, left = "-", total
+    for _ in range(total // max(batch, 1) + 2):
+        if left <= 0:
+            return
+        entries = read(client, sc, start=start, count=min(batch, left))
+        if not entries:
+            return
+        yield entries
+        left -= len(entries)
+        start = "(" + entries[-1].id
+
+
+def requeue(
+    client: Any, sc: StreamConfig, total: int, *, progress: Callable[[int], None] = lambda n: None
+) -> tuple[int, int]:
+    """Append the oldest ``total`` dead letters' own fields to the source stream, then XDEL them.
+
+    Each batch is XADDed (in one MULTI) before it is deleted, so a crash in
+    between can duplicate a batch but never lose it. A dead letter with no
+    fields of its own cannot be XADDed and stays. Returns (requeued, skipped).
+    """
+    requeued = skipped = 0
+    for entries in batches(client, sc, total):
+        movable = [e for e in entries if e.original]
+        skipped += len(entries) - len(movable)
+        if movable:
+            pipe = client.pipeline(transaction=True)
+            for entry in movable:
+                pipe.execute_command("XADD", sc.stream, "*", *entry.original)
+            pipe.execute()
+            client.xdel(sc.dead_letter, *(e.id for e in movable))
+            requeued += len(movable)
+        progress(len(entries))
+    return requeued, skipped
+
+
+def purge(client: Any, sc: StreamConfig, total: int, *, progress: Callable[[int], None] = lambda n: None) -> int:
+    """XDEL the oldest ``total`` dead letters; entries added meanwhile are kept."""
+    purged = 0
+    for entries in batches(client, sc, total):
+        purged += int(client.xdel(sc.dead_letter, *(e.id for e in entries)))
+        progress(len(entries))
+    return purged
