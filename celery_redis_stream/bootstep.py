@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import click
 from celery import bootsteps
+from celery.app import utils as app_utils
 from celery.utils.log import get_logger
 from celery.worker.control import inspect_command
 
@@ -17,7 +19,7 @@ __all__ = ["RedisStreamStep", "install"]
 logger = get_logger(__name__)
 
 
-class RedisStreamStep(bootsteps.StartStopStep):
+class RedisStreamStep(bootsteps.StartStopStep):  # type: ignore[misc]
     """Runs the stream readers in the worker's main process, after the pool started.
 
     Requiring the pool means prefork children are forked before the reader
@@ -87,20 +89,30 @@ class RedisStreamStep(bootsteps.StartStopStep):
         return {"redis_stream": service.info() if service is not None else {"streams": []}}
 
 
-@inspect_command()
+@inspect_command()  # type: ignore[untyped-decorator]
 def redis_stream(state: Any, **kwargs: Any) -> dict[str, Any]:
     """Readers of this worker: streams, mode, counts, last id, paused, last error."""
     service = getattr(state.consumer.controller, "redis_stream", None)
     if service is None:
         return {"enabled": False, "streams": []}
-    info = service.info()
+    info: dict[str, Any] = service.info()
     info["enabled"] = True
     info["alive"] = service.alive
     return info
 
 
+def _hide_stream_url() -> None:
+    # `celery inspect conf` and `celery report` mask settings by name only
+    # (broker_url, *PASS*, *KEY*...): stream_url would be shown with its password.
+    if not app_utils.HIDDEN_SETTINGS.search("stream_url"):
+        app_utils.HIDDEN_SETTINGS = re.compile(
+            f"{app_utils.HIDDEN_SETTINGS.pattern}|STREAM_URL|STREAM_TRANSPORT_OPTIONS", re.IGNORECASE
+        )
+
+
 def install(app: Any) -> Any:
     """Add the step, the worker options and the inspect command to ``app``. Idempotent."""
+    _hide_stream_url()
     steps = app.steps["worker"]
     if RedisStreamStep not in steps:
         steps.add(RedisStreamStep)

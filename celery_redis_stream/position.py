@@ -10,7 +10,7 @@ from .config import StreamConfig
 from .entry import RawEntry
 from .exceptions import StreamError
 
-__all__ = ["DeadLetter", "LeaseLost", "commit", "Lease"]
+__all__ = ["DeadLetter", "Lease", "LeaseLost", "commit"]
 
 # KEYS: tracker, lease. ARGV: owner, entry id, lease ms.
 # Fenced by the lease so a worker that was paused past its lease cannot
@@ -73,16 +73,15 @@ class DeadLetter:
     reason: str
     error: str
 
-    def fields(self) -> dict[bytes | str, bytes | str]:
-        pairs = self.raw.pairs or ()
-        out: dict[bytes | str, bytes | str] = {pairs[i]: pairs[i + 1] for i in range(0, len(pairs), 2)}
-        out.update(
-            dlq_source_stream=self.raw.stream,
-            dlq_source_id=self.raw.id,
-            dlq_reason=self.reason,
-            dlq_error=self.error[:1000],
-        )
-        return out
+    def pairs(self) -> list[bytes | str]:
+        """The original field/value pairs, as they were (a dict would merge duplicate names), then dlq_*."""
+        return [
+            *(self.raw.pairs or ()),
+            "dlq_source_stream", self.raw.stream,
+            "dlq_source_id", self.raw.id,
+            "dlq_reason", self.reason,
+            "dlq_error", self.error[:1000],
+        ]  # fmt: skip
 
 
 class Lease:
@@ -124,7 +123,7 @@ def commit(
         return
     pipe = client.pipeline(transaction=False)
     for letter in dead:
-        pipe.xadd(sc.dead_letter, letter.fields())
+        pipe.execute_command("XADD", sc.dead_letter, "*", *letter.pairs())
     if sc.mode == "group":
         pipe.xack(sc.stream, sc.group, *ids)
         pipe.execute()

@@ -73,6 +73,8 @@ class RedisServer:
             raise RuntimeError(f"redis-server exited: {log.read_text() if log.exists() else ''}")
         try:
             return bool(redis.Redis(port=self.port, socket_timeout=1).ping())
+        except redis.AuthenticationError:
+            return True  # up, but needs a password (a subclass of ConnectionError)
         except (redis.ConnectionError, redis.TimeoutError):
             return False
         except redis.ResponseError:
