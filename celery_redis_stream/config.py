@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, cast
+from urllib.parse import urlparse
 
 from kombu.utils.url import maybe_sanitize_url
 
 from .entry import CallShape, Converter
 from .exceptions import StreamConfigError
 
-__all__ = ["StreamConfig", "BridgeConfig", "load_config", "Mode"]
+__all__ = ["BridgeConfig", "Mode", "StreamConfig", "load_config"]
 
 Mode = Literal["group", "tracker"]
 MODES = ("group", "tracker")
 CALLS = ("fields", "kwargs", "entry")
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+STREAM_SCHEMES = (*REDIS_SCHEMES, "redis+cluster://", "rediss+cluster://", "sentinel://")
+GLOB_CHARS = frozenset("*?[")
 
 STREAM_KEYS = frozenset(
     {
@@ -40,6 +43,9 @@ DEFAULTS: dict[str, Any] = {
     "stream_max_entry_bytes": 1048576,
     "stream_max_queue_length": None,
     "stream_tracker_prefix": "stream_tracker:",
+    "stream_transport_options": {},
+    "stream_discovery_interval": 30.0,
+    "stream_fast_path": False,
 }
 
 
@@ -62,6 +68,25 @@ class StreamConfig:
     options: Mapping[str, Any] = field(default_factory=dict)
     registered: bool = True
     max_queue_length: int | None = None
+    fast_path: bool = False
+
+    dead_letter_template: str = "{stream}:dead"
+    tracker_prefix: str = "stream_tracker:"
+    tracker_option: str | None = None
+
+    @property
+    def is_pattern(self) -> bool:
+        """A stream name with glob characters maps every stream it matches (found by SCAN)."""
+        return not GLOB_CHARS.isdisjoint(self.stream)
+
+    def for_stream(self, name: str, *, cluster: bool) -> StreamConfig:
+        """This mapping applied to ``name``, a stream that a pattern matched."""
+        return replace(
+            self,
+            stream=name,
+            tracker_key=tracker_key_for(name, self.tracker_prefix, self.tracker_option),
+            dead_letter=dead_letter_for(name, self.dead_letter_template, cluster=cluster),
+        )
 
     @property
     def lease_key(self) -> str:
@@ -83,6 +108,16 @@ class BridgeConfig:
     claim_idle_ms: int
     max_entry_bytes: int
     streams: tuple[StreamConfig, ...]
+    transport_options: Mapping[str, Any] = field(default_factory=dict)
+    discovery_interval: float = 30.0
+
+    @property
+    def cluster(self) -> bool:
+        return self.url.split("://", 1)[0].endswith("+cluster")
+
+    @property
+    def sentinel(self) -> bool:
+        return self.url.startswith("sentinel://")
 
     @property
     def safe_url(self) -> str:
@@ -112,13 +147,13 @@ def _str(value: Any, setting: str, stream: str | None = None) -> str:
 
 
 def _start(value: Any, setting: str, stream: str | None = None) -> str:
-    value = _str(str(value) if isinstance(value, int) and not isinstance(value, bool) else value, setting, stream)
-    if value in ("$", "0"):
-        return value
-    ms, _, seq = value.partition("-")
+    text = _str(str(value) if isinstance(value, int) and not isinstance(value, bool) else value, setting, stream)
+    if text in ("$", "0"):
+        return text
+    ms, _, seq = text.partition("-")
     if not ms.isdigit() or (seq and not seq.isdigit()):
-        raise _fail(setting, f"expected '$', '0' or an entry id like '1700000000000-0', got {value!r}", stream)
-    return value
+        raise _fail(setting, f"expected '$', '0' or an entry id like '1700000000000-0', got {text!r}", stream)
+    return text
 
 
 def import_converter(path: str, stream: str) -> Converter:
@@ -143,6 +178,72 @@ def default_url(conf: Any) -> str:
         if first.startswith(REDIS_SCHEMES):
             return first
     return "redis://localhost:6379/0"
+
+
+def hash_tag(key: str) -> str | None:
+    """The part of ``key`` Redis Cluster hashes (``{...}``), or None when it has no hash tag."""
+    start = key.find("{")
+    end = key.find("}", start + 1) if start >= 0 else -1
+    return key[start + 1 : end] if start >= 0 and end > start + 1 else None
+
+
+def tracker_key_for(stream: str, prefix: str, option: str | None) -> str:
+    """``stream_tracker:{orders}`` for ``orders``; a stream that has a hash tag keeps its own name."""
+    if option is not None:
+        return f"{prefix}{option}"
+    return f"{prefix}{stream}" if hash_tag(stream) is not None else f"{prefix}{{{stream}}}"
+
+
+def dead_letter_for(stream: str, template: str, *, cluster: bool) -> str:
+    """The dead-letter stream of ``stream``; on a cluster it shares the stream's slot when it can."""
+    if cluster and hash_tag(stream) is None and hash_tag(template.replace("{stream}", "")) is None:
+        return template.format(stream=f"{{{stream}}}")
+    return template.format(stream=stream)
+
+
+def check_slots(sc: StreamConfig) -> None:
+    from redis.crc import key_slot
+
+    slot = key_slot(sc.stream.encode())
+    for what, key in (("dead-letter stream", sc.dead_letter), ("tracker", sc.tracker_key), ("lease", sc.lease_key)):
+        if key_slot(key.encode()) != slot:
+            raise _fail(
+                "stream_tasks",
+                f"on Redis Cluster the {what} key {key!r} must hash to the stream's slot: "
+                "give them a common hash tag (e.g. stream '{orders}', tracker option 'orders')",
+                sc.stream,
+            )
+
+
+def _redis_db(url: str) -> tuple[str, int, str] | None:
+    parsed = urlparse(url)
+    if parsed.scheme not in ("redis", "rediss"):
+        return None
+    db = parsed.path.strip("/") or "0"
+    return (parsed.hostname or "localhost", parsed.port or 6379, db)
+
+
+def _check_queue_names(conf: Any, url: str, streams: list[StreamConfig]) -> None:
+    """Refuse a stream whose name is also a Redis-broker queue list in the same database.
+
+    The broker would LPUSH/BRPOP a key that holds a stream: WRONGTYPE in the
+    worker's consumer, and a worker that cannot start.
+    """
+    broker = conf.get("broker_url")
+    if not isinstance(broker, str) or _redis_db(url) is None:
+        return
+    if _redis_db(broker.split(";")[0].strip()) != _redis_db(url):
+        return
+    names = {sc.stream for sc in streams}
+    for sc in streams:
+        queue = sc.queue or conf.get("task_default_queue") or "celery"
+        if queue in names:
+            raise _fail(
+                "stream_tasks 'queue'",
+                f"queue {queue!r} is also a stream name in the same Redis database as the broker; "
+                "rename the queue or keep the streams in another database (stream_url)",
+                sc.stream,
+            )
 
 
 def _setting(conf: Any, name: str) -> Any:
@@ -180,8 +281,25 @@ def load_config(app: Any, *, only: tuple[str, ...] | None = None, check_register
     url = conf.get("stream_url") or default_url(conf)
     if not isinstance(url, str):
         raise _fail("stream_url", "expected a URL string")
-    if not url.startswith(REDIS_SCHEMES):
-        raise _fail("stream_url", f"expected a redis://, rediss:// or unix:// URL, got {maybe_sanitize_url(url)!r}")
+    if not url.startswith(STREAM_SCHEMES):
+        raise _fail("stream_url", f"expected a redis://, rediss://, unix://, redis+cluster:// or sentinel:// URL, got {maybe_sanitize_url(url)!r}")
+    transport_options = _setting(conf, "stream_transport_options")
+    if not isinstance(transport_options, Mapping):
+        raise _fail("stream_transport_options", f"expected a dict of redis-py client options, got {transport_options!r}")
+    transport_options = dict(transport_options)
+    if url.startswith("sentinel://") and "master_name" not in transport_options and "master_name=" not in url:
+        broker_options = conf.get("broker_transport_options") or {}
+        if conf.get("stream_url") is None and broker_options.get("master_name"):
+            transport_options["master_name"] = broker_options["master_name"]
+        else:
+            raise _fail("stream_transport_options", "a sentinel:// URL needs a master_name (option or URL ?master_name=)")
+    cluster = url.split("://", 1)[0].endswith("+cluster")
+    discovery_interval = _setting(conf, "stream_discovery_interval")
+    if isinstance(discovery_interval, bool) or not isinstance(discovery_interval, (int, float)) or discovery_interval <= 0:
+        raise _fail("stream_discovery_interval", f"expected a positive number of seconds, got {discovery_interval!r}")
+    fast_path = _setting(conf, "stream_fast_path")
+    if not isinstance(fast_path, bool):
+        raise _fail("stream_fast_path", f"expected True or False, got {fast_path!r}")
     consumer = conf.get("stream_consumer")
     if consumer is not None:
         consumer = _str(consumer, "stream_consumer")
@@ -242,8 +360,9 @@ def load_config(app: Any, *, only: tuple[str, ...] | None = None, check_register
         reserved = sorted({"task_id", "args", "kwargs", "producer", "name"} & set(options))
         if reserved:
             raise _fail("stream_tasks 'options'", f"{', '.join(reserved)} cannot be set per stream", stream)
-        tracker_name = spec.get("tracker", "{%s}" % stream)
-        tracker_name = _str(tracker_name, "stream_tasks 'tracker'", stream)
+        tracker_option = spec.get("tracker")
+        if tracker_option is not None:
+            tracker_option = _str(tracker_option, "stream_tasks 'tracker'", stream)
         stream_max_queue = spec.get("max_queue_length", max_queue)
         if stream_max_queue is not None:
             stream_max_queue = _int(stream_max_queue, "stream_tasks 'max_queue_length'", stream, minimum=1)
@@ -254,9 +373,12 @@ def load_config(app: Any, *, only: tuple[str, ...] | None = None, check_register
                 mode=stream_mode,
                 group=_str(spec.get("group", group), "stream_tasks 'group'", stream),
                 start=_start(spec.get("start", start), "stream_tasks 'start'", stream),
-                tracker_key=f"{prefix}{tracker_name}",
+                tracker_key=tracker_key_for(stream, prefix, tracker_option),
                 batch_size=_int(spec.get("batch_size", batch_size), "stream_tasks 'batch_size'", stream, minimum=1),
-                dead_letter=dead_letter.format(stream=stream),
+                dead_letter=dead_letter_for(stream, dead_letter, cluster=cluster),
+                dead_letter_template=dead_letter,
+                tracker_prefix=prefix,
+                tracker_option=tracker_option,
                 call=call,
                 converter=converter,
                 converter_path=converter_path,
@@ -264,8 +386,14 @@ def load_config(app: Any, *, only: tuple[str, ...] | None = None, check_register
                 options=dict(options),
                 registered=registered,
                 max_queue_length=stream_max_queue,
+                fast_path=fast_path,
             )
         )
+    _check_queue_names(conf, url, streams)
+    if cluster:
+        for sc in streams:
+            if not sc.is_pattern:
+                check_slots(sc)
     return BridgeConfig(
         url=url,
         consumer=consumer,
@@ -273,4 +401,6 @@ def load_config(app: Any, *, only: tuple[str, ...] | None = None, check_register
         claim_idle_ms=claim_idle_ms,
         max_entry_bytes=max_entry_bytes,
         streams=tuple(streams),
+        transport_options=transport_options,
+        discovery_interval=float(discovery_interval),
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from typing import Any
+from urllib.parse import parse_qs, unquote, urlparse
 
 import redis
 from redis.exceptions import ResponseError
@@ -12,14 +13,14 @@ from .config import BridgeConfig, StreamConfig
 from .entry import RawEntry, parse_entries, parse_read_reply
 
 __all__ = [
-    "connect",
-    "ensure_group",
-    "read_group",
     "autoclaim",
+    "connect",
     "delivery_counts",
+    "ensure_group",
+    "is_nogroup",
+    "read_group",
     "read_tracked",
     "start_position",
-    "is_nogroup",
 ]
 
 RAW_COMMANDS = ("XREAD", "XREADGROUP", "XAUTOCLAIM", "XRANGE", "XPENDING")
@@ -42,11 +43,61 @@ def connect(config: BridgeConfig, **overrides: Any) -> Any:
         "health_check_interval": 30,
         "client_name": "celery-redis-stream",
     }
+    options.update(config.transport_options)
     options.update(overrides)
-    client = redis.Redis.from_url(config.url, **options)
+    if config.cluster:
+        client = _cluster(config.url, options)
+    elif config.sentinel:
+        client = _sentinel(config.url, options)
+    else:
+        client = redis.Redis.from_url(config.url, **options)
     for command in RAW_COMMANDS:
         client.set_response_callback(command, _raw)
     return client
+
+
+def _cluster(url: str, options: dict[str, Any]) -> Any:
+    """``redis+cluster://[user:pw@]host:port[,host:port...]``: redis-py's cluster client."""
+    from redis.cluster import ClusterNode, RedisCluster
+
+    scheme, _, rest = url.partition("+cluster://")
+    netloc = urlparse(f"{scheme}://{rest}")
+    seeds = netloc.netloc.rpartition("@")[2].split(",")
+    nodes = [ClusterNode(h.rpartition(":")[0] or h, int(h.rpartition(":")[2] or 6379)) for h in seeds if h]
+    options.pop("health_check_interval", None)
+    if netloc.username:
+        options.setdefault("username", unquote(netloc.username))
+    if netloc.password:
+        options.setdefault("password", unquote(netloc.password))
+    if scheme == "rediss":
+        options.setdefault("ssl", True)
+    for key, values in parse_qs(netloc.query).items():
+        options.setdefault(key, values[-1])
+    return RedisCluster(startup_nodes=nodes, **options)
+
+
+def _sentinel(url: str, options: dict[str, Any]) -> Any:
+    """``sentinel://[:pw@]host:port[/db][;sentinel://host:port...]`` (kombu's form) with a ``master_name``."""
+    from redis.sentinel import Sentinel
+
+    parts = [urlparse(part.strip()) for part in url.split(";") if part.strip()]
+    first = parts[0]
+    query = {k: v[-1] for k, v in parse_qs(first.query).items()}
+    master = options.pop("master_name", None) or query.pop("master_name", None)
+    sentinel_kwargs = options.pop("sentinel_kwargs", None)
+    db = int((first.path or "/0").strip("/") or 0)
+    if first.password:
+        options.setdefault("password", unquote(first.password))
+    if first.username:
+        options.setdefault("username", unquote(first.username))
+    options.pop("health_check_interval", None)
+    sentinel = Sentinel(
+        [(p.hostname or "localhost", p.port or 26379) for p in parts],
+        sentinel_kwargs=sentinel_kwargs,
+        socket_timeout=options.get("socket_timeout"),
+        socket_connect_timeout=options.get("socket_connect_timeout"),
+    )
+    return sentinel.master_for(master, db=db, **options)
 
 
 def is_nogroup(exc: BaseException) -> bool:

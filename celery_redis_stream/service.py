@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import random
+import re
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from celery.utils.log import get_logger
+from redis.crc import key_slot
 from redis.exceptions import AuthenticationError, NoPermissionError, ResponseError
 
 from .backpressure import QueueGauge, target_queue
-from .config import BridgeConfig, StreamConfig
+from .config import BridgeConfig, StreamConfig, check_slots
 from .dispatch import BrokerUnavailable, Dispatcher
 from .entry import RawEntry
+from .exceptions import StreamConfigError
 from .position import Lease, LeaseLost, commit
 from .reader import (
     autoclaim,
@@ -74,7 +78,8 @@ class _Loop(threading.Thread):
     """One thread, one Redis client, one blocking read for all its streams."""
 
     def __init__(self, service: Service, streams: Sequence[StreamConfig], batch_size: int, name: str) -> None:
-        super().__init__(name=name, daemon=True)
+        super().__init__(name=f"redis-stream {name}", daemon=True)
+        self.label = name
         self.service = service
         self.streams = {sc.stream: sc for sc in streams}
         self.batch_size = batch_size
@@ -83,6 +88,25 @@ class _Loop(threading.Thread):
         self.gauge = QueueGauge(service.app)
         self.queues = {sc.stream: target_queue(service.app, sc) for sc in streams if sc.max_queue_length}
         self.failures = 0
+        self._incoming: list[StreamConfig] = []
+        self._incoming_lock = threading.Lock()
+
+    def add(self, sc: StreamConfig) -> None:
+        """Read ``sc`` too, from the next round on (called from other threads)."""
+        with self._incoming_lock:
+            self._incoming.append(sc)
+
+    def adopt_incoming(self) -> None:
+        with self._incoming_lock:
+            incoming, self._incoming = self._incoming, []
+        for sc in incoming:
+            self.streams[sc.stream] = sc
+            if sc.max_queue_length:
+                self.queues[sc.stream] = target_queue(self.service.app, sc)
+            self.adopted(sc)
+
+    def adopted(self, sc: StreamConfig) -> None:
+        """A stream joined this loop."""
 
     @property
     def block_ms(self) -> int:
@@ -98,9 +122,10 @@ class _Loop(threading.Thread):
                 try:
                     if self.client is None:
                         self.client = connect(self.service.config)
+                    self.adopt_incoming()
                     self.step()
                     if self.failures:
-                        logger.info("redis-stream: %s recovered after %d failed attempt(s)", self.name, self.failures)
+                        logger.info("redis-stream: %s recovered after %d failed attempt(s)", self.label, self.failures)
                         self.failures = 0
                         for stats in self._stats():
                             stats.last_error = None
@@ -122,7 +147,7 @@ class _Loop(threading.Thread):
         logger.error(
             "redis-stream: %s stopped reading %s: %s (not retried: fix the Redis permissions or the key, "
             "then restart the worker)",
-            self.name, ",".join(self.streams), error,
+            self.label, ",".join(self.streams), error,
         )  # fmt: skip
 
     def _retry_later(self, exc: BaseException) -> None:
@@ -133,11 +158,11 @@ class _Loop(threading.Thread):
         delay = min(BACKOFF_MAX, BACKOFF_MIN * 2 ** min(self.failures - 1, 10)) * random.uniform(0.5, 1.0)
         log = logger.warning if self.failures == 1 else logger.debug
         if isinstance(exc, BrokerUnavailable):
-            log("redis-stream: %s: broker unavailable, position kept, retrying: %s", self.name, error)
+            log("redis-stream: %s: broker unavailable, position kept, retrying: %s", self.label, error)
         elif isinstance(exc, LeaseLost):
-            log("redis-stream: %s: %s", self.name, error)
+            log("redis-stream: %s: %s", self.label, error)
         else:
-            log("redis-stream: %s: %s; retrying in %.1fs", self.name, error, delay, exc_info=self.failures == 1)
+            log("redis-stream: %s: %s; retrying in %.1fs", self.label, error, delay, exc_info=self.failures == 1)
         self.on_error(exc)
         self.service.stop_event.wait(delay)
 
@@ -212,32 +237,37 @@ class GroupLoop(_Loop):
     """Group mode: own pending entries first, then new ones; claims what dead consumers left."""
 
     def __init__(self, service: Service, streams: Sequence[StreamConfig], batch_size: int, group: str) -> None:
-        super().__init__(service, streams, batch_size, name=f"redis-stream group={group}")
+        super().__init__(service, streams, batch_size, name=f"group={group}")
         self.group = group
         self.consumer = service.consumer
-        self.started = False
-        self.needs_setup = True
+        self.unready: set[str] = set(self.streams)
+        self.created: set[str] = set()
         self.pending: dict[str, str] = {}
         self.next_claim = 0.0
         claim_ms = service.config.claim_idle_ms
         self.claim_every = min(max(claim_ms / 2000, self.block_ms / 1000), 30.0)
 
+    def adopted(self, sc: StreamConfig) -> None:
+        self.unready.add(sc.stream)
+
     def setup(self) -> None:
-        for sc in self.streams.values():
+        for stream in sorted(self.unready):
+            sc = self.streams[stream]
             # A group missing at start follows stream_start; one that vanishes
             # while we run (Redis restarted empty, key deleted) comes back from
             # "0": "$" would silently skip what was written in between.
-            if ensure_group(self.client, sc, None if not self.started else "0") and self.started:
+            again = stream in self.created
+            if ensure_group(self.client, sc, "0" if again else None) and again:
                 logger.warning(
                     "redis-stream: group %s on stream %s was missing; recreated from 0", sc.group, sc.stream
                 )
-            self.service.stats[sc.stream].reading = True
-        self.started = True
-        self.needs_setup = False
-        self.pending = {s: "0" for s in self.streams}
+            self.created.add(stream)
+            self.service.stats[stream].reading = True
+            self.pending[stream] = "0"
+            self.unready.discard(stream)
 
     def step(self) -> None:
-        if self.needs_setup:
+        if self.unready:
             self.setup()
         if self.pending:
             self.recover_own_pending()
@@ -295,14 +325,14 @@ class GroupLoop(_Loop):
             self.pending = {s: "0" for s in self.streams}
         else:
             # Redis failed: the group may be gone (restart, deleted key).
-            self.needs_setup = True
+            self.unready = set(self.streams)
 
 
 class TrackerLoop(_Loop):
     """Tracker mode: XREAD after a stored position, one worker per stream under a lease."""
 
     def __init__(self, service: Service, streams: Sequence[StreamConfig], batch_size: int) -> None:
-        super().__init__(service, streams, batch_size, name="redis-stream tracker")
+        super().__init__(service, streams, batch_size, name="tracker")
         self.lease: Lease | None = None
         self.owned: dict[str, str] = {}
 
@@ -357,38 +387,115 @@ class TrackerLoop(_Loop):
         super().cleanup()
 
 
+class Discovery(_Loop):
+    """Finds the streams that a pattern in stream_tasks (``orders:*``) matches, every discovery interval."""
+
+    def __init__(self, service: Service, patterns: Sequence[StreamConfig]) -> None:
+        super().__init__(service, [], 0, name="discovery")
+        self.patterns = list(patterns)
+        self.first_scan = True
+        self.refused: set[str] = set()
+
+    def _stats(self) -> list[StreamStats]:
+        return []
+
+    def step(self) -> None:
+        for pattern in self.patterns:
+            for key in self.client.scan_iter(match=pattern.stream, _type="STREAM", count=1000):
+                name = key.decode() if isinstance(key, bytes) else str(key)
+                if name in self.service.stats or name in self.refused or self.service.is_dead_letter(name):
+                    continue
+                sc = pattern.for_stream(name, cluster=self.service.config.cluster)
+                if not self.first_scan:
+                    # Created after the worker started: all of it is new.
+                    sc = replace(sc, start="0")
+                try:
+                    self.service.check(sc)
+                except StreamConfigError as exc:
+                    self.refused.add(name)
+                    logger.error("redis-stream: not reading stream=%s matching %s: %s", name, pattern.stream, exc)
+                    continue
+                logger.info("redis-stream: found stream=%s matching %s", name, pattern.stream)
+                self.service.add(sc)
+        self.first_scan = False
+        self.service.stop_event.wait(self.service.config.discovery_interval)
+
+
 class Service:
-    """All readers of one worker: start() returns at once, stop() is idempotent and prompt."""
+    """All readers of one worker: start() returns at once, stop() is idempotent and prompt.
+
+    Streams are read by as few threads as possible: one blocking read per
+    group (per hash slot on a cluster, where one command cannot span slots)
+    and one for the tracked streams.
+    """
 
     def __init__(self, app: Any, config: BridgeConfig, *, consumer: str) -> None:
         self.app = app
         self.config = config
         self.consumer = config.consumer or consumer
         self.stop_event = threading.Event()
-        self.stats = {
-            sc.stream: StreamStats(
-                stream=sc.stream,
-                mode=sc.mode,
-                task=sc.task,
-                group=sc.group if sc.mode == "group" else None,
-                tracker=sc.tracker_key if sc.mode == "tracker" else None,
-            )
-            for sc in config.streams
-        }
-        self.loops: list[_Loop] = []
-        groups: dict[tuple[str, int], list[StreamConfig]] = {}
-        tracked: dict[int, list[StreamConfig]] = {}
+        self.stats: dict[str, StreamStats] = {}
+        self._loops: dict[tuple[Any, ...], _Loop] = {}
+        self._lock = threading.Lock()
+        self._started = False
+        patterns = [sc for sc in config.streams if sc.is_pattern]
         for sc in config.streams:
-            if sc.mode == "group":
-                groups.setdefault((sc.group, sc.batch_size), []).append(sc)
-            else:
-                tracked.setdefault(sc.batch_size, []).append(sc)
-        for (group, size), streams in groups.items():
-            self.loops.append(GroupLoop(self, streams, size, group))
-        for size, streams in tracked.items():
-            self.loops.append(TrackerLoop(self, streams, size))
+            if not sc.is_pattern:
+                self.add(sc)
+        self.discovery = Discovery(self, patterns) if patterns else None
+        self._dead_letter_patterns = [
+            re.compile(re.escape(t).replace(re.escape("{stream}"), r"\{?(.+?)\}?") + "$")
+            for t in {sc.dead_letter_template for sc in config.streams}
+        ]
+
+    @property
+    def loops(self) -> list[_Loop]:
+        with self._lock:
+            loops = list(self._loops.values())
+        return [*loops, self.discovery] if self.discovery is not None else loops
+
+    def _loop_key(self, sc: StreamConfig) -> tuple[Any, ...]:
+        slot = key_slot(sc.stream.encode()) if self.config.cluster else None
+        return (sc.mode, sc.group if sc.mode == "group" else None, sc.batch_size, slot)
+
+    def add(self, sc: StreamConfig) -> None:
+        """Read ``sc``: join the loop that reads its group (or trackers), or start one."""
+        self.stats[sc.stream] = StreamStats(
+            stream=sc.stream,
+            mode=sc.mode,
+            task=sc.task,
+            group=sc.group if sc.mode == "group" else None,
+            tracker=sc.tracker_key if sc.mode == "tracker" else None,
+        )
+        key = self._loop_key(sc)
+        with self._lock:
+            loop = self._loops.get(key)
+            if loop is None:
+                loop = GroupLoop(self, [], sc.batch_size, sc.group) if sc.mode == "group" else TrackerLoop(
+                    self, [], sc.batch_size
+                )
+                self._loops[key] = loop
+                if self._started and not self.stop_event.is_set():
+                    loop.start()
+            loop.add(sc)
+
+    def check(self, sc: StreamConfig) -> None:
+        """Refuse a discovered stream whose keys cannot live in its cluster slot."""
+        if self.config.cluster:
+            check_slots(sc)
+
+    def is_dead_letter(self, name: str) -> bool:
+        for pattern in self._dead_letter_patterns:
+            match = pattern.match(name)
+            if match and (match.group(1) in self.stats or any(
+                fnmatch.fnmatchcase(match.group(1), sc.stream) for sc in self.config.streams if sc.is_pattern
+            )):  # fmt: skip
+                return True
+        return False
 
     def start(self) -> None:
+        with self._lock:
+            self._started = True
         for loop in self.loops:
             loop.start()
 
@@ -410,5 +517,5 @@ class Service:
         return {
             "url": self.config.safe_url,
             "consumer": self.consumer,
-            "streams": [asdict(stats) for stats in self.stats.values()],
+            "streams": [asdict(stats) for stats in list(self.stats.values())],
         }
