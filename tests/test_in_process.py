@@ -61,6 +61,8 @@ def test_the_step_runs_in_an_in_process_worker_and_results_are_stored(
     ids = produce_many(server.client(), "orders", 5)
     with start_worker(celery_app, pool="solo", perform_ping_check=False, shutdown_timeout=10) as worker:
         wait_for(lambda: len(seen) == 5, 30, "5 tasks run")
+        # the counters move right after the batch is acknowledged, which may be after the tasks ran
+        wait_for(lambda: worker.redis_stream.info()["streams"][0]["dispatched"] == 5, 10, "dispatched count")
         info = worker.redis_stream.info()
     assert [s[1] for s in seen] == ids
     assert all(s[0] == "orders" for s in seen)
