@@ -12,6 +12,7 @@ from celery.utils.log import get_logger
 from celery.worker.control import inspect_command
 
 from .config import DEFAULTS, load_config
+from .metrics import MetricsServer
 from .service import Service
 
 __all__ = ["RedisStreamStep", "install"]
@@ -39,6 +40,7 @@ class RedisStreamStep(bootsteps.StartStopStep):  # type: ignore[misc]
         self.enabled = not without_redis_stream
         self.only = tuple(s.strip() for s in redis_streams.split(",") if s.strip()) if redis_streams else None
         self.service: Service | None = None
+        self.metrics: MetricsServer | None = None
         parent.redis_stream = None
         super().__init__(parent, **options)
 
@@ -56,6 +58,8 @@ class RedisStreamStep(bootsteps.StartStopStep):  # type: ignore[misc]
             logger.info("redis-stream: no streams mapped (stream_tasks is empty); not reading")
             return None
         self.service = Service(app, config, consumer=parent.hostname)
+        if config.metrics_port is not None:
+            self.metrics = MetricsServer(self.service, port=config.metrics_port, addr=config.metrics_addr)
         parent.redis_stream = self.service
         return self.service
 
@@ -71,6 +75,8 @@ class RedisStreamStep(bootsteps.StartStopStep):  # type: ignore[misc]
             "redis-stream: reading %s from %s as consumer %s", described, service.config.safe_url, service.consumer
         )
         service.start()
+        if self.metrics is not None:
+            self.metrics.start()
 
     def stop(self, parent: Any) -> None:
         self._shutdown()
@@ -79,6 +85,9 @@ class RedisStreamStep(bootsteps.StartStopStep):  # type: ignore[misc]
         self._shutdown()
 
     def _shutdown(self) -> None:
+        metrics, self.metrics = self.metrics, None
+        if metrics is not None:
+            metrics.stop()
         service = self.service
         if service is not None and not service.stop_event.is_set():
             service.stop()

@@ -45,6 +45,8 @@ DEFAULTS: dict[str, Any] = {
     "stream_tracker_prefix": "stream_tracker:",
     "stream_transport_options": {},
     "stream_discovery_interval": 30.0,
+    "stream_metrics_port": None,
+    "stream_metrics_addr": "0.0.0.0",  # noqa: S104 - Prometheus scrapes from outside the host
     "stream_fast_path": False,
 }
 
@@ -110,6 +112,8 @@ class BridgeConfig:
     streams: tuple[StreamConfig, ...]
     transport_options: Mapping[str, Any] = field(default_factory=dict)
     discovery_interval: float = 30.0
+    metrics_port: int | None = None
+    metrics_addr: str = "0.0.0.0"  # noqa: S104
 
     @property
     def cluster(self) -> bool:
@@ -297,6 +301,10 @@ def load_config(app: Any, *, only: tuple[str, ...] | None = None, check_register
     discovery_interval = _setting(conf, "stream_discovery_interval")
     if isinstance(discovery_interval, bool) or not isinstance(discovery_interval, (int, float)) or discovery_interval <= 0:
         raise _fail("stream_discovery_interval", f"expected a positive number of seconds, got {discovery_interval!r}")
+    metrics_port = conf.get("stream_metrics_port")
+    if metrics_port is not None:
+        metrics_port = _int(metrics_port, "stream_metrics_port", minimum=1)
+    metrics_addr = _str(_setting(conf, "stream_metrics_addr"), "stream_metrics_addr")
     fast_path = _setting(conf, "stream_fast_path")
     if not isinstance(fast_path, bool):
         raise _fail("stream_fast_path", f"expected True or False, got {fast_path!r}")
@@ -403,4 +411,6 @@ def load_config(app: Any, *, only: tuple[str, ...] | None = None, check_register
         streams=tuple(streams),
         transport_options=transport_options,
         discovery_interval=float(discovery_interval),
+        metrics_port=metrics_port,
+        metrics_addr=metrics_addr,
     )

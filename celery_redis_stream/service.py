@@ -435,6 +435,7 @@ class Service:
         self.consumer = config.consumer or consumer
         self.stop_event = threading.Event()
         self.stats: dict[str, StreamStats] = {}
+        self.configs: dict[str, StreamConfig] = {}
         self._loops: dict[tuple[Any, ...], _Loop] = {}
         self._lock = threading.Lock()
         self._started = False
@@ -460,6 +461,7 @@ class Service:
 
     def add(self, sc: StreamConfig) -> None:
         """Read ``sc``: join the loop that reads its group (or trackers), or start one."""
+        self.configs[sc.stream] = sc
         self.stats[sc.stream] = StreamStats(
             stream=sc.stream,
             mode=sc.mode,
