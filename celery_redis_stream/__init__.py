@@ -15,12 +15,12 @@ except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0"
 
 __all__ = [
-    "install",
+    "EntryError",
     "RedisStreamStep",
-    "produce",
+    "StreamConfigError",
     "StreamEntry",
     "StreamError",
-    "StreamConfigError",
-    "EntryError",
     "__version__",
+    "install",
+    "produce",
 ]

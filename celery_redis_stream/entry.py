@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from .exceptions import EntryError
 
-__all__ = ["StreamEntry", "RawEntry", "CallShape", "decode", "build_call", "parse_read_reply"]
+__all__ = ["CallShape", "RawEntry", "StreamEntry", "build_call", "decode", "parse_read_reply"]
 
 CallShape = Literal["fields", "kwargs", "entry"]
 Converter = Callable[["StreamEntry"], tuple[Sequence[Any], dict[str, Any]]]

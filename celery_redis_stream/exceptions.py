@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from celery.exceptions import ImproperlyConfigured
 
-__all__ = ["StreamError", "StreamConfigError", "EntryError"]
+__all__ = ["EntryError", "StreamConfigError", "StreamError"]
 
 
 class StreamError(Exception):
     """Base class of every error raised by celery-redis-stream."""
 
 
-class StreamConfigError(StreamError, ImproperlyConfigured):
+class StreamConfigError(StreamError, ImproperlyConfigured):  # type: ignore[misc]
     """A ``stream_*`` setting is invalid; the message names the setting and the stream."""
 
 
