@@ -12,6 +12,7 @@ from kombu.utils.url import maybe_sanitize_url
 
 from .entry import CallShape, Converter
 from .exceptions import StreamConfigError
+from .redact import redact
 
 __all__ = ["BridgeConfig", "Mode", "StreamConfig", "load_config"]
 
@@ -125,6 +126,9 @@ class BridgeConfig:
 
     @property
     def safe_url(self) -> str:
+        if self.cluster or self.sentinel:
+            # kombu parses one URL: a host list or ';'-joined sentinels break it (or keep a password).
+            return redact(self.url)
         return str(maybe_sanitize_url(self.url))
 
     def __repr__(self) -> str:
@@ -178,6 +182,8 @@ def import_converter(path: str, stream: str) -> Converter:
 def default_url(conf: Any) -> str:
     broker = conf.get("broker_url") or ""
     if isinstance(broker, str):
+        if broker.strip().startswith("sentinel://"):
+            return broker.strip()  # kombu's ';'-joined sentinels: all of them, not just the first
         first = broker.split(";")[0].strip()
         if first.startswith(REDIS_SCHEMES):
             return first
@@ -201,8 +207,8 @@ def tracker_key_for(stream: str, prefix: str, option: str | None) -> str:
 def dead_letter_for(stream: str, template: str, *, cluster: bool) -> str:
     """The dead-letter stream of ``stream``; on a cluster it shares the stream's slot when it can."""
     if cluster and hash_tag(stream) is None and hash_tag(template.replace("{stream}", "")) is None:
-        return template.format(stream=f"{{{stream}}}")
-    return template.format(stream=stream)
+        return template.replace("{stream}", f"{{{stream}}}")
+    return template.replace("{stream}", stream)
 
 
 def check_slots(sc: StreamConfig) -> None:
@@ -295,6 +301,8 @@ def load_config(app: Any, *, only: tuple[str, ...] | None = None, check_register
         broker_options = conf.get("broker_transport_options") or {}
         if conf.get("stream_url") is None and broker_options.get("master_name"):
             transport_options["master_name"] = broker_options["master_name"]
+            if broker_options.get("sentinel_kwargs") and "sentinel_kwargs" not in transport_options:
+                transport_options["sentinel_kwargs"] = broker_options["sentinel_kwargs"]
         else:
             raise _fail("stream_transport_options", "a sentinel:// URL needs a master_name (option or URL ?master_name=)")
     cluster = url.split("://", 1)[0].endswith("+cluster")

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from celery.worker import state as worker_state
@@ -120,26 +119,23 @@ class Dispatcher:
         Raises :class:`BrokerUnavailable` when the broker did not take the batch;
         nothing of it may then be acknowledged.
         """
-        started = time.monotonic()
-        try:
-            return self._send(sc, entries, counts)
-        finally:
-            self._share_the_worker(time.monotonic() - started)
+        return self._send(sc, entries, counts)
 
-    def _share_the_worker(self, elapsed: float) -> None:
+    def pace(self, elapsed: float, wait: Callable[[float], Any]) -> None:
         """After a large batch, pause for twice its time if this worker runs tasks of its own.
 
         The reader thread and the worker's consumer share one GIL; a reader
         bridging a backlog flat out would otherwise leave the worker a fifth
         of it. While the worker holds or has just run tasks, the reader takes
         about a third; an idle worker's reader never waits, and small batches
-        (a steady trickle, where latency matters) never wait either.
+        (a steady trickle, where latency matters) never wait either. Called
+        after the batch was acknowledged, so a pause never holds a position.
         """
         executed = worker_state.all_total_count[0]
         busy = bool(worker_state.reserved_requests) or executed != self._executed
         self._executed = executed
         if busy and elapsed >= YIELD_MIN_SECONDS:
-            time.sleep(min(elapsed * YIELD_SHARE, YIELD_MAX_SECONDS))
+            wait(min(elapsed * YIELD_SHARE, YIELD_MAX_SECONDS))
 
     def _send(self, sc: StreamConfig, entries: Sequence[RawEntry], counts: dict[str, int] | None) -> list[DeadLetter]:
         dead: list[DeadLetter] = []

@@ -114,7 +114,7 @@ class FastPath:
         self._uuid4 = uuid.uuid4
 
     def _skip(self, reason: str) -> None:
-        if reason not in self._told:
+        if reason not in self._told and len(self._told) < 32:  # once per reason, and never an unbounded set
             self._told.add(reason)
             logger.info("redis-stream: fast path not used (%s); publishing through send_task", reason)
 

@@ -212,9 +212,11 @@ class _Loop(threading.Thread):
     ) -> None:
         """Dispatch a batch of one stream, then move its position past it."""
         stats = self.service.stats[sc.stream]
+        started = time.monotonic()
         dead = self.dispatcher.send(sc, entries, counts) if entries else []
         ids = [e.id for e in entries]
         commit(self.client, sc, [*ids, *trimmed] if sc.mode == "group" else ids, dead, lease=lease)
+        elapsed = time.monotonic() - started
         for letter in dead:
             logger.error(
                 "redis-stream: dead-lettered stream=%s id=%s reason=%s to=%s: %s",
@@ -231,6 +233,7 @@ class _Loop(threading.Thread):
         stats.trimmed += len(trimmed)
         if ids:
             stats.last_id = ids[-1]
+        self.dispatcher.pace(elapsed, self.service.stop_event.wait)
 
 
 class GroupLoop(_Loop):

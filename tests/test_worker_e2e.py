@@ -198,7 +198,7 @@ def test_sigterm_mid_stream_then_restart_dispatches_everything_exactly_once(
     redis_server: RedisServer, mode: str, workers: list[Worker]
 ) -> None:
     env = env_for(redis_server, {"orders": "tests.record"}, stream_batch_size=50, stream_mode=mode)
-    total = 5000
+    total = 20000
     produced = produce_many(redis_server.client(), "orders", total)
     worker = Worker(env, queues="other").start()
     wait_for(lambda: redis_server.client(1).llen("celery") > 0, 30, "first dispatches")
