@@ -129,6 +129,14 @@ def commit(
         pipe.execute()
         return
     assert lease is not None, "tracker mode commits under a lease"
-    lease.advance(keys=[sc.tracker_key, sc.lease_key], args=[lease.owner, ids[-1], lease.ttl_ms], client=pipe)
-    if not pipe.execute()[-1]:
+    advance = {"keys": [sc.tracker_key, sc.lease_key], "args": [lease.owner, ids[-1], lease.ttl_ms]}
+    if hasattr(client, "nodes_manager"):
+        # redis-py's cluster pipeline refuses scripts: dead letters first, then the fenced move.
+        if dead:
+            pipe.execute()
+        advanced = lease.advance(**advance, client=client)
+    else:
+        lease.advance(**advance, client=pipe)
+        advanced = pipe.execute()[-1]
+    if not advanced:
         raise LeaseLost(f"lost the lease on {sc.stream!r}; another worker reads it now")

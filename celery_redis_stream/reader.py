@@ -51,9 +51,7 @@ def connect(config: BridgeConfig, **overrides: Any) -> Any:
         client = _sentinel(config.url, options)
     else:
         client = redis.Redis.from_url(config.url, **options)
-    for command in RAW_COMMANDS:
-        client.set_response_callback(command, _raw)
-    return client
+    return _raw_callbacks(client)
 
 
 def _cluster(url: str, options: dict[str, Any]) -> Any:
@@ -73,7 +71,27 @@ def _cluster(url: str, options: dict[str, Any]) -> Any:
         options.setdefault("ssl", True)
     for key, values in parse_qs(netloc.query).items():
         options.setdefault(key, values[-1])
-    return RedisCluster(startup_nodes=nodes, **options)
+    client = RedisCluster(startup_nodes=nodes, **options)
+    # Each node's own client parses replies before the cluster client does, and
+    # its XREAD parser folds fields into a dict (losing values of duplicate
+    # names): keep the node clients raw too, including nodes found later.
+    manager: Any = client.nodes_manager
+    create_node = manager.create_redis_node
+
+    def create_raw_node(*args: Any, **kwargs: Any) -> Any:
+        return _raw_callbacks(create_node(*args, **kwargs))
+
+    manager.create_redis_node = create_raw_node
+    for node in [*manager.nodes_cache.values(), *manager.startup_nodes.values()]:
+        if node.redis_connection is not None:
+            _raw_callbacks(node.redis_connection)
+    return client
+
+
+def _raw_callbacks(client: Any) -> Any:
+    for command in RAW_COMMANDS:
+        client.set_response_callback(command, _raw)
+    return client
 
 
 def _sentinel(url: str, options: dict[str, Any]) -> Any:
