@@ -292,10 +292,15 @@ def load_config(app: Any, *, only: tuple[str, ...] | None = None, check_register
     if not isinstance(url, str):
         raise _fail("stream_url", "expected a URL string")
     if not url.startswith(STREAM_SCHEMES):
-        raise _fail("stream_url", f"expected a redis://, rediss://, unix://, redis+cluster:// or sentinel:// URL, got {maybe_sanitize_url(url)!r}")
+        raise _fail(
+            "stream_url",
+            f"expected a redis://, rediss://, unix://, redis+cluster:// or sentinel:// URL, got {redact(url)!r}",
+        )
     transport_options = _setting(conf, "stream_transport_options")
     if not isinstance(transport_options, Mapping):
-        raise _fail("stream_transport_options", f"expected a dict of redis-py client options, got {transport_options!r}")
+        raise _fail(
+            "stream_transport_options", f"expected a dict of redis-py client options, got {transport_options!r}"
+        )
     transport_options = dict(transport_options)
     if url.startswith("sentinel://") and "master_name" not in transport_options and "master_name=" not in url:
         broker_options = conf.get("broker_transport_options") or {}
@@ -304,10 +309,16 @@ def load_config(app: Any, *, only: tuple[str, ...] | None = None, check_register
             if broker_options.get("sentinel_kwargs") and "sentinel_kwargs" not in transport_options:
                 transport_options["sentinel_kwargs"] = broker_options["sentinel_kwargs"]
         else:
-            raise _fail("stream_transport_options", "a sentinel:// URL needs a master_name (option or URL ?master_name=)")
+            raise _fail(
+                "stream_transport_options", "a sentinel:// URL needs a master_name (option or URL ?master_name=)"
+            )
     cluster = url.split("://", 1)[0].endswith("+cluster")
     discovery_interval = _setting(conf, "stream_discovery_interval")
-    if isinstance(discovery_interval, bool) or not isinstance(discovery_interval, (int, float)) or discovery_interval <= 0:
+    if (
+        isinstance(discovery_interval, bool)
+        or not isinstance(discovery_interval, (int, float))
+        or discovery_interval <= 0
+    ):
         raise _fail("stream_discovery_interval", f"expected a positive number of seconds, got {discovery_interval!r}")
     metrics_port = conf.get("stream_metrics_port")
     if metrics_port is not None:

@@ -113,7 +113,9 @@ class Dispatcher:
             with contextlib.suppress(Exception):  # a dead connection may fail to close; it is dropped anyway
                 connection.release()
 
-    def send(self, sc: StreamConfig, entries: Sequence[RawEntry], counts: dict[str, int] | None = None) -> list[DeadLetter]:
+    def send(
+        self, sc: StreamConfig, entries: Sequence[RawEntry], counts: dict[str, int] | None = None
+    ) -> list[DeadLetter]:
         """Publish one task per entry and return the entries that must be dead-lettered.
 
         Raises :class:`BrokerUnavailable` when the broker did not take the batch;

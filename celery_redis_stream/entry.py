@@ -61,9 +61,7 @@ def decode(raw: RawEntry, *, max_bytes: int, delivery_count: int = 1) -> StreamE
     return StreamEntry(raw.stream, raw.id, fields, delivery_count)
 
 
-def build_call(
-    entry: StreamEntry, call: CallShape, converter: Converter | None
-) -> tuple[list[Any], dict[str, Any]]:
+def build_call(entry: StreamEntry, call: CallShape, converter: Converter | None) -> tuple[list[Any], dict[str, Any]]:
     """Turn ``entry`` into the ``(args, kwargs)`` of the mapped task."""
     if converter is not None:
         try:

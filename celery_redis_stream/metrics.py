@@ -41,11 +41,15 @@ class BridgeCollector:
             "redis_stream_dead_lettered", "Stream entries this worker moved to the dead-letter stream.", labels=labels
         )
         paused = GaugeMetricFamily("redis_stream_paused", "1 while backpressure pauses the stream.", labels=labels)
-        lag = GaugeMetricFamily("redis_stream_lag", "Entries not yet dispatched by the group or tracker.", labels=labels)
+        lag = GaugeMetricFamily(
+            "redis_stream_lag", "Entries not yet dispatched by the group or tracker.", labels=labels
+        )
         pending = GaugeMetricFamily(
             "redis_stream_pending", "Entries read by the group but not yet acknowledged.", labels=labels
         )
-        dead_length = GaugeMetricFamily("redis_stream_dead_letter_length", "Entries in the dead-letter stream.", labels=labels)
+        dead_length = GaugeMetricFamily(
+            "redis_stream_dead_letter_length", "Entries in the dead-letter stream.", labels=labels
+        )
         up = GaugeMetricFamily("redis_stream_redis_up", "1 when the last scrape could read the streams Redis.")
         for sc in list(self.service.configs.values()):
             stats = self.service.stats[sc.stream]

@@ -61,7 +61,7 @@ def _cluster(url: str, options: dict[str, Any]) -> Any:
     scheme, _, rest = url.partition("+cluster://")
     netloc = urlparse(f"{scheme}://{rest}")
     seeds = netloc.netloc.rpartition("@")[2].split(",")
-    nodes = [ClusterNode(h.rpartition(":")[0] or h, int(h.rpartition(":")[2] or 6379)) for h in seeds if h]
+    nodes = [ClusterNode(h.rpartition(":")[0] or h, int(h.rpartition(":")[2] or 6379)) for h in seeds if h]  # type: ignore[no-untyped-call]
     options.pop("health_check_interval", None)
     if netloc.username:
         options.setdefault("username", unquote(netloc.username))
@@ -109,13 +109,13 @@ def _sentinel(url: str, options: dict[str, Any]) -> Any:
     if first.username:
         options.setdefault("username", unquote(first.username))
     options.pop("health_check_interval", None)
-    sentinel = Sentinel(
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]
         [(p.hostname or "localhost", p.port or 26379) for p in parts],
         sentinel_kwargs=sentinel_kwargs,
         socket_timeout=options.get("socket_timeout"),
         socket_connect_timeout=options.get("socket_connect_timeout"),
     )
-    return sentinel.master_for(master, db=db, **options)
+    return sentinel.master_for(master, db=db, **options)  # type: ignore[no-untyped-call]
 
 
 def is_nogroup(exc: BaseException) -> bool:
@@ -163,9 +163,7 @@ def autoclaim(
     Returns the next cursor (``"0-0"`` when the scan is complete), the claimed
     entries and the ids of pending entries whose data was trimmed away.
     """
-    reply = client.execute_command(
-        "XAUTOCLAIM", sc.stream, sc.group, consumer, min_idle_ms, start, "COUNT", count
-    )
+    reply = client.execute_command("XAUTOCLAIM", sc.stream, sc.group, consumer, min_idle_ms, start, "COUNT", count)
     cursor = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
     entries = parse_entries(sc.stream, reply[1])
     deleted = [i.decode() if isinstance(i, bytes) else str(i) for i in (reply[2] if len(reply) > 2 else ())]
@@ -179,9 +177,7 @@ def delivery_counts(client: Any, sc: StreamConfig, consumer: str, ids: Iterable[
     ids = list(ids)
     if not ids:
         return {}
-    reply = client.execute_command(
-        "XPENDING", sc.stream, sc.group, ids[0], ids[-1], len(ids) + 16, consumer
-    )
+    reply = client.execute_command("XPENDING", sc.stream, sc.group, ids[0], ids[-1], len(ids) + 16, consumer)
     counts = {}
     for item in reply or ():
         entry_id = item[0].decode() if isinstance(item[0], bytes) else str(item[0])

@@ -261,9 +261,7 @@ class GroupLoop(_Loop):
             # "0": "$" would silently skip what was written in between.
             again = stream in self.created
             if ensure_group(self.client, sc, "0" if again else None) and again:
-                logger.warning(
-                    "redis-stream: group %s on stream %s was missing; recreated from 0", sc.group, sc.stream
-                )
+                logger.warning("redis-stream: group %s on stream %s was missing; recreated from 0", sc.group, sc.stream)
             self.created.add(stream)
             self.service.stats[stream].reading = True
             self.pending[stream] = "0"
@@ -476,8 +474,10 @@ class Service:
         with self._lock:
             loop = self._loops.get(key)
             if loop is None:
-                loop = GroupLoop(self, [], sc.batch_size, sc.group) if sc.mode == "group" else TrackerLoop(
-                    self, [], sc.batch_size
+                loop = (
+                    GroupLoop(self, [], sc.batch_size, sc.group)
+                    if sc.mode == "group"
+                    else TrackerLoop(self, [], sc.batch_size)
                 )
                 self._loops[key] = loop
                 if self._started and not self.stop_event.is_set():

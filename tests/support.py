@@ -43,7 +43,9 @@ class RedisServer:
     def __init__(self, *args: str, port: int | None = None, directory: str | None = None) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
-            raise RuntimeError("redis-server is not installed: the tests need the real server (apt-get install redis-server)")
+            raise RuntimeError(
+                "redis-server is not installed: the tests need the real server (apt-get install redis-server)"
+            )
         self.binary = binary
         self.args = list(args)
         self.port = port or free_port()
@@ -124,7 +126,7 @@ class Worker:
         self._logfile: Any = None
 
     def start(self, wait: str | None = "redis-stream: reading") -> Worker:
-        self._logfile = open(self.log, "ab")  # noqa: SIM115 - closed in wait()
+        self._logfile = open(self.log, "ab")
         self.proc = subprocess.Popen(self.cmd, cwd=ROOT, env=self.env, stdout=self._logfile, stderr=subprocess.STDOUT)
         if wait:
             self.wait_log(wait, 30)

@@ -128,7 +128,7 @@ def test_invalid_settings_are_refused_naming_setting_and_stream(conf: dict[str, 
 def test_a_queue_named_like_a_stream_in_the_broker_database_is_refused() -> None:
     app = make_app(stream_tasks={"payments": {"task": "shop.handle", "queue": "payments"}})
     app.conf.broker_url = app.conf.stream_url = "redis://127.0.0.1:1/0"
-    with pytest.raises(StreamConfigError, match="payments.*same Redis database"):
+    with pytest.raises(StreamConfigError, match=r"payments.*same Redis database"):
         load_config(app)
     app.conf.stream_url = "redis://127.0.0.1:1/1"  # streams in another database: fine
     assert load_config(app).streams[0].queue == "payments"
@@ -142,7 +142,7 @@ def test_an_unregistered_task_is_allowed_when_the_stream_says_so() -> None:
 def test_only_keeps_the_named_streams_and_refuses_unmapped_names() -> None:
     app = make_app(stream_tasks={"a": "shop.handle", "b": "shop.handle"})
     assert [s.stream for s in load_config(app, only=("b",)).streams] == ["b"]
-    with pytest.raises(StreamConfigError, match="--redis-streams.*zzz"):
+    with pytest.raises(StreamConfigError, match=r"--redis-streams.*zzz"):
         load_config(app, only=("zzz",))
 
 

@@ -44,9 +44,7 @@ def clean(server: RedisServer) -> None:
         server.client(db).flushdb()
 
 
-def test_the_step_runs_in_an_in_process_worker_and_results_are_stored(
-    celery_app: Celery, server: RedisServer
-) -> None:
+def test_the_step_runs_in_an_in_process_worker_and_results_are_stored(celery_app: Celery, server: RedisServer) -> None:
     seen: list[tuple[str, str, dict[str, str]]] = []
 
     @celery_app.task(name="t.handle", bind=True, shared=False)

@@ -149,7 +149,9 @@ def test_same_entry_dispatched_again_keeps_its_task_id(redis_server: RedisServer
     assert not set(first.values()) & {m["id"] for m in dispatched(redis_server)}
 
 
-def produce_steadily(server: RedisServer, stream: str, total: int, stop: threading.Event, rate_batch: int = 25) -> list[str]:
+def produce_steadily(
+    server: RedisServer, stream: str, total: int, stop: threading.Event, rate_batch: int = 25
+) -> list[str]:
     ids: list[str] = []
     client = server.client()
     while len(ids) < total and not stop.is_set():
@@ -267,7 +269,11 @@ def test_tracker_mode_resumes_after_the_stored_position(redis_server: RedisServe
 def test_two_workers_on_a_tracked_stream_dispatch_nothing_twice_and_take_over(redis_server: RedisServer) -> None:
     env = env_for(redis_server, {"orders": "tests.record"}, stream_mode="tracker", stream_claim_idle_ms=1500)
     a = Worker(env, "a", queues="other").start()
-    b = Worker(env, "b", queues="other", ).start(wait="ready.")
+    b = Worker(
+        env,
+        "b",
+        queues="other",
+    ).start(wait="ready.")
     client = redis_server.client()
     try:
         produced = []
