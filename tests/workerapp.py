@@ -52,12 +52,12 @@ def _record(request: Any, args: Any, kwargs: Any) -> None:
     )
 
 
-@app.task(bind=True, name="tests.record")
+@app.task(bind=True, name="tests.record", shared=False)
 def record(self: Any, *args: Any, **kwargs: Any) -> None:
     _record(self.request, args, kwargs)
 
 
-@app.task(bind=True, name="tests.slow")
+@app.task(bind=True, name="tests.slow", shared=False)
 def slow(self: Any, *args: Any, **kwargs: Any) -> None:
     time.sleep(float(os.environ.get("CRS_SLOW_SECONDS", "0.01")))
     _record(self.request, args, kwargs)
