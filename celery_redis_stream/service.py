@@ -87,6 +87,8 @@ class _Loop(threading.Thread):
         self.dispatcher = Dispatcher(service.app, max_entry_bytes=service.config.max_entry_bytes)
         self.gauge = QueueGauge(service.app)
         self.queues = {sc.stream: target_queue(service.app, sc) for sc in streams if sc.max_queue_length}
+        self.quiet_until: dict[str, float] = {}
+        self.loud_pause: dict[str, bool] = {}
         self.failures = 0
         self._incoming: list[StreamConfig] = []
         self._incoming_lock = threading.Lock()
@@ -187,7 +189,17 @@ class _Loop(threading.Thread):
         paused = size > sc.max_queue_length
         if paused != stats.paused:
             stats.paused = paused
-            logger.info(
+            # A queue hovering at its limit flips every read: log a pause and
+            # its resume at INFO, further ones within a minute at DEBUG.
+            now = time.monotonic()
+            if paused:
+                loud = now >= self.quiet_until.get(sc.stream, 0.0)
+                if loud:
+                    self.quiet_until[sc.stream] = now + 60.0
+                self.loud_pause[sc.stream] = loud
+            else:
+                loud = self.loud_pause.get(sc.stream, True)
+            (logger.info if loud else logger.debug)(
                 "redis-stream: %s stream=%s queue=%s length=%d limit=%d",
                 "pausing" if paused else "resuming", sc.stream, queue, size, sc.max_queue_length,
             )  # fmt: skip
