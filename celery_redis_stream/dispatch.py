@@ -31,7 +31,7 @@ BATCH_PUBLISH_ERRORS: tuple[type[BaseException], ...] = tuple(
 # While the worker runs tasks of its own, a batch that took at least
 # YIELD_MIN_SECONDS is followed by a pause of its time x YIELD_SHARE, capped.
 YIELD_MIN_SECONDS = 0.005
-YIELD_SHARE = 2.0
+YIELD_SHARE = 4.0
 YIELD_MAX_SECONDS = 0.5
 
 # Seconds; kombu's Redis transport options for the publishing connection only.
@@ -124,12 +124,12 @@ class Dispatcher:
         return self._send(sc, entries, counts)
 
     def pace(self, elapsed: float, wait: Callable[[float], Any]) -> None:
-        """After a large batch, pause for twice its time if this worker runs tasks of its own.
+        """After a large batch, pause for four times its time if this worker runs tasks of its own.
 
         The reader thread and the worker's consumer share one GIL; a reader
         bridging a backlog flat out would otherwise leave the worker a fifth
         of it. While the worker holds or has just run tasks, the reader takes
-        about a third; an idle worker's reader never waits, and small batches
+        about a fifth; an idle worker's reader never waits, and small batches
         (a steady trickle, where latency matters) never wait either. Called
         after the batch was acknowledged, so a pause never holds a position.
         """

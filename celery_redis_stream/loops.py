@@ -1,0 +1,430 @@
+"""The reading loops: one thread and one blocking read each, for group mode, tracker mode and discovery."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+from celery.utils.log import get_logger
+from redis.exceptions import AuthenticationError, NoPermissionError, ResponseError
+
+from .backpressure import QueueGauge, target_queue
+from .config import StreamConfig
+from .dispatch import BrokerUnavailable, Dispatcher
+from .entry import RawEntry
+from .exceptions import StreamConfigError
+from .position import Lease, LeaseLost, commit
+from .reader import (
+    autoclaim,
+    connect,
+    delivery_counts,
+    ensure_group,
+    read_group,
+    read_tracked,
+    start_position,
+)
+from .redact import redact
+
+if TYPE_CHECKING:
+    from .service import Service
+
+__all__ = ["Discovery", "GroupLoop", "StreamStats", "TrackerLoop"]
+
+logger = get_logger(__name__)
+
+BACKOFF_MIN = 0.2
+BACKOFF_MAX = 10.0
+
+
+@dataclass
+class StreamStats:
+    """What one stream's reader has done; shown by ``celery inspect redis_stream``."""
+
+    stream: str
+    mode: str
+    task: str
+    group: str | None
+    tracker: str | None
+    dispatched: int = 0
+    dead_lettered: int = 0
+    trimmed: int = 0
+    last_id: str | None = None
+    reading: bool = False
+    paused: bool = False
+    last_error: str | None = None
+
+
+def _fatal(exc: BaseException) -> bool:
+    if isinstance(exc, (NoPermissionError, AuthenticationError)):
+        return True
+    text = str(exc)
+    return isinstance(exc, ResponseError) and text.startswith(("NOPERM", "WRONGTYPE", "NOAUTH", "WRONGPASS"))
+
+
+def _describe(exc: BaseException) -> str:
+    return redact(f"{type(exc).__name__}: {exc}")[:500]
+
+
+class _Loop(threading.Thread):
+    """One thread, one Redis client, one blocking read for all its streams."""
+
+    def __init__(self, service: Service, streams: Sequence[StreamConfig], batch_size: int, name: str) -> None:
+        super().__init__(name=f"redis-stream {name}", daemon=True)
+        self.label = name
+        self.service = service
+        self.streams = {sc.stream: sc for sc in streams}
+        self.batch_size = batch_size
+        self.client: Any = None
+        self.dispatcher = Dispatcher(service.app, max_entry_bytes=service.config.max_entry_bytes)
+        self.gauge = QueueGauge(service.app)
+        self.queues = {sc.stream: target_queue(service.app, sc) for sc in streams if sc.max_queue_length}
+        self.quiet_until: dict[str, float] = {}
+        self.loud_pause: dict[str, bool] = {}
+        self.failures = 0
+        self._incoming: list[StreamConfig] = []
+        self._incoming_lock = threading.Lock()
+
+    def add(self, sc: StreamConfig) -> None:
+        """Read ``sc`` too, from the next round on (called from other threads)."""
+        with self._incoming_lock:
+            self._incoming.append(sc)
+
+    def adopt_incoming(self) -> None:
+        with self._incoming_lock:
+            incoming, self._incoming = self._incoming, []
+        for sc in incoming:
+            self.streams[sc.stream] = sc
+            if sc.max_queue_length:
+                self.queues[sc.stream] = target_queue(self.service.app, sc)
+            self.adopted(sc)
+
+    def adopted(self, sc: StreamConfig) -> None:
+        """A stream joined this loop."""
+
+    @property
+    def block_ms(self) -> int:
+        return self.service.config.block_ms
+
+    @property
+    def stopping(self) -> bool:
+        return self.service.stop_event.is_set()
+
+    def run(self) -> None:
+        try:
+            while not self.stopping:
+                try:
+                    if self.client is None:
+                        self.client = connect(self.service.config)
+                    self.adopt_incoming()
+                    self.step()
+                    if self.failures:
+                        logger.info("redis-stream: %s recovered after %d failed attempt(s)", self.label, self.failures)
+                        self.failures = 0
+                        for stats in self._stats():
+                            stats.last_error = None
+                except Exception as exc:
+                    if _fatal(exc):
+                        self._give_up(exc)
+                        return
+                    self._retry_later(exc)
+        finally:
+            self.cleanup()
+
+    def _stats(self) -> list[StreamStats]:
+        return [self.service.stats[s] for s in self.streams]
+
+    def _give_up(self, exc: BaseException) -> None:
+        error = _describe(exc)
+        for stats in self._stats():
+            stats.last_error, stats.reading = error, False
+        logger.error(
+            "redis-stream: %s stopped reading %s: %s (not retried: fix the Redis permissions or the key, "
+            "then restart the worker)",
+            self.label, ",".join(self.streams), error,
+        )  # fmt: skip
+
+    def _retry_later(self, exc: BaseException) -> None:
+        self.failures += 1
+        error = _describe(exc)
+        for stats in self._stats():
+            stats.last_error = error
+        delay = min(BACKOFF_MAX, BACKOFF_MIN * 2 ** min(self.failures - 1, 10)) * random.uniform(0.5, 1.0)
+        log = logger.warning if self.failures == 1 else logger.debug
+        if isinstance(exc, BrokerUnavailable):
+            log("redis-stream: %s: broker unavailable, position kept, retrying: %s", self.label, error)
+        elif isinstance(exc, LeaseLost):
+            log("redis-stream: %s: %s", self.label, error)
+        else:
+            log("redis-stream: %s: %s; retrying in %.1fs", self.label, error, delay, exc_info=self.failures == 1)
+        self.on_error(exc)
+        self.service.stop_event.wait(delay)
+
+    def step(self) -> None:
+        """One round: at most one blocking read and the batches it returned."""
+        raise NotImplementedError
+
+    def on_error(self, exc: BaseException) -> None:
+        """Forget what is not known to be true any more after an error."""
+
+    def paused(self, sc: StreamConfig) -> bool:
+        """Backpressure: leave the backlog in the stream while the target queue is full."""
+        if sc.max_queue_length is None:
+            return False
+        stats = self.service.stats[sc.stream]
+        queue = self.queues[sc.stream]
+        try:
+            size = self.gauge.size(queue)
+        except Exception as exc:
+            self.gauge.close()
+            raise BrokerUnavailable(f"cannot read the length of queue {queue!r}: {_describe(exc)}") from exc
+        paused = size > sc.max_queue_length
+        if paused != stats.paused:
+            stats.paused = paused
+            # A queue hovering at its limit flips every read: log a pause and
+            # its resume at INFO, further ones within a minute at DEBUG.
+            now = time.monotonic()
+            if paused:
+                loud = now >= self.quiet_until.get(sc.stream, 0.0)
+                if loud:
+                    self.quiet_until[sc.stream] = now + 60.0
+                self.loud_pause[sc.stream] = loud
+            else:
+                loud = self.loud_pause.get(sc.stream, True)
+            (logger.info if loud else logger.debug)(
+                "redis-stream: %s stream=%s queue=%s length=%d limit=%d",
+                "pausing" if paused else "resuming", sc.stream, queue, size, sc.max_queue_length,
+            )  # fmt: skip
+        return paused
+
+    def cleanup(self) -> None:
+        self.gauge.close()
+        self.dispatcher.close()
+        client, self.client = self.client, None
+        if client is not None:
+            with contextlib.suppress(Exception):  # closing a broken connection may fail; it is discarded anyway
+                client.close()
+
+    def handle(
+        self,
+        sc: StreamConfig,
+        entries: Sequence[RawEntry],
+        *,
+        counts: dict[str, int] | None = None,
+        trimmed: Sequence[str] = (),
+        lease: Lease | None = None,
+    ) -> None:
+        """Dispatch a batch of one stream, then move its position past it."""
+        stats = self.service.stats[sc.stream]
+        started = time.monotonic()
+        dead = self.dispatcher.send(sc, entries, counts) if entries else []
+        ids = [e.id for e in entries]
+        commit(self.client, sc, [*ids, *trimmed] if sc.mode == "group" else ids, dead, lease=lease)
+        elapsed = time.monotonic() - started
+        for letter in dead:
+            logger.error(
+                "redis-stream: dead-lettered stream=%s id=%s reason=%s to=%s: %s",
+                sc.stream, letter.raw.id, letter.reason, sc.dead_letter, letter.error,
+            )  # fmt: skip
+        if trimmed:
+            logger.warning(
+                "redis-stream: %d pending entr%s of stream=%s were trimmed before dispatch and cannot be "
+                "sent: %s",
+                len(trimmed), "y" if len(trimmed) == 1 else "ies", sc.stream, ",".join(trimmed[:10]),
+            )  # fmt: skip
+        stats.dispatched += len(entries) - len(dead)
+        stats.dead_lettered += len(dead)
+        stats.trimmed += len(trimmed)
+        if ids:
+            stats.last_id = ids[-1]
+        self.dispatcher.pace(elapsed, self.service.stop_event.wait)
+
+
+class GroupLoop(_Loop):
+    """Group mode: own pending entries first, then new ones; claims what dead consumers left."""
+
+    def __init__(self, service: Service, streams: Sequence[StreamConfig], batch_size: int, group: str) -> None:
+        super().__init__(service, streams, batch_size, name=f"group={group}")
+        self.group = group
+        self.consumer = service.consumer
+        self.unready: set[str] = set(self.streams)
+        self.created: set[str] = set()
+        self.pending: dict[str, str] = {}
+        self.next_claim = 0.0
+        claim_ms = service.config.claim_idle_ms
+        self.claim_every = min(max(claim_ms / 2000, self.block_ms / 1000), 30.0)
+
+    def adopted(self, sc: StreamConfig) -> None:
+        self.unready.add(sc.stream)
+
+    def setup(self) -> None:
+        for stream in sorted(self.unready):
+            sc = self.streams[stream]
+            # A group missing at start follows stream_start; one that vanishes
+            # while we run (Redis restarted empty, key deleted) comes back from
+            # "0": "$" would silently skip what was written in between.
+            again = stream in self.created
+            if ensure_group(self.client, sc, "0" if again else None) and again:
+                logger.warning("redis-stream: group %s on stream %s was missing; recreated from 0", sc.group, sc.stream)
+            self.created.add(stream)
+            self.service.stats[stream].reading = True
+            self.pending[stream] = "0"
+            self.unready.discard(stream)
+
+    def step(self) -> None:
+        if self.unready:
+            self.setup()
+        if self.pending:
+            self.recover_own_pending()
+            return
+        if time.monotonic() >= self.next_claim:
+            self.claim()
+            self.next_claim = time.monotonic() + self.claim_every
+        positions = {s: ">" for s in self.streams if not self.paused(self.streams[s])}
+        if not positions:
+            self.service.stop_event.wait(self.block_ms / 1000)
+            return
+        reply = read_group(
+            self.client, self.group, self.consumer, positions, count=self.batch_size, block_ms=self.block_ms
+        )
+        for stream, entries in reply.items():
+            if entries:
+                self.handle(self.streams[stream], entries)
+
+    def recover_own_pending(self) -> None:
+        reply = read_group(self.client, self.group, self.consumer, self.pending, count=self.batch_size, block_ms=None)
+        for stream in list(self.pending):
+            entries = reply.get(stream) or []
+            if not entries:
+                del self.pending[stream]
+                continue
+            sc = self.streams[stream]
+            self.pending[stream] = entries[-1].id
+            live = [e for e in entries if e.pairs is not None]
+            trimmed = [e.id for e in entries if e.pairs is None]
+            counts = delivery_counts(self.client, sc, self.consumer, [e.id for e in live]) if live else {}
+            self.handle(sc, live, counts=counts, trimmed=trimmed)
+
+    def claim(self) -> None:
+        min_idle = self.service.config.claim_idle_ms
+        for sc in self.streams.values():
+            cursor = "0-0"
+            while not self.stopping:
+                cursor, entries, trimmed = autoclaim(
+                    self.client, sc, self.consumer, min_idle_ms=min_idle, start=cursor, count=self.batch_size
+                )
+                if entries or trimmed:
+                    logger.info(
+                        "redis-stream: claimed %d idle entr%s of stream=%s group=%s",
+                        len(entries), "y" if len(entries) == 1 else "ies", sc.stream, sc.group,
+                    )  # fmt: skip
+                    counts = delivery_counts(self.client, sc, self.consumer, [e.id for e in entries])
+                    self.handle(sc, entries, counts=counts, trimmed=trimmed)
+                if cursor in ("0-0", "0"):
+                    break
+
+    def on_error(self, exc: BaseException) -> None:
+        if isinstance(exc, (BrokerUnavailable, LeaseLost)):
+            # Whatever was read but not acknowledged sits in our own pending
+            # list: re-reading it from "0" resumes exactly where it failed.
+            self.pending = {s: "0" for s in self.streams}
+        else:
+            # Redis failed: the group may be gone (restart, deleted key).
+            self.unready = set(self.streams)
+
+
+class TrackerLoop(_Loop):
+    """Tracker mode: XREAD after a stored position, one worker per stream under a lease."""
+
+    def __init__(self, service: Service, streams: Sequence[StreamConfig], batch_size: int) -> None:
+        super().__init__(service, streams, batch_size, name="tracker")
+        self.lease: Lease | None = None
+        self.owned: dict[str, str] = {}
+
+    @property
+    def lease_ms(self) -> int:
+        return max(self.service.config.claim_idle_ms, 3 * self.block_ms)
+
+    def step(self) -> None:
+        if self.lease is None:
+            self.lease = Lease(self.client, self.service.consumer, self.lease_ms)
+        lease = self.lease
+        for stream, sc in self.streams.items():
+            stats = self.service.stats[stream]
+            if lease.acquire(sc):
+                if stream not in self.owned:
+                    self.owned[stream] = start_position(self.client, sc)
+                    logger.info(
+                        "redis-stream: reading tracked stream=%s from %s (lease %s)",
+                        stream, self.owned[stream], sc.lease_key,
+                    )  # fmt: skip
+                stats.reading = True
+            elif stream in self.owned or stats.reading:
+                self.owned.pop(stream, None)
+                stats.reading = False
+                logger.warning("redis-stream: lease on stream=%s taken by another worker; standing by", stream)
+        positions = {s: p for s, p in self.owned.items() if not self.paused(self.streams[s])}
+        if not positions:
+            self.service.stop_event.wait(self.block_ms / 1000)
+            return
+        reply = read_tracked(self.client, positions, count=self.batch_size, block_ms=self.block_ms)
+        for stream, entries in reply.items():
+            if not entries or stream not in self.owned:
+                continue
+            try:
+                self.handle(self.streams[stream], entries, lease=lease)
+            except LeaseLost:
+                self.owned.pop(stream, None)
+                self.service.stats[stream].reading = False
+                raise
+            self.owned[stream] = entries[-1].id
+
+    def on_error(self, exc: BaseException) -> None:
+        # Reload positions from the tracker keys: they hold what was committed.
+        self.owned.clear()
+
+    def cleanup(self) -> None:
+        if self.lease is not None and self.client is not None:
+            for stream in list(self.owned):
+                with contextlib.suppress(Exception):  # an unreleased lease expires by itself
+                    self.lease.release(self.streams[stream])
+            self.owned.clear()
+        super().cleanup()
+
+
+class Discovery(_Loop):
+    """Finds the streams that a pattern in stream_tasks (``orders:*``) matches, every discovery interval."""
+
+    def __init__(self, service: Service, patterns: Sequence[StreamConfig]) -> None:
+        super().__init__(service, [], 0, name="discovery")
+        self.patterns = list(patterns)
+        self.first_scan = True
+        self.refused: set[str] = set()
+
+    def _stats(self) -> list[StreamStats]:
+        return []
+
+    def step(self) -> None:
+        for pattern in self.patterns:
+            for key in self.client.scan_iter(match=pattern.stream, _type="STREAM", count=1000):
+                name = key.decode() if isinstance(key, bytes) else str(key)
+                if name in self.service.stats or name in self.refused or self.service.is_dead_letter(name):
+                    continue
+                sc = pattern.for_stream(name, cluster=self.service.config.cluster)
+                if not self.first_scan:
+                    # Created after the worker started: all of it is new.
+                    sc = replace(sc, start="0")
+                try:
+                    self.service.check(sc)
+                except StreamConfigError as exc:
+                    self.refused.add(name)
+                    logger.error("redis-stream: not reading stream=%s matching %s: %s", name, pattern.stream, exc)
+                    continue
+                logger.info("redis-stream: found stream=%s matching %s", name, pattern.stream)
+                self.service.add(sc)
+        self.first_scan = False
+        self.service.stop_event.wait(self.service.config.discovery_interval)
