@@ -1,6 +1,7 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
+import signal
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -26,3 +27,22 @@ def workers() -> Iterator[list[Worker]]:
     finally:
         for worker in started:
             worker.kill()
+
+
+@pytest.fixture
+def spawn() -> Iterator[Callable[..., Worker]]:
+    """Makes bridge workers (tests/ledger.py); any still running at the end, paused ones too, are killed."""
+    from .ledger import bridge_worker
+
+    started: list[Worker] = []
+
+    def make(*args: str, **kwargs: object) -> Worker:
+        worker = bridge_worker(*args, **kwargs)  # type: ignore[arg-type]
+        started.append(worker)
+        return worker
+
+    yield make
+    for worker in started:
+        if worker.proc is not None and worker.proc.poll() is None:
+            worker.proc.send_signal(signal.SIGCONT)
+        worker.kill()

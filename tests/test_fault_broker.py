@@ -8,30 +8,16 @@ broker is back.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import psutil
 import pytest
 
-from .ledger import FAST, STREAM, Ledger, acked_ids, bridge_worker
+from .ledger import FAST, STREAM, Ledger, acked_ids
 from .proxy import Proxy
-from .support import RedisServer, Worker, wait_for
+from .support import RedisServer, wait_for
 
 BATCH = FAST["stream_batch_size"]
-
-
-@pytest.fixture
-def spawn() -> Iterator[Callable[..., Worker]]:
-    workers: list[Worker] = []
-
-    def make(*args: str, **kwargs: object) -> Worker:
-        worker = bridge_worker(*args, **kwargs)  # type: ignore[arg-type]
-        workers.append(worker)
-        return worker
-
-    yield make
-    for worker in workers:
-        worker.kill()
 
 
 @pytest.fixture

@@ -6,29 +6,15 @@ from __future__ import annotations
 import re
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
-from .ledger import FAST, GROUP, STREAM, Ledger, bridge_worker, reader_blocked
+from .ledger import FAST, GROUP, STREAM, Ledger, reader_blocked
 from .proxy import Proxy
-from .support import RedisServer, Worker, wait_for
+from .support import RedisServer, wait_for
 
 RECREATED = f"group {GROUP} on stream {STREAM} was missing; recreated from 0"
-
-
-@pytest.fixture
-def spawn() -> Iterator[Callable[..., Worker]]:
-    workers: list[Worker] = []
-
-    def make(*args: str, **kwargs: object) -> Worker:
-        worker = bridge_worker(*args, **kwargs)  # type: ignore[arg-type]
-        workers.append(worker)
-        return worker
-
-    yield make
-    for worker in workers:
-        worker.kill()
 
 
 @pytest.fixture

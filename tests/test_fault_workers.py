@@ -11,33 +11,17 @@ import random
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
-from .ledger import FAST, STREAM, Ledger, Producer, bridge_worker, id_key, pending_of, reader_blocked
+from .ledger import FAST, STREAM, Ledger, Producer, id_key, pending_of, reader_blocked
 from .support import RedisServer, Worker, wait_for
 
 BATCH = FAST["stream_batch_size"]
 LONG = bool(os.environ.get("CRS_LONG"))
 KILL_CYCLES = 20 if LONG else 5
 TRACKER_KEY = f"stream_tracker:{{{STREAM}}}"
-
-
-@pytest.fixture
-def spawn() -> Iterator[Callable[..., Worker]]:
-    workers: list[Worker] = []
-
-    def make(*args: str, **kwargs: object) -> Worker:
-        worker = bridge_worker(*args, **kwargs)  # type: ignore[arg-type]
-        workers.append(worker)
-        return worker
-
-    yield make
-    for worker in workers:
-        if worker.proc is not None and worker.proc.poll() is None:
-            worker.proc.send_signal(signal.SIGCONT)
-        worker.kill()
 
 
 def urls(server: RedisServer) -> tuple[str, str, str]:
