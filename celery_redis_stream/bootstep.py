@@ -12,6 +12,7 @@ from celery.utils.log import get_logger
 from celery.worker.control import inspect_command
 
 from .config import DEFAULTS, load_config
+from .exceptions import StreamConfigError
 from .metrics import MetricsServer
 from .service import Service
 
@@ -53,7 +54,11 @@ class RedisStreamStep(bootsteps.StartStopStep):  # type: ignore[misc]
         if unknown:
             logger.warning("redis-stream: ignoring unknown setting(s) %s", ", ".join(unknown))
         # Raising here stops the worker before the pool starts and before anything is read.
-        config = load_config(app, only=self.only)
+        try:
+            config = load_config(app, only=self.only)
+        except StreamConfigError as exc:
+            logger.critical("redis-stream: %s", str(exc).removeprefix("celery-redis-stream: "))
+            raise
         if not config.streams:
             logger.info("redis-stream: no streams mapped (stream_tasks is empty); not reading")
             return None

@@ -14,7 +14,7 @@ from kombu.exceptions import OperationalError
 
 from .config import StreamConfig
 from .entry import RawEntry, build_call, decode
-from .exceptions import EntryError
+from .exceptions import EntryError, StreamError
 from .fastpath import FastPath
 from .position import DeadLetter
 
@@ -38,7 +38,7 @@ YIELD_MAX_SECONDS = 0.5
 PUBLISH_TIMEOUTS = {"socket_timeout": 10.0, "socket_connect_timeout": 5.0}
 
 
-class BrokerUnavailable(Exception):
+class BrokerUnavailable(StreamError):
     """The broker did not accept a publish; the batch is retried, nothing is acknowledged."""
 
 

@@ -14,6 +14,8 @@ from celery.utils.saferepr import saferepr
 from kombu import serialization
 from kombu.utils import json as kombu_json
 
+from .exceptions import StreamError
+
 __all__ = ["Call", "FastPath"]
 
 logger = get_logger(__name__)
@@ -59,7 +61,7 @@ def argument_repr(value: Any, maxsize: int, maxlevels: int) -> str:
     return str(saferepr(value, maxsize, maxlevels=maxlevels))
 
 
-class Unsupported(Exception):
+class Unsupported(StreamError):
     """This app or stream needs something only the standard path does; the reason is the message."""
 
 

@@ -318,7 +318,7 @@ def test_an_invalid_setting_stops_the_worker_before_anything_is_read(redis_serve
     worker = Worker(env).start(wait=None)
     code = worker.wait(60)
     assert code != 0
-    assert "stream_tasks for stream 'orders'" in worker.output()
+    assert "CRITICAL/MainProcess] redis-stream: setting stream_tasks for stream 'orders'" in worker.output()
     assert "not registered" in worker.output()
     assert not redis_server.client().xinfo_groups("orders")  # nothing was read or created
 
