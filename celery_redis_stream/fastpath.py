@@ -237,7 +237,8 @@ class FastPath:
             return None
         failed: list[tuple[str, str]] = []
         amqp = self.app.amqp
-        maxlevels = self.app.conf.task_repr_maxlevels
+        # Celery < 5.5 has no task_repr_maxlevels; its saferepr default is 3 levels.
+        maxlevels = self.app.conf.get("task_repr_maxlevels") or 3
         args_max, kwargs_max = amqp.argsrepr_maxsize, amqp.kwargsrepr_maxsize
         on_task_call = None if tpl.ignore_result else self.app.backend.on_task_call
         headers_tpl, props_tpl, embed = tpl.headers, tpl.properties, tpl.embed
