@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+import sys
 from typing import Any
 
 import click
@@ -182,10 +183,16 @@ def _group_position(client: Any, sc: StreamConfig) -> str | None:
     return text(found.get("last-delivered-id")) if found is not None else None
 
 
+def _confirm(question: str) -> None:
+    """Ask at a terminal; a script (stdin not a terminal) has nobody to ask, and goes on as with --yes."""
+    if sys.stdin is not None and sys.stdin.isatty():
+        click.confirm(question, abort=True)
+
+
 def _reset_group(client: Any, sc: StreamConfig, target: str, yes: bool) -> None:
     current = _group_position(client, sc) or "(missing)"
     if not yes:
-        click.confirm(f"Move group {sc.group!r} of stream {sc.stream!r} from {current} to {target}?", abort=True)
+        _confirm(f"Move group {sc.group!r} of stream {sc.stream!r} from {current} to {target}?")
     if ensure_group(client, sc, target):
         _echo(f"{sc.stream}: created group {sc.group} at {_group_position(client, sc)}")
         return
@@ -205,8 +212,7 @@ def _reset_tracker(client: Any, sc: StreamConfig, target: str, yes: bool, force:
     stored = client.get(sc.tracker_key)
     current = text(stored) if stored is not None else "(not set)"
     if not yes:
-        click.confirm(f"Move tracker {sc.tracker_key} of stream {sc.stream!r} from {current} to {position}?",
-                      abort=True)  # fmt: skip
+        _confirm(f"Move tracker {sc.tracker_key} of stream {sc.stream!r} from {current} to {position}?")
     client.set(sc.tracker_key, position)
     _echo(f"{sc.stream}: tracker {sc.tracker_key} moved from {current} to {position}")
 
@@ -283,7 +289,7 @@ def dead_letters(ctx: click.Context, stream: str, limit: int | None, requeue: bo
             _echo(f"{sc.dead_letter}: requeued {moved} entr{'y' if moved == 1 else 'ies'} to {sc.stream}{note}")
             return
         if not yes:
-            click.confirm(f"Delete {total} dead letter(s) from {sc.dead_letter}? There is no undo.", abort=True)
+            _confirm(f"Delete {total} dead letter(s) from {sc.dead_letter}? There is no undo.")
         with _progress(f"purge {sc.dead_letter}", total) as advance:
             purged = deadletters.purge(client, sc, total, progress=advance)
         _echo(f"{sc.dead_letter}: purged {purged} entr{'y' if purged == 1 else 'ies'}")

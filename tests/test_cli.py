@@ -23,16 +23,38 @@ TASKS = {
 }
 
 
-def cli(env: dict[str, str], *args: str, stdin: str = "", timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def cli(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """The real command line, run as a script would (stdin is not a terminal)."""
     return subprocess.run(
         [sys.executable, "-m", "celery", "-A", "tests.workerapp", "redis-stream", *args],
         cwd=ROOT,
         env={**os.environ, **env, "PYTHONPATH": str(ROOT), "COLUMNS": "200", "PYTHONIOENCODING": "utf-8"},
-        input=stdin,
+        stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
         timeout=timeout,
     )
+
+
+def cli_at_terminal(env: dict[str, str], *args: str, answer: str) -> subprocess.CompletedProcess[str]:
+    """The command line with a terminal as stdin, where an operator types ``answer``."""
+    master, slave = os.openpty()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "tests.workerapp", "redis-stream", *args],
+            cwd=ROOT,
+            env={**os.environ, **env, "PYTHONPATH": str(ROOT), "COLUMNS": "200", "PYTHONIOENCODING": "utf-8"},
+            stdin=slave,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        os.write(master, answer.encode())
+        out, err = proc.communicate(timeout=60)
+    finally:
+        os.close(slave)
+        os.close(master)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def env_for(url: str, **conf: Any) -> dict[str, str]:
@@ -118,8 +140,16 @@ def test_status_max_lag_exits_1_only_when_a_lag_exceeds_it(state: dict[str, Any]
 
 def test_reset_group_asks_then_moves_it_and_lag_is_recomputed(state: dict[str, Any]) -> None:
     c, env = state["client"], state["env"]
-    refused = cli(env, "reset", "orders", "--to", "0", stdin="n\n")
+    refused = cli_at_terminal(env, "reset", "orders", "--to", "0", answer="n\n")
     assert refused.returncode == 1 and "Aborted" in refused.stderr
+    assert "Move group 'celery' of stream 'orders'" in refused.stdout
+    assert group_info(c, "orders")["last-delivered-id"].decode() == state["orders"][1]
+    # A script has nobody to ask: it runs as written, as with --yes.
+    scripted = cli(env, "reset", "orders", "--to", "0")
+    assert scripted.returncode == 0, scripted.stderr
+    assert group_info(c, "orders")["last-delivered-id"].decode() == "0-0"
+    accepted = cli_at_terminal(env, "reset", "orders", "--to", state["orders"][1], answer="y\n")
+    assert accepted.returncode == 0, accepted.stderr
     assert group_info(c, "orders")["last-delivered-id"].decode() == state["orders"][1]
 
     moved = cli(env, "reset", "orders", "--to", state["orders"][0], "--yes")
@@ -167,7 +197,7 @@ def test_reset_tracker_refuses_while_the_lease_is_held_unless_forced(state: dict
     assert c.get("stream_tracker:{events}") == b"0-0"
 
     c.delete("stream_tracker:{events}:lease")
-    asked = cli(env, "reset", "events", "--to", "$", stdin="n\n")
+    asked = cli_at_terminal(env, "reset", "events", "--to", "$", answer="n\n")
     assert asked.returncode == 1 and c.get("stream_tracker:{events}") == b"0-0"
     assert cli(env, "reset", "events", "--to", "$", "--yes").returncode == 0
     assert c.get("stream_tracker:{events}").decode() == state["events"][-1]
@@ -222,7 +252,7 @@ def test_dead_letters_lists_requeues_original_bytes_and_purges(server: RedisServ
     left = c.xrange("orders:dead")
     assert [f[b"dlq_source_id"] for _, f in left] == [src[2].encode()]
 
-    refused = cli(env, "dead-letters", "orders", "--purge", stdin="n\n")
+    refused = cli_at_terminal(env, "dead-letters", "orders", "--purge", answer="n\n")
     assert refused.returncode == 1 and c.xlen("orders:dead") == 1
     purged = cli(env, "dead-letters", "orders", "--purge", "--yes")
     assert purged.returncode == 0 and "purged 1 entry" in purged.stdout
