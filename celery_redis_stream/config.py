@@ -179,8 +179,17 @@ def import_converter(path: str, stream: str) -> Converter:
     return cast(Converter, obj)
 
 
+def _broker_url(conf: Any) -> str | None:
+    # The property, not conf.get(): Celery takes CELERY_BROKER_URL from the environment first.
+    try:
+        url = conf.broker_url
+    except AttributeError:
+        url = conf.get("broker_url")
+    return url if isinstance(url, str) else None
+
+
 def default_url(conf: Any) -> str:
-    broker = conf.get("broker_url") or ""
+    broker = _broker_url(conf) or ""
     if isinstance(broker, str):
         if broker.strip().startswith("sentinel://"):
             return broker.strip()  # kombu's ';'-joined sentinels: all of them, not just the first
@@ -239,7 +248,7 @@ def _check_queue_names(conf: Any, url: str, streams: list[StreamConfig]) -> None
     The broker would LPUSH/BRPOP a key that holds a stream: WRONGTYPE in the
     worker's consumer, and a worker that cannot start.
     """
-    broker = conf.get("broker_url")
+    broker = _broker_url(conf)
     if not isinstance(broker, str) or _redis_db(url) is None:
         return
     if _redis_db(broker.split(";")[0].strip()) != _redis_db(url):
@@ -387,6 +396,12 @@ def load_config(app: Any, *, only: tuple[str, ...] | None = None, check_register
         reserved = sorted({"task_id", "args", "kwargs", "producer", "name"} & set(options))
         if reserved:
             raise _fail("stream_tasks 'options'", f"{', '.join(reserved)} cannot be set per stream", stream)
+        options = dict(options)
+        if "queue" in options:
+            # send_task's own queue argument: the same as the stream's queue option.
+            if queue is not None and options["queue"] != queue:
+                raise _fail("stream_tasks 'options'", "'queue' is given twice, as an option and in options", stream)
+            queue = _str(options.pop("queue"), "stream_tasks 'options' 'queue'", stream)
         tracker_option = spec.get("tracker")
         if tracker_option is not None:
             tracker_option = _str(tracker_option, "stream_tasks 'tracker'", stream)
@@ -410,7 +425,7 @@ def load_config(app: Any, *, only: tuple[str, ...] | None = None, check_register
                 converter=converter,
                 converter_path=converter_path,
                 queue=queue,
-                options=dict(options),
+                options=options,
                 registered=registered,
                 max_queue_length=stream_max_queue,
                 fast_path=fast_path,

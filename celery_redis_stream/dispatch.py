@@ -153,6 +153,9 @@ class Dispatcher:
         send_task = self.app.send_task
         options = dict(sc.options)
         extra_headers = options.pop("headers", None) or {}
+        # The reader retries whole batches with its own backoff; kombu's
+        # per-publish retries would only stack timeouts in front of it.
+        options.setdefault("retry", False)
         by_id = {raw.id: raw for raw in entries}
         task_ids = task_ids_for(sc, [call[0] for call in calls])
         try:

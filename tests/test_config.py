@@ -42,6 +42,14 @@ def test_stream_url_defaults_to_a_redis_broker_and_never_shows_its_password() ->
     assert "secret" not in repr(config)
 
 
+def test_stream_url_follows_a_broker_given_by_the_celery_broker_url_environment_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CELERY_BROKER_URL", "redis://:pw@envhost:1234/3")
+    app = make_app(stream_tasks={"orders": "shop.handle"})
+    assert load_config(app).url == "redis://:pw@envhost:1234/3"
+
+
 def test_stream_url_falls_back_to_local_redis_for_an_amqp_broker() -> None:
     app = make_app(stream_tasks={"orders": "shop.handle"})
     app.conf.broker_url = "amqp://guest:guest@localhost//"
@@ -71,6 +79,15 @@ def test_per_stream_options_override_the_global_settings() -> None:
         "billing", {"priority": 5}, "kwargs", "tracker", "g2", "0", 7,
     )  # fmt: skip
     assert sc.tracker_key == "t:pay"
+
+
+def test_a_queue_in_send_options_is_the_stream_queue() -> None:
+    app = make_app(stream_tasks={"o": {"task": "shop.handle", "options": {"queue": "q2", "priority": 5}}})
+    (sc,) = load_config(app).streams
+    assert (sc.queue, dict(sc.options)) == ("q2", {"priority": 5})
+    app.conf.stream_tasks = {"o": {"task": "shop.handle", "queue": "q1", "options": {"queue": "q2"}}}
+    with pytest.raises(StreamConfigError, match="twice"):
+        load_config(app)
 
 
 def test_a_converter_is_imported_at_start_up() -> None:
