@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-import sys
 from typing import Any
 
 import click
@@ -56,6 +56,12 @@ def _redis_errors(config: BridgeConfig) -> Iterator[None]:
         yield
     except RedisError as exc:
         raise click.ClickException(f"redis at {config.safe_url}: {redact(str(exc))}") from exc
+
+
+def _console() -> Console:
+    # Piped or captured output has no terminal width; rich would fold ids and
+    # names at 80 columns, which breaks grep and scripts.
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 240)
 
 
 def _echo(message: str, err: bool = False) -> None:
@@ -135,8 +141,50 @@ def status(ctx: click.Context, as_json: bool, max_lag: int | None) -> None:
     if as_json:
         click.echo(json.dumps(data, indent=2))
     else:
-        _render_status(data, Console(highlight=False))
+        _render_status(data, _console())
     ctx.exit(0 if data["ok"] else 1)
+
+
+# -- inspect ------------------------------------------------------------------------------------
+
+
+@redis_stream.command(name="inspect")
+@click.option("--destination", "-d", default=None, help="Comma-separated worker node names (default: all).")
+@click.option("--timeout", "-t", type=float, default=5.0, show_default=True, help="Seconds to wait for replies.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.pass_context
+def inspect_readers(ctx: click.Context, destination: str | None, timeout: float, as_json: bool) -> None:
+    """Each running worker's readers (the `inspect redis_stream` remote command, on any Celery version).
+
+    Exits 1 when no worker replied.
+    """
+    app = ctx.obj.app
+    nodes = [d.strip() for d in destination.split(",") if d.strip()] if destination else None
+    # With named workers, return as soon as each of them answered.
+    limit = len(nodes) if nodes else None
+    replies = app.control.broadcast("redis_stream", reply=True, timeout=timeout, destination=nodes, limit=limit)
+    workers: dict[str, Any] = {}
+    for reply in replies or ():
+        workers.update(reply)
+    if as_json:
+        _echo(json.dumps(workers, indent=2, sort_keys=True))
+    else:
+        table = _table(
+            "Readers", "worker", "stream", "mode", "dispatched", "dead-lettered", "last id", "reading", "paused",
+            "last error", right=("dispatched", "dead-lettered"),
+        )  # fmt: skip
+        for node, info in sorted(workers.items()):
+            for s in info.get("streams", []):
+                table.add_row(
+                    node, s["stream"], s["mode"], str(s["dispatched"]), str(s["dead_lettered"]), s["last_id"] or "-",
+                    "yes" if s["reading"] else "no", "yes" if s["paused"] else "no", redact(s["last_error"] or ""),
+                )  # fmt: skip
+            if not info.get("enabled", True):
+                table.add_row(node, "-", "-", "-", "-", "-", "no", "no", "redis-stream is off in this worker")
+        _console().print(table)
+    if not workers:
+        _echo("No worker replied within the timeout.", err=True)
+        ctx.exit(1)
 
 
 # -- reset --------------------------------------------------------------------------------------
@@ -276,7 +324,7 @@ def dead_letters(ctx: click.Context, stream: str, limit: int | None, requeue: bo
         length = int(client.xlen(sc.dead_letter))
         if not (requeue or purge):
             entries = deadletters.read(client, sc, count=limit or 20)
-            _render_dead(sc, length, entries, Console(highlight=False))
+            _render_dead(sc, length, entries, _console())
             return
         total = min(length, limit) if limit else length
         if total == 0:

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from celery import __version__ as celery_version
 
 from .support import ROOT, Worker, executed, produce_many, wait_for, worker_env
 from .test_cli import PasswordRedisServer
@@ -63,7 +64,16 @@ def running() -> Iterator[dict[str, Any]]:
         server.stop()
 
 
+OLD_CELERY_CLI = tuple(int(x) for x in celery_version.split(".")[:2]) < (5, 4)
+
+
 def test_inspect_redis_stream_reports_each_reader_of_the_worker(running: dict[str, Any]) -> None:
+    if OLD_CELERY_CLI:
+        # Celery 5.3's `inspect` accepts only its built-in command names (documented);
+        # `celery redis-stream inspect` below is the way there.
+        refused = celery(running["env"], "inspect", "redis_stream", "--json", "-d", NODE, "-t", "5")
+        assert refused.returncode == 2 and "redis_stream" in refused.stderr
+        return
     result = inspect(running["env"], "redis_stream")
     reply = result["reply"]
     assert (reply["enabled"], reply["alive"], reply["consumer"]) == (True, True, NODE)
@@ -77,6 +87,22 @@ def test_inspect_redis_stream_reports_each_reader_of_the_worker(running: dict[st
         assert (s["reading"], s["paused"], s["last_error"]) == (True, False, None)
     assert running["password"] not in result["text"]
     assert reply["url"].startswith("redis://:**@")
+
+
+def test_redis_stream_inspect_command_reports_the_same_on_any_celery_version(running: dict[str, Any]) -> None:
+    # `celery inspect` of Celery < 5.4 only accepts its built-in commands; this one broadcasts directly.
+    result = celery(running["env"], "redis-stream", "inspect", "--json", "-d", NODE, "-t", "15")
+    assert result.returncode == 0, result.stdout + result.stderr
+    reply = json.loads(result.stdout)[NODE]
+    streams = {s["stream"]: s for s in reply["streams"]}
+    assert (streams["orders"]["dispatched"], streams["orders"]["dead_lettered"]) == (5, 1)
+    assert streams["events"]["last_id"] == running["events"][-1]
+    table = celery(running["env"], "redis-stream", "inspect", "-d", NODE, "-t", "15")
+    assert table.returncode == 0, table.stdout + table.stderr
+    assert NODE in table.stdout and running["orders"][-1] in table.stdout
+    assert running["password"] not in result.stdout + table.stdout + table.stderr
+    nobody = celery(running["env"], "redis-stream", "inspect", "-d", "nobody@nowhere", "-t", "1")
+    assert nobody.returncode == 1 and "No worker replied" in nobody.stderr
 
 
 def test_inspect_stats_includes_the_step_info(running: dict[str, Any]) -> None:

@@ -87,7 +87,8 @@ def test_passwords_never_appear_in_logs_inspect_output_or_repr(streams_as: str) 
         # Naming the destinations lets inspect return as soon as both answered.
         to = ["-d", f"{good.name}@{socket.gethostname()},{wrong.name}@{socket.gethostname()}", "--timeout", "20"]
         outputs = {
-            "inspect redis_stream": celery_cli(good.env, "inspect", "redis_stream", "--json", *to),
+            "inspect redis_stream": celery_cli(good.env, "redis-stream", "inspect", "--json", *to),
+            "inspect redis_stream table": celery_cli(good.env, "redis-stream", "inspect", *to),
             "inspect stats": celery_cli(good.env, "inspect", "stats", *to),
             "redis-stream status": celery_cli(good.env, "redis-stream", "status"),
             "redis-stream status --json": celery_cli(good.env, "redis-stream", "status", "--json"),
