@@ -6,7 +6,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from .bootstep import RedisStreamStep, install
 from .entry import StreamEntry
-from .exceptions import EntryError, StreamConfigError, StreamError
+from .exceptions import EmptyEntryError, EntryError, StreamConfigError, StreamError
 from .producer import produce
 
 try:
@@ -15,6 +15,7 @@ except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0"
 
 __all__ = [
+    "EmptyEntryError",
     "EntryError",
     "RedisStreamStep",
     "StreamConfigError",

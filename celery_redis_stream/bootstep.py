@@ -11,7 +11,7 @@ from celery.app import utils as app_utils
 from celery.utils.log import get_logger
 from celery.worker.control import inspect_command
 
-from .config import DEFAULTS, load_config
+from .config import load_config
 from .exceptions import StreamConfigError
 from .metrics import MetricsServer
 from .service import Service
@@ -50,9 +50,6 @@ class RedisStreamStep(bootsteps.StartStopStep):  # type: ignore[misc]
 
     def create(self, parent: Any) -> Service | None:
         app = parent.app
-        unknown = sorted(k for k in app.conf if k.lower().startswith("stream_") and k.lower() not in DEFAULTS)
-        if unknown:
-            logger.warning("redis-stream: ignoring unknown setting(s) %s", ", ".join(unknown))
         # Raising here stops the worker before the pool starts and before anything is read.
         try:
             config = load_config(app, only=self.only)

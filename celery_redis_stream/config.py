@@ -270,14 +270,47 @@ def _setting(conf: Any, name: str) -> Any:
     return DEFAULTS[name] if value is None else value
 
 
+def _refuse_unknown_settings(app: Any) -> None:
+    """A misspelt setting (``stream_batchsize``) would silently leave the default in force."""
+    namespace = (getattr(app, "namespace", None) or "").upper()
+    for key in list(app.conf.keys()):
+        if not isinstance(key, str):
+            continue
+        if namespace:
+            # Django-style settings: only CELERY_STREAM_* is ours; a project's own STREAM_* is not.
+            if not key.upper().startswith(f"{namespace}_STREAM_"):
+                continue
+            name = key[len(namespace) + 1 :].lower()
+        elif key.startswith("stream_"):
+            name = key
+        else:
+            continue
+        if name not in DEFAULTS:
+            known = ", ".join(sorted(DEFAULTS))
+            raise _fail(key, f"is not a celery-redis-stream setting (known: {known})")
+
+
 def load_config(app: Any, *, only: tuple[str, ...] | None = None, check_registered: bool = True) -> BridgeConfig:
     """Read and check every ``stream_*`` setting of ``app`` once.
 
     Raises :class:`StreamConfigError` (an ``ImproperlyConfigured``) naming the
-    setting and the stream. ``only`` keeps a subset of the mapped streams
-    (the worker's ``--redis-streams`` option); naming an unmapped stream is an error.
+    setting and the stream (for a global setting, the streams it affects).
+    ``only`` keeps a subset of the mapped streams (the worker's
+    ``--redis-streams`` option); naming an unmapped stream is an error.
     """
+    try:
+        return _load_config(app, only=only, check_registered=check_registered)
+    except StreamConfigError as exc:
+        tasks = app.conf.get("stream_tasks")
+        if " for stream " in str(exc) or not isinstance(tasks, Mapping) or not tasks:
+            raise
+        names = ", ".join(repr(name) for name in tasks)
+        raise StreamConfigError(f"{exc} (affects streams {names})") from None
+
+
+def _load_config(app: Any, *, only: tuple[str, ...] | None, check_registered: bool) -> BridgeConfig:
     conf = app.conf
+    _refuse_unknown_settings(app)
     tasks = _setting(conf, "stream_tasks")
     if not isinstance(tasks, Mapping):
         raise _fail("stream_tasks", f"expected a mapping of stream name to task, got {type(tasks).__name__}")
@@ -296,7 +329,7 @@ def load_config(app: Any, *, only: tuple[str, ...] | None = None, check_register
     prefix = _str(_setting(conf, "stream_tracker_prefix"), "stream_tracker_prefix")
     max_queue = conf.get("stream_max_queue_length")
     if max_queue is not None:
-        max_queue = _int(max_queue, "stream_max_queue_length", minimum=1)
+        max_queue = _int(max_queue, "stream_max_queue_length", minimum=0)
     url = conf.get("stream_url") or default_url(conf)
     if not isinstance(url, str):
         raise _fail("stream_url", "expected a URL string")
@@ -407,7 +440,7 @@ def load_config(app: Any, *, only: tuple[str, ...] | None = None, check_register
             tracker_option = _str(tracker_option, "stream_tasks 'tracker'", stream)
         stream_max_queue = spec.get("max_queue_length", max_queue)
         if stream_max_queue is not None:
-            stream_max_queue = _int(stream_max_queue, "stream_tasks 'max_queue_length'", stream, minimum=1)
+            stream_max_queue = _int(stream_max_queue, "stream_tasks 'max_queue_length'", stream, minimum=0)
         streams.append(
             StreamConfig(
                 stream=stream,

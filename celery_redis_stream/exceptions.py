@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from celery.exceptions import ImproperlyConfigured
 
-__all__ = ["EntryError", "StreamConfigError", "StreamError"]
+__all__ = ["EmptyEntryError", "EntryError", "StreamConfigError", "StreamError"]
 
 
 class StreamError(Exception):
@@ -22,3 +22,7 @@ class EntryError(StreamError):
         super().__init__(f"{reason}: {error}")
         self.reason = reason
         self.error = error
+
+
+class EmptyEntryError(StreamError, ValueError):
+    """produce() was given no field: Redis has no empty stream entries."""

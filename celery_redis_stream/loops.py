@@ -82,7 +82,7 @@ class _Loop(threading.Thread):
         self.client: Any = None
         self.dispatcher = Dispatcher(service.app, max_entry_bytes=service.config.max_entry_bytes)
         self.gauge = QueueGauge(service.app)
-        self.queues = {sc.stream: target_queue(service.app, sc) for sc in streams if sc.max_queue_length}
+        self.queues = {sc.stream: target_queue(service.app, sc) for sc in streams if sc.max_queue_length is not None}
         self.quiet_until: dict[str, float] = {}
         self.loud_pause: dict[str, bool] = {}
         self.failures = 0
@@ -99,7 +99,7 @@ class _Loop(threading.Thread):
             incoming, self._incoming = self._incoming, []
         for sc in incoming:
             self.streams[sc.stream] = sc
-            if sc.max_queue_length:
+            if sc.max_queue_length is not None:
                 self.queues[sc.stream] = target_queue(self.service.app, sc)
             self.adopted(sc)
 

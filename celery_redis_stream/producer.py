@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from .exceptions import EmptyEntryError
+
 __all__ = ["produce"]
 
 FieldValue = str | bytes | int | float
@@ -24,6 +26,6 @@ def produce(
     drops the oldest entries whether or not a worker has dispatched them yet.
     """
     if not fields:
-        raise ValueError("produce() needs at least one field: Redis rejects an empty entry")
+        raise EmptyEntryError("produce() needs at least one field: Redis rejects an empty entry")
     entry_id = client.xadd(stream, dict(fields), maxlen=maxlen, approximate=approximate)
     return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)

@@ -126,7 +126,7 @@ def test_the_user_mapping_is_not_mutated() -> None:
         ({"stream_tasks": {"o": "shop.handle"}, "stream_claim_idle_ms": True}, ["stream_claim_idle_ms"]),
         ({"stream_tasks": {"o": "shop.handle"}, "stream_dead_letter": "dead"}, ["stream_dead_letter"]),
         ({"stream_tasks": {"o": "shop.handle"}, "stream_max_entry_bytes": -1}, ["stream_max_entry_bytes"]),
-        ({"stream_tasks": {"o": "shop.handle"}, "stream_max_queue_length": 0}, ["stream_max_queue_length"]),
+        ({"stream_tasks": {"o": "shop.handle"}, "stream_max_queue_length": -1}, ["stream_max_queue_length"]),
         ({"stream_tasks": {"o": "shop.handle"}, "stream_url": "amqp://x:pw@h//"}, ["stream_url"]),
         ({"stream_tasks": {"o": "shop.handle"}, "stream_start": "-"}, ["stream_start"]),
         ({"stream_tasks": {"o": "shop.handle"}, "stream_group": ""}, ["stream_group"]),
@@ -149,6 +149,29 @@ def test_a_queue_named_like_a_stream_in_the_broker_database_is_refused() -> None
         load_config(app)
     app.conf.stream_url = "redis://127.0.0.1:1/1"  # streams in another database: fine
     assert load_config(app).streams[0].queue == "payments"
+
+
+def test_an_error_in_a_global_setting_names_the_streams_it_affects() -> None:
+    with pytest.raises(StreamConfigError, match=r"stream_mode.*affects streams 'a', 'b'"):
+        load_config(make_app(stream_tasks={"a": "shop.handle", "b": "shop.handle"}, stream_mode="fanout"))
+
+
+def test_a_misspelt_setting_is_refused_rather_than_ignored(tmp_path: Any, monkeypatch: Any) -> None:
+    with pytest.raises(StreamConfigError, match=r"stream_batchsize.*not a celery-redis-stream setting"):
+        load_config(make_app(stream_tasks={"o": "shop.handle"}, stream_batchsize=5))
+    (tmp_path / "djmisspelt.py").write_text(
+        "CELERY_STREAM_TASKS = {'o': 'shop.handle'}\nCELERY_STREAM_BATCHSIZE = 9\nSTREAM_CHUNKS = 3\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    app = make_app()
+    app.config_from_object("djmisspelt", namespace="CELERY")
+    with pytest.raises(StreamConfigError, match="CELERY_STREAM_BATCHSIZE"):
+        load_config(app)
+    # the project's own STREAM_* settings are not ours
+    (tmp_path / "djown.py").write_text("CELERY_STREAM_TASKS = {'o': 'shop.handle'}\nSTREAM_CHUNKS = 3\n")
+    app = make_app()
+    app.config_from_object("djown", namespace="CELERY")
+    assert load_config(app).streams[0].stream == "o"
 
 
 def test_an_unregistered_task_is_allowed_when_the_stream_says_so() -> None:

@@ -98,5 +98,5 @@ def test_produce_appends_and_trims(server: RedisServer) -> None:
     for i in range(50):
         celery_redis_stream.produce(client, "p", {"i": i}, maxlen=10, approximate=False)
     assert client.xlen("p") == 10
-    with pytest.raises(ValueError, match="at least one field"):
+    with pytest.raises(celery_redis_stream.StreamError, match="at least one field"):
         celery_redis_stream.produce(client, "p", {})
