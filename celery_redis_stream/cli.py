@@ -18,7 +18,7 @@ from rich.text import Text
 from . import deadletters
 from .config import BridgeConfig, StreamConfig, load_config
 from .exceptions import StreamConfigError
-from .reader import connect, ensure_group, last_id
+from .reader import as_entry_id, connect, ensure_group, last_id
 from .redact import redact
 from .status import collect, parse_target, text
 
@@ -256,7 +256,7 @@ def _reset_tracker(client: Any, sc: StreamConfig, target: str, yes: bool, force:
             "(or pass --force: a running reader keeps its own position until it restarts)"
         )
     # A tracker holds a concrete id: "$" is the end of the stream now, "0" the very start.
-    position = last_id(client, sc.stream) if target == "$" else ("0-0" if target == "0" else target)
+    position = as_entry_id(target, lambda: last_id(client, sc.stream))
     stored = client.get(sc.tracker_key)
     current = text(stored) if stored is not None else "(not set)"
     if not yes:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 
@@ -13,11 +13,11 @@ from .config import BridgeConfig, StreamConfig
 from .entry import RawEntry, parse_entries, parse_read_reply
 
 __all__ = [
+    "as_entry_id",
     "autoclaim",
     "connect",
     "delivery_counts",
     "ensure_group",
-    "is_nogroup",
     "read_group",
     "read_tracked",
     "start_position",
@@ -118,11 +118,6 @@ def _sentinel(url: str, options: dict[str, Any]) -> Any:
     return sentinel.master_for(master, db=db, **options)  # type: ignore[no-untyped-call]
 
 
-def is_nogroup(exc: BaseException) -> bool:
-    text = str(exc)
-    return isinstance(exc, ResponseError) and (text.startswith("NOGROUP") or "no longer exists" in text)
-
-
 def ensure_group(client: Any, sc: StreamConfig, start: str | None = None) -> bool:
     """Create the consumer group of ``sc`` (and the stream) unless it exists; True if created.
 
@@ -208,6 +203,13 @@ def last_id(client: Any, stream: str) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def as_entry_id(position: str, stream_last_id: Callable[[], str]) -> str:
+    """A start or target position as a concrete id: ``"$"`` is the stream's last id now, ``"0"`` the very start."""
+    if position == "$":
+        return stream_last_id()
+    return "0-0" if position == "0" else position
+
+
 def start_position(client: Any, sc: StreamConfig) -> str:
     """Where a tracker starts when its key does not exist yet.
 
@@ -217,7 +219,7 @@ def start_position(client: Any, sc: StreamConfig) -> str:
     stored = client.get(sc.tracker_key)
     if stored is not None:
         return stored.decode() if isinstance(stored, bytes) else str(stored)
-    start = last_id(client, sc.stream) if sc.start == "$" else ("0-0" if sc.start == "0" else sc.start)
+    start = as_entry_id(sc.start, lambda: last_id(client, sc.stream))
     if client.set(sc.tracker_key, start, nx=True):
         return start
     stored = client.get(sc.tracker_key)

@@ -9,6 +9,7 @@ from typing import Any
 from redis.exceptions import ResponseError
 
 from .config import BridgeConfig, StreamConfig
+from .reader import as_entry_id
 from .redact import redact
 
 __all__ = ["LAG_SCAN_LIMIT", "collect", "count_after", "id_key", "parse_target", "stream_status"]
@@ -114,9 +115,7 @@ def _stream_info(client: Any, stream: str) -> dict[str, Any]:
 
 def _start_position(sc: StreamConfig, info: dict[str, Any]) -> str:
     """Where a reader that has no position yet will start (``stream_start``)."""
-    if sc.start == "$":
-        return info["last_id"] or "0-0"
-    return "0-0" if sc.start == "0" else sc.start
+    return as_entry_id(sc.start, lambda: info["last_id"] or "0-0")
 
 
 def _group(client: Any, sc: StreamConfig, info: dict[str, Any], limit: int) -> dict[str, Any]:
