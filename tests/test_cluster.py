@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import redis
 from celery import Celery
 from redis.crc import key_slot
 
@@ -164,16 +165,16 @@ def test_cluster_refuses_keys_that_cannot_share_the_streams_slot(tasks: Any, con
     assert next(iter(tasks)) in str(info.value)
 
 
-def test_reshard_of_a_streams_slot_under_load_loses_nothing(
-    cluster: Cluster, broker: RedisServer, workers: list[Worker]
-) -> None:
-    group_stream, tracked = "reshard-g", "reshard-t"
-    c = cluster.client()
+def bridge_a_group_and_a_tracked_stream(
+    cluster: Cluster, broker: RedisServer, workers: list[Worker], group_stream: str, tracked: str
+) -> tuple[Worker, redis.Redis]:
+    """A worker reading one group-mode and one tracker-mode stream, 5 entries each already executed."""
     env = worker_env(
         cluster.url, broker.url_db(1), broker.url_db(2),
         {group_stream: "tests.record", tracked: {"task": "tests.record", "mode": "tracker"}},
         stream_start="0", stream_block_ms=200,
     )  # fmt: skip
+    c = cluster.client()
     produce_many(c, group_stream, 5)
     produce_many(c, tracked, 5)
     worker = Worker(env)
@@ -181,6 +182,14 @@ def test_reshard_of_a_streams_slot_under_load_loses_nothing(
     worker.start()
     ledger = broker.client(2)
     wait_logged(workers, lambda: len(executed(ledger)) >= 10, 60, "the first 10 tasks")
+    return worker, ledger
+
+
+def test_reshard_of_a_streams_slot_under_load_loses_nothing(
+    cluster: Cluster, broker: RedisServer, workers: list[Worker]
+) -> None:
+    group_stream, tracked = "reshard-g", "reshard-t"
+    worker, ledger = bridge_a_group_and_a_tracked_stream(cluster, broker, workers, group_stream, tracked)
 
     producer = Producer(cluster.client(), [group_stream, tracked])
     producer.start()
@@ -224,19 +233,7 @@ def test_master_failover_dispatches_everything_the_cluster_kept(
     try:
         # Both streams share one slot (hash tag), so one kill hits group and tracker mode.
         group_stream, tracked = "{fo}:group", "{fo}:tracked"
-        c = cluster.client()
-        env = worker_env(
-            cluster.url, broker_server.url_db(1), broker_server.url_db(2),
-            {group_stream: "tests.record", tracked: {"task": "tests.record", "mode": "tracker"}},
-            stream_start="0", stream_block_ms=200,
-        )  # fmt: skip
-        produce_many(c, group_stream, 5)
-        produce_many(c, tracked, 5)
-        worker = Worker(env)
-        workers.append(worker)
-        worker.start()
-        ledger = broker_server.client(2)
-        wait_logged(workers, lambda: len(executed(ledger)) >= 10, 60, "the first 10 tasks")
+        worker, ledger = bridge_a_group_and_a_tracked_stream(cluster, broker_server, workers, group_stream, tracked)
 
         producer = Producer(cluster.client(), [group_stream, tracked], pause=0.01)
         producer.start()
