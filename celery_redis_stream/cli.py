@@ -6,6 +6,7 @@ import json
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from typing import Any
 
 import click
@@ -118,11 +119,26 @@ def _render_status(data: dict[str, Any], console: Console) -> None:
     console.print(positions)
     if consumers.row_count:
         console.print(consumers)
+    _render_retention(data, console)
     if data["max_lag"] is not None:
         if data["ok"]:
             console.print(f"OK: every lag is at most {data['max_lag']}")
         else:
             console.print(f"LAG: over {data['max_lag']} (or unknown) on {', '.join(data['over_max_lag'])}")
+
+
+def _render_retention(data: dict[str, Any], console: Console) -> None:
+    """Streams under stream_retention_ms: the retention, what the bridge trimmed (all workers) and when."""
+    table = _table("retention", "stream", "retention", "trimmed", "last trim", "kept from", right=("trimmed",))
+    for s in data["streams"]:
+        if s.get("retention_ms") is None:
+            continue
+        last = s.get("retention_last_trim_ms")
+        when = datetime.fromtimestamp(last / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ") if last else "-"
+        retention = f"{s['retention_ms'] / 1000:g}s"
+        table.add_row(Text(s["stream"]), retention, str(s["retention_trimmed"]), when, s["retention_minid"] or "-")
+    if table.row_count:
+        console.print(table)
 
 
 @redis_stream.command()

@@ -27,6 +27,7 @@ STREAM_KEYS = frozenset(
     {
         "task", "queue", "options", "call", "converter", "mode", "group", "start",
         "tracker", "batch_size", "registered", "max_queue_length",
+        "retention_ms",
     }
 )  # fmt: skip
 
@@ -49,6 +50,8 @@ DEFAULTS: dict[str, Any] = {
     "stream_metrics_port": None,
     "stream_metrics_addr": "0.0.0.0",  # noqa: S104 - Prometheus scrapes from outside the host
     "stream_fast_path": False,
+    "stream_reap_idle_ms": 3600000,
+    "stream_retention_ms": None,
 }
 
 
@@ -76,6 +79,7 @@ class StreamConfig:
     dead_letter_template: str = "{stream}:dead"
     tracker_prefix: str = "stream_tracker:"
     tracker_option: str | None = None
+    retention_ms: int | None = None
 
     @property
     def is_pattern(self) -> bool:
@@ -115,6 +119,7 @@ class BridgeConfig:
     discovery_interval: float = 30.0
     metrics_port: int | None = None
     metrics_addr: str = "0.0.0.0"  # noqa: S104
+    reap_idle_ms: int = 3600000
 
     @property
     def cluster(self) -> bool:
@@ -162,6 +167,10 @@ def _start(value: Any, setting: str, stream: str | None = None) -> str:
     if not ms.isdigit() or (seq and not seq.isdigit()):
         raise _fail(setting, f"expected '$', '0' or an entry id like '1700000000000-0', got {text!r}", stream)
     return text
+
+
+def _retention(value: Any, stream: str) -> int | None:
+    return None if value is None else _int(value, "stream_tasks 'retention_ms'", stream, minimum=1)
 
 
 def import_converter(path: str, stream: str) -> Converter:
@@ -372,6 +381,10 @@ def _load_config(app: Any, *, only: tuple[str, ...] | None, check_registered: bo
     consumer = conf.get("stream_consumer")
     if consumer is not None:
         consumer = _str(consumer, "stream_consumer")
+    reap_idle_ms = _int(_setting(conf, "stream_reap_idle_ms"), "stream_reap_idle_ms", minimum=1)
+    retention_ms = conf.get("stream_retention_ms")
+    if retention_ms is not None:
+        retention_ms = _int(retention_ms, "stream_retention_ms", minimum=1)
 
     if only is not None:
         unknown = sorted(set(only) - set(tasks))
@@ -462,6 +475,7 @@ def _load_config(app: Any, *, only: tuple[str, ...] | None, check_registered: bo
                 registered=registered,
                 max_queue_length=stream_max_queue,
                 fast_path=fast_path,
+                retention_ms=_retention(spec.get("retention_ms", retention_ms), stream),
             )
         )
     _check_queue_names(conf, url, streams)
@@ -480,4 +494,5 @@ def _load_config(app: Any, *, only: tuple[str, ...] | None, check_registered: bo
         discovery_interval=float(discovery_interval),
         metrics_port=metrics_port,
         metrics_addr=metrics_addr,
+        reap_idle_ms=reap_idle_ms,
     )

@@ -29,6 +29,7 @@ from .reader import (
     start_position,
 )
 from .redact import redact
+from .upkeep import Upkeep
 
 if TYPE_CHECKING:
     from .service import Service
@@ -57,6 +58,8 @@ class StreamStats:
     reading: bool = False
     paused: bool = False
     last_error: str | None = None
+    consumers_removed: int = 0
+    retention_trimmed: int = 0
 
 
 def _fatal(exc: BaseException) -> bool:
@@ -86,6 +89,7 @@ class _Loop(threading.Thread):
         self.quiet_until: dict[str, float] = {}
         self.loud_pause: dict[str, bool] = {}
         self.failures = 0
+        self.upkeep = Upkeep(block_ms=service.config.block_ms, reap_idle_ms=service.config.reap_idle_ms)
         self._incoming: list[StreamConfig] = []
         self._incoming_lock = threading.Lock()
 
@@ -284,6 +288,9 @@ class GroupLoop(_Loop):
         if time.monotonic() >= self.next_claim:
             self.claim()
             self.next_claim = time.monotonic() + self.claim_every
+            # After the claim: a consumer whose entries were just claimed may go now.
+            self.upkeep.reap(self.client, self.streams.values(), self.consumer, self.service.stats)
+            self.upkeep.trim(self.client, self.streams.values(), self.service.stats)
         positions = {s: ">" for s in self.streams if not self.paused(self.streams[s])}
         if not positions:
             self.service.stop_event.wait(self.block_ms / 1000)
@@ -336,6 +343,13 @@ class GroupLoop(_Loop):
             # Redis failed: the group may be gone (restart, deleted key).
             self.unready = set(self.streams)
 
+    def cleanup(self) -> None:
+        if self.stopping and self.client is not None and not self.failures:
+            # A warm stop, after the last commit: a consumer with nothing
+            # pending would only pile up in the group under the next name.
+            self.upkeep.leave(self.client, self.streams.values(), self.consumer, self.service.stats)
+        super().cleanup()
+
 
 class TrackerLoop(_Loop):
     """Tracker mode: XREAD after a stored position, one worker per stream under a lease."""
@@ -367,6 +381,8 @@ class TrackerLoop(_Loop):
                 self.owned.pop(stream, None)
                 stats.reading = False
                 logger.warning("redis-stream: lease on stream=%s taken by another worker; standing by", stream)
+        # Only the lease holder trims a tracked stream.
+        self.upkeep.trim(self.client, [self.streams[s] for s in self.owned], self.service.stats)
         positions = {s: p for s, p in self.owned.items() if not self.paused(self.streams[s])}
         if not positions:
             self.service.stop_event.wait(self.block_ms / 1000)

@@ -40,6 +40,12 @@ class BridgeCollector:
         dead = CounterMetricFamily(
             "redis_stream_dead_lettered", "Stream entries this worker moved to the dead-letter stream.", labels=labels
         )
+        trimmed = CounterMetricFamily(
+            "redis_stream_retention_trimmed", "Stream entries this worker trimmed under retention.", labels=labels
+        )
+        removed = CounterMetricFamily(
+            "redis_stream_consumers_removed", "Idle empty consumers this worker removed from the group.", labels=labels
+        )
         paused = GaugeMetricFamily("redis_stream_paused", "1 while backpressure pauses the stream.", labels=labels)
         lag = GaugeMetricFamily(
             "redis_stream_lag", "Entries not yet dispatched by the group or tracker.", labels=labels
@@ -57,6 +63,8 @@ class BridgeCollector:
             dispatched.add_metric(values, stats.dispatched)
             dead.add_metric(values, stats.dead_lettered)
             paused.add_metric(values, 1 if stats.paused else 0)
+            trimmed.add_metric(values, stats.retention_trimmed)
+            removed.add_metric(values, stats.consumers_removed)
         try:
             if self._client is None:
                 from .reader import connect
@@ -79,7 +87,7 @@ class BridgeCollector:
             if client is not None:
                 with contextlib.suppress(Exception):
                     client.close()
-        yield from (dispatched, dead, paused, lag, pending, dead_length, up)
+        yield from (dispatched, dead, trimmed, removed, paused, lag, pending, dead_length, up)
 
 
 class MetricsServer:

@@ -11,6 +11,7 @@ from redis.exceptions import ResponseError
 from .config import BridgeConfig, StreamConfig
 from .reader import as_entry_id
 from .redact import redact
+from .retention import retention_status
 
 __all__ = ["LAG_SCAN_LIMIT", "collect", "count_after", "id_key", "parse_target", "stream_status"]
 
@@ -174,6 +175,7 @@ def stream_status(client: Any, sc: StreamConfig, *, limit: int = LAG_SCAN_LIMIT)
         out.update(_group(client, sc, info, limit) if sc.mode == "group" else _tracker(client, sc, info, limit))
         out["dead_letter"] = sc.dead_letter
         out["dead_letter_length"] = int(client.xlen(sc.dead_letter))
+        out.update(retention_status(client, sc))
     except ResponseError as exc:  # e.g. WRONGTYPE: show it on this stream, keep the others
         out["error"] = redact(str(exc))
     return out
