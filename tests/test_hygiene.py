@@ -235,3 +235,83 @@ def test_this_redis_has_no_acked_trimming_so_the_script_judges_the_groups(client
     client.xadd("orders", {"n": "1"})
     with pytest.raises(redis.ResponseError):
         client.execute_command("XTRIM", "orders", "MINID", "~", "0-1", "ACKED")
+
+
+# -- settings, stats and metrics ----------------------------------------------------------------------------
+
+
+def app_with(**conf: object) -> Celery:
+    app = Celery("hyg", broker="memory://", set_as_current=False)
+    app.conf.update(conf)
+    return app
+
+
+def test_consumers_are_reaped_after_an_hour_and_nothing_is_trimmed_by_default() -> None:
+    config = load_config(app_with(stream_tasks={"orders": {"task": "t", "registered": False}}))
+    assert config.reap_idle_ms == 3_600_000
+    assert config.streams[0].retention_ms is None
+
+
+def test_retention_is_set_globally_and_per_stream() -> None:
+    tasks = {
+        "orders": {"task": "t", "registered": False},
+        "audit": {"task": "t", "registered": False, "retention_ms": 5000},
+        "keep": {"task": "t", "registered": False, "retention_ms": None},
+    }
+    config = load_config(app_with(stream_tasks=tasks, stream_retention_ms=86_400_000, stream_reap_idle_ms=60_000))
+    assert {sc.stream: sc.retention_ms for sc in config.streams} == {
+        "orders": 86_400_000, "audit": 5000, "keep": None,
+    }  # fmt: skip
+    assert config.reap_idle_ms == 60_000
+
+
+@pytest.mark.parametrize(
+    ("conf", "words"),
+    [
+        ({"stream_reap_idle_ms": 0}, ["stream_reap_idle_ms", "at least 1"]),
+        ({"stream_reap_idle_ms": "1h"}, ["stream_reap_idle_ms", "integer"]),
+        ({"stream_reap_idle_ms": True}, ["stream_reap_idle_ms", "integer"]),
+        ({"stream_retention_ms": -1}, ["stream_retention_ms", "at least 1"]),
+        ({"stream_retention_ms": 1.5}, ["stream_retention_ms", "integer"]),
+        ({"stream_retention_ms": "7d"}, ["stream_retention_ms", "integer"]),
+        (
+            {"stream_tasks": {"orders": {"task": "t", "registered": False, "retention_ms": "1d"}}},
+            ["retention_ms", "orders"],
+        ),
+        (
+            {"stream_tasks": {"orders": {"task": "t", "registered": False, "retention_ms": 0}}},
+            ["retention_ms", "orders"],
+        ),
+    ],
+)
+def test_invalid_hygiene_and_retention_settings_are_refused(conf: dict[str, object], words: list[str]) -> None:
+    from celery_redis_stream import StreamConfigError
+
+    conf = {"stream_tasks": {"orders": {"task": "t", "registered": False}}, **conf}
+    with pytest.raises(StreamConfigError) as info:
+        load_config(app_with(**conf))
+    for word in words:
+        assert word in str(info.value)
+
+
+def test_removals_and_trims_are_counted_in_inspect_and_metrics() -> None:
+    from prometheus_client.core import Metric
+
+    from celery_redis_stream.metrics import BridgeCollector
+    from celery_redis_stream.service import Service
+
+    app = app_with(stream_tasks={"orders": {"task": "t", "registered": False}}, stream_url="redis://127.0.0.1:1/0")
+    service = Service(app, load_config(app), consumer="w1@host")
+    stats = service.stats["orders"]
+    stats.consumers_removed, stats.retention_trimmed = 3, 120
+    (shown,) = service.info()["streams"]
+    assert (shown["consumers_removed"], shown["retention_trimmed"]) == (3, 120)
+    families: dict[str, Metric] = {f.name: f for f in BridgeCollector(service).collect()}
+    values = {
+        name: [(s.labels, s.value) for s in families[name].samples if s.name.endswith("_total")]
+        for name in ("redis_stream_consumers_removed", "redis_stream_retention_trimmed")
+    }
+    assert values == {
+        "redis_stream_consumers_removed": [({"stream": "orders", "mode": "group"}, 3)],
+        "redis_stream_retention_trimmed": [({"stream": "orders", "mode": "group"}, 120)],
+    }

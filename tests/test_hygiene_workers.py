@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -44,14 +45,14 @@ def ids(client: redis.Redis) -> list[str]:
     return [i.decode() for i, _ in client.xrange(STREAM)]
 
 
-def status_json(server: RedisServer, **conf: Any) -> dict[str, Any]:
+def status(server: RedisServer, *args: str, **conf: Any) -> str:
     env = worker_env(*urls(server), {STREAM: {"task": "tests.record", **conf}})
     result = subprocess.run(
-        [sys.executable, "-m", "celery", "-A", "tests.workerapp", "redis-stream", "status", "--json"],
+        [sys.executable, "-m", "celery", "-A", "tests.workerapp", "redis-stream", "status", *args],
         cwd=ROOT, env={**os.environ, **env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    return dict(json.loads(result.stdout)["streams"][0])
+    return result.stdout
 
 
 def test_rolling_restarts_under_new_names_leave_one_consumer(server: RedisServer, spawn: Spawn) -> None:
@@ -126,8 +127,10 @@ def test_retention_keeps_what_a_foreign_group_holds_and_trims_it_once_acknowledg
     # the foreign group has not read past the 100th entry: everything after it stays, though we acknowledged it
     assert ids(client) == produced[90:]
     worker.wait_log("redis-stream: trimmed 90 entries of stream=orders before " + produced[99], 10)
-    status = status_json(server, retention_ms=1)
-    assert (status["retention_ms"], status["retention_trimmed"], status["retention_minid"]) == (1, 90, produced[99])
+    shown = json.loads(status(server, "--json", retention_ms=1))["streams"][0]
+    assert (shown["retention_ms"], shown["retention_trimmed"], shown["retention_minid"]) == (1, 90, produced[99])
+    row = next(line for line in status(server, retention_ms=1).splitlines() if produced[99] in line)
+    assert re.search(r"orders\W+0\.001s\W+90\W", row), row
     assert worker.stop() == 0
     assert not ledger.report().missing
 
