@@ -11,8 +11,9 @@ from .config import StreamConfig
 __all__ = ["TRIM_PASSED", "Trim", "retention_key", "retention_status", "server_trims_acked", "trim_passed"]
 
 # KEYS: stream, state hash, [tracker]. ARGV: retention ms, interval ms, own
-# group ("" in tracker mode), "1" to let XTRIM ... ACKED (Redis 8.2) judge the
-# groups. Returns {status, entries trimmed, minid}.
+# group ("" in tracker mode), "1" to add ACKED (Redis 8.2: the server keeps
+# whatever a group has not acknowledged, on top of the bound computed here).
+# Returns {status, entries trimmed, minid}.
 #
 # Everything runs in one script, so no group can advance, appear or receive
 # entries between the check and the trim. The safe MINID is the smallest of
@@ -57,11 +58,9 @@ for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
   local info = {}
   for i = 1, #g, 2 do info[g[i]] = g[i + 1] end
   if info['name'] == ARGV[3] then own = true end
-  if ARGV[4] ~= '1' then
-    local limit = info['last-delivered-id']
-    if info['pending'] > 0 then limit = redis.call('XPENDING', KEYS[1], info['name'])[2] end
-    if before(limit, bound) then bound = limit end
-  end
+  local limit = info['last-delivered-id']
+  if info['pending'] > 0 then limit = redis.call('XPENDING', KEYS[1], info['name'])[2] end
+  if before(limit, bound) then bound = limit end
 end
 if not own then return {'no group', 0, ''} end
 if #KEYS > 2 then

@@ -155,3 +155,24 @@ def test_tracker_mode_retention_trims_only_what_the_tracker_passed(server: Redis
     assert 300 - len(kept) == int(client.hget(f"{tracker}:retention", "trimmed")) >= 10
     assert kept[0] <= position
     assert worker.stop() == 0
+
+
+def test_the_documented_retention_acl_is_enough_to_reap_and_trim(server: RedisServer, spawn: Spawn) -> None:
+    from .test_security import acl_denials, documented_acl
+
+    admin = server.client()
+    admin.execute_command(*documented_acl("stream-retention"))
+    ledger = Ledger(STREAM, server.client(1))
+    admin.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
+    produced = ledger.produce(admin, 100)
+    admin.xack(STREAM, GROUP, *[i for i, _ in admin.xreadgroup(GROUP, "ghost", {STREAM: ">"}, count=10)[0][1]])
+    ledger.lost_by_redis(produced[:10])
+    url = f"redis://stream-retention:CHANGE-ME@127.0.0.1:{server.port}/0"
+    worker = spawn(url, *urls(server)[1:], name="acl", stream_retention_ms=1, stream_reap_idle_ms=500).start()
+    wait_for(ledger.all_dispatched, 60, "everything dispatched")
+    wait_for(lambda: "ghost" not in consumers(admin), 30, "the idle ghost removed")
+    wait_for(lambda: admin.xlen(STREAM) <= 10, 30, "trimmed")
+    assert worker.stop() == 0
+    assert consumers(admin) == {}
+    assert acl_denials(admin, "stream-retention") == []
+    assert "cannot" not in worker.output()
