@@ -315,3 +315,30 @@ def test_removals_and_trims_are_counted_in_inspect_and_metrics() -> None:
         "redis_stream_consumers_removed": [({"stream": "orders", "mode": "group"}, 3)],
         "redis_stream_retention_trimmed": [({"stream": "orders", "mode": "group"}, 120)],
     }
+
+
+def test_a_retention_round_keeps_trimming_a_large_backlog_past_the_per_call_limit(
+    client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    from celery_redis_stream.loops import StreamStats
+    from celery_redis_stream.upkeep import Upkeep
+
+    sc = stream_config(retention_ms=1)
+    produced = fill(client, 5000)
+    client.xgroup_create("orders", "celery", id="$")
+    stats = {"orders": StreamStats(stream="orders", mode="group", task="t", group="celery", tracker=None)}
+    upkeep = Upkeep(block_ms=20_000, reap_idle_ms=3_600_000)  # rounds every 20 s (at least a read)
+    with caplog.at_level("INFO", logger="celery_redis_stream.upkeep"):
+        upkeep.trim(client, [sc], stats)
+    # 500 nodes of 10; XTRIM ~ frees at most 100 nodes a call: one round, several calls, one log line
+    assert ids(client) == produced[4990:]
+    assert stats["orders"].retention_trimmed == 4990
+    assert client.hget(retention_key(sc), "trimmed") == b"4990"
+    lines = [r.getMessage() for r in caplog.records if "trimmed" in r.getMessage()]
+    assert lines == [
+        f"redis-stream: trimmed 4990 entries of stream=orders before {produced[-1]} (retention 1ms, passed by every group)"
+    ]
+    # the next round is not due yet, on this worker nor (the token) on any other
+    upkeep.trim(client, [sc], stats)
+    assert client.hget(retention_key(sc), "trimmed") == b"4990"
+    assert trim_passed(client, sc, retention_ms=1, interval_ms=60_000).status == "skipped"
