@@ -336,7 +336,8 @@ def test_a_retention_round_keeps_trimming_a_large_backlog_past_the_per_call_limi
     assert client.hget(retention_key(sc), "trimmed") == b"4990"
     lines = [r.getMessage() for r in caplog.records if "trimmed" in r.getMessage()]
     assert lines == [
-        f"redis-stream: trimmed 4990 entries of stream=orders before {produced[-1]} (retention 1ms, passed by every group)"
+        f"redis-stream: trimmed 4990 entries of stream=orders before {produced[-1]} "
+        "(retention 1ms, passed by every group)"
     ]
     # the next round is not due yet, on this worker nor (the token) on any other
     upkeep.trim(client, [sc], stats)
