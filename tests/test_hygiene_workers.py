@@ -70,6 +70,11 @@ def test_rolling_restarts_under_new_names_leave_one_consumer(server: RedisServer
     wait_for(ledger.all_dispatched, 60, "last round dispatched")
     wait_for(lambda: set(consumers(client)) <= {pods[-1].name + "@" + os.uname().nodename}, 10, "old consumers gone")
     assert len(consumers(client)) == 1
+    # status shows the one consumer left with its idle time, in JSON and in text
+    (shown,) = json.loads(status(server, "--json"))["streams"][0]["consumers"]
+    assert shown["name"] == pods[-1].name + "@" + os.uname().nodename and shown["idle_ms"] >= 0
+    text = status(server)
+    assert re.search(r"consumer\W+pending\W+idle", text) and re.search(rf"{shown['name']}\W+0\W+\d+\.\ds", text)
     report = ledger.report()
     assert not report.missing and not report.duplicates, report
     assert pods[-1].stop() == 0

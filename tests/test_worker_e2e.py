@@ -110,13 +110,15 @@ def test_two_workers_split_a_stream_and_dispatch_each_entry_once(redis_server: R
             time.sleep(0.05)
         messages = wait_dispatched(redis_server, len(produced))
         time.sleep(1)
+        consumers = {c["name"].decode(): c for c in redis_server.client().xinfo_consumers("orders", "celery")}
     finally:
         a.stop(), b.stop()
     messages = dispatched(redis_server)
     ids = [m["redis_stream_id"] for m in messages]
     assert sorted(ids) == sorted(produced)  # every entry once: none missing, none twice
-    consumers = {c["name"].decode(): c for c in redis_server.client().xinfo_consumers("orders", "celery")}
     assert set(consumers) == {f"a@{a_host()}", f"b@{a_host()}"}
+    # a warm stop with nothing pending removes the worker's own consumer
+    assert redis_server.client().xinfo_consumers("orders", "celery") == []
 
 
 def a_host() -> str:
