@@ -21,8 +21,10 @@ __all__ = ["Upkeep", "cadence"]
 
 logger = get_logger(__name__)
 
-#: The longest pause between two rounds of one kind of upkeep on a stream, in seconds.
+#: The longest and the shortest pause between two rounds of one kind of upkeep
+#: on a stream, in seconds: a few times a minute at most, whatever the settings.
 MAX_INTERVAL = 30.0
+MIN_INTERVAL = 5.0
 #: One retention round calls the script again while it trims (each call frees at
 #: most 100 radix nodes, ``XTRIM ~``'s own limit), up to this many calls or seconds,
 #: so that a busy stream is kept up with while Redis serves others in between.
@@ -31,8 +33,8 @@ TRIM_SECONDS = 1.0
 
 
 def cadence(ms: int, block_ms: int) -> float:
-    """Seconds between rounds for a threshold of ``ms``: half of it, at least a read, at most MAX_INTERVAL."""
-    return min(max(ms / 2000, block_ms / 1000), MAX_INTERVAL)
+    """Seconds between rounds for a threshold of ``ms``: half of it, at least a read, within the bounds above."""
+    return min(max(ms / 2000, block_ms / 1000, MIN_INTERVAL), MAX_INTERVAL)
 
 
 class Upkeep:
