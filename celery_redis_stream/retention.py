@@ -18,9 +18,9 @@ __all__ = ["TRIM_PASSED", "Trim", "retention_key", "retention_status", "server_t
 # Everything runs in one script, so no group can advance, appear or receive
 # entries between the check and the trim. The safe MINID is the smallest of
 # now - retention (by the id's millisecond part: producers may set ids
-# themselves), each group's oldest pending id or, with nothing pending, its
-# last-delivered-id (an entry never delivered to the group is after it), and
-# the tracker's position. MINID keeps the entry equal to it, so the bound
+# themselves), each group's last-delivered-id (an entry never delivered to the
+# group is after it) and oldest pending id (XGROUP SETID can move the first
+# back behind the second), and the tracker's position. MINID keeps the entry equal to it, so the bound
 # entry itself survives: one entry kept too many rather than arithmetic on
 # 64-bit ids in Lua. entries-read and lag (nil after XDEL or SETID) are not
 # used. A group whose last-delivered-id is 0-0 holds everything. With our own
@@ -59,8 +59,11 @@ for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
   for i = 1, #g, 2 do info[g[i]] = g[i + 1] end
   if info['name'] == ARGV[3] then own = true end
   local limit = info['last-delivered-id']
-  if info['pending'] > 0 then limit = redis.call('XPENDING', KEYS[1], info['name'])[2] end
   if before(limit, bound) then bound = limit end
+  if info['pending'] > 0 then
+    limit = redis.call('XPENDING', KEYS[1], info['name'])[2]
+    if before(limit, bound) then bound = limit end
+  end
 end
 if not own then return {'no group', 0, ''} end
 if #KEYS > 2 then

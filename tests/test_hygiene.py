@@ -176,6 +176,17 @@ def test_a_group_with_unknown_entries_read_after_a_deletion_is_judged_by_its_pos
     assert set(produced[24:]) - {produced[40]} <= set(ids(client))
 
 
+def test_a_group_moved_back_behind_its_pending_entries_holds_from_its_position(client: redis.Redis) -> None:
+    sc = stream_config()
+    produced = fill(client, 50)
+    client.xgroup_create("orders", "celery", id="$")
+    client.xgroup_create("orders", "replay", id="0")
+    client.xack("orders", "replay", *read(client, "r", 50, group="replay")[:10])
+    client.xgroup_setid("orders", "replay", produced[5])  # entries 7 to 10 will be delivered again
+    assert trim(client, sc) == 0
+    assert ids(client) == produced
+
+
 def test_young_entries_are_kept_whatever_the_groups_did(client: redis.Redis) -> None:
     sc = stream_config()
     now_ms = int(time.time() * 1000)
