@@ -7,9 +7,10 @@ from typing import Any
 
 from .config import StreamConfig
 
-__all__ = ["REAP_CONSUMERS", "Removed", "reap_consumers", "remove_own_consumer"]
+__all__ = ["REAP_BATCH", "REAP_CONSUMERS", "Removed", "reap_consumers", "remove_own_consumer"]
 
-# KEYS: stream. ARGV: group, own consumer, min idle ms, mode ("others" | "own").
+# KEYS: stream. ARGV: group, own consumer, min idle ms, mode ("others" | "own"),
+# at most this many deletions (a short script even after years of rollouts).
 # "others": deletes every consumer except ARGV[2] that has nothing pending and
 # has been idle at least ARGV[3] ms. "own": deletes ARGV[2] if it has nothing
 # pending. Returns a flat list: name, idle ms, name, idle ms...
@@ -23,8 +24,10 @@ REAP_CONSUMERS = """
 local ok, consumers = pcall(redis.call, 'XINFO', 'CONSUMERS', KEYS[1], ARGV[1])
 if not ok then return {} end
 local min_idle = tonumber(ARGV[3])
+local most = tonumber(ARGV[5])
 local removed = {}
 for _, c in ipairs(consumers) do
+  if #removed >= 2 * most then break end
   local info = {}
   for i = 1, #c, 2 do info[c[i]] = c[i + 1] end
   local mine = info['name'] == ARGV[2]
@@ -49,9 +52,13 @@ class Removed:
     idle_ms: int
 
 
+#: Deletions per script call; reap_consumers' caller calls again while a call removes this many.
+REAP_BATCH = 200
+
+
 def _run(client: Any, sc: StreamConfig, own: str, min_idle_ms: int, mode: str) -> list[Removed]:
     script = client.register_script(REAP_CONSUMERS)
-    reply = script(keys=[sc.stream], args=[sc.group, own, min_idle_ms, mode])
+    reply = script(keys=[sc.stream], args=[sc.group, own, min_idle_ms, mode, REAP_BATCH])
     out = []
     for i in range(0, len(reply or ()) - 1, 2):
         name = reply[i].decode("utf-8", errors="replace") if isinstance(reply[i], bytes) else str(reply[i])
@@ -63,7 +70,8 @@ def reap_consumers(client: Any, sc: StreamConfig, own: str, *, min_idle_ms: int)
     """Delete the consumers of ``sc``'s group, other than ``own``, idle ``min_idle_ms`` or more with nothing pending.
 
     XINFO CONSUMERS and XGROUP DELCONSUMER in one script: a consumer that has
-    pending entries is never deleted (they would be lost with it).
+    pending entries is never deleted (they would be lost with it). At most
+    REAP_BATCH per call.
     """
     return _run(client, sc, own, min_idle_ms, "others")
 

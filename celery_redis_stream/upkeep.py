@@ -10,7 +10,7 @@ from celery.utils.log import get_logger
 from redis.exceptions import ResponseError
 
 from .config import StreamConfig
-from .hygiene import reap_consumers, remove_own_consumer
+from .hygiene import REAP_BATCH, Removed, reap_consumers, remove_own_consumer
 from .redact import redact
 from .retention import server_trims_acked, trim_passed
 
@@ -27,9 +27,12 @@ MAX_INTERVAL = 30.0
 MIN_INTERVAL = 5.0
 #: One retention round calls the script again while it trims (each call frees at
 #: most 100 radix nodes, ``XTRIM ~``'s own limit), up to this many calls or seconds,
-#: so that a busy stream is kept up with while Redis serves others in between.
+#: so that a busy stream is kept up with while Redis serves others in between;
+#: removing consumers likewise, REAP_BATCH a call.
 TRIM_CALLS = 100
 TRIM_SECONDS = 1.0
+#: Removed consumers named one by one at INFO per round; the rest are counted in one line.
+LOG_REMOVALS = 20
 
 
 def cadence(ms: int, block_ms: int) -> float:
@@ -68,17 +71,31 @@ class Upkeep:
             if now < self.next_reap.get(sc.stream, 0.0):
                 continue
             self.next_reap[sc.stream] = now + self.reap_every
+            removed: list[Removed] = []
             try:
-                removed = reap_consumers(client, sc, own, min_idle_ms=self.reap_idle_ms)
+                for _ in range(TRIM_CALLS):
+                    batch = reap_consumers(client, sc, own, min_idle_ms=self.reap_idle_ms)
+                    removed += batch
+                    if len(batch) < REAP_BATCH or time.monotonic() - now > TRIM_SECONDS:
+                        break
             except ResponseError as exc:
                 self._refused("remove idle consumers", sc, exc)
-                continue
-            for consumer in removed:
-                logger.info(
-                    "redis-stream: removed consumer %s from group=%s stream=%s: idle %.0fs, nothing pending",
-                    consumer.name, sc.group, sc.stream, consumer.idle_ms / 1000,
-                )  # fmt: skip
-            stats[sc.stream].consumers_removed += len(removed)
+            finally:
+                self._removed(sc, removed, stats)
+
+    def _removed(self, sc: StreamConfig, removed: list[Removed], stats: dict[str, StreamStats]) -> None:
+        # After years of rollouts the first round may remove thousands: name the first ones.
+        for i, consumer in enumerate(removed):
+            (logger.info if i < LOG_REMOVALS else logger.debug)(
+                "redis-stream: removed consumer %s from group=%s stream=%s: idle %.0fs, nothing pending",
+                consumer.name, sc.group, sc.stream, consumer.idle_ms / 1000,
+            )  # fmt: skip
+        if len(removed) > LOG_REMOVALS:
+            logger.info(
+                "redis-stream: removed %d more idle consumers with nothing pending from group=%s stream=%s",
+                len(removed) - LOG_REMOVALS, sc.group, sc.stream,
+            )  # fmt: skip
+        stats[sc.stream].consumers_removed += len(removed)
 
     def leave(self, client: Any, streams: Iterable[StreamConfig], own: str, stats: dict[str, StreamStats]) -> None:
         """Warm stop, after the last commit: delete our own consumer where nothing is pending on it."""

@@ -354,3 +354,30 @@ def test_a_retention_round_keeps_trimming_a_large_backlog_past_the_per_call_limi
     upkeep.trim(client, [sc], stats)
     assert client.hget(retention_key(sc), "trimmed") == b"4990"
     assert trim_passed(client, sc, retention_ms=1, interval_ms=60_000).status == "skipped"
+
+
+def test_thousands_of_ghosts_go_in_short_scripts_and_few_log_lines(
+    client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    from celery_redis_stream.hygiene import REAP_BATCH
+    from celery_redis_stream.loops import StreamStats
+    from celery_redis_stream.upkeep import LOG_REMOVALS, Upkeep
+
+    sc = stream_config()
+    client.xgroup_create("orders", "celery", id="$", mkstream=True)
+    pipe = client.pipeline(transaction=False)
+    for i in range(450):
+        pipe.execute_command("XGROUP", "CREATECONSUMER", "orders", "celery", f"ghost-{i}")
+    pipe.execute()
+    time.sleep(0.01)
+    assert len(reap_consumers(client, sc, "me", min_idle_ms=1)) == REAP_BATCH == 200
+    stats = {"orders": StreamStats(stream="orders", mode="group", task="t", group="celery", tracker=None)}
+    with caplog.at_level("INFO", logger="celery_redis_stream.upkeep"):
+        Upkeep(block_ms=200, reap_idle_ms=1).reap(client, [sc], "me", stats)
+    assert consumers(client) == {} and stats["orders"].consumers_removed == 250
+    lines = [r.getMessage() for r in caplog.records if r.levelname == "INFO"]
+    assert len(lines) == LOG_REMOVALS + 1
+    assert (
+        lines[-1]
+        == "redis-stream: removed 230 more idle consumers with nothing pending from group=celery stream=orders"
+    )
