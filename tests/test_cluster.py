@@ -311,6 +311,7 @@ def test_pattern_discovery_finds_streams_on_every_master(
 CLUSTER_GROUP_ACL = [
     *"on >CHANGE-ME-7f3a resetkeys resetchannels -@all +ping +client|setname +cluster|slots +command".split(),
     *"+xgroup|create +xreadgroup +xautoclaim +xpending +xack ~orders".split(),
+    *"+evalsha +script|load +xinfo|consumers +xgroup|delconsumer".split(),  # consumer hygiene
     "(+xadd ~{orders}:dead)",
 ]
 
