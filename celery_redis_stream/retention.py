@@ -12,7 +12,8 @@ __all__ = ["TRIM_PASSED", "Trim", "retention_key", "retention_status", "server_t
 
 # KEYS: stream, state hash, [tracker]. ARGV: retention ms, interval ms, own
 # group ("" in tracker mode), "1" to add ACKED (Redis 8.2: the server keeps
-# whatever a group has not acknowledged, on top of the bound computed here).
+# whatever a group has not acknowledged, on top of the bound computed here;
+# refused, the same trim runs without it).
 # Returns {status, entries trimmed, minid}.
 #
 # Everything runs in one script, so no group can advance, appear or receive
@@ -71,12 +72,9 @@ if #KEYS > 2 then
   if not position or not split(position) then return {'no tracker', 0, ''} end
   if before(position, bound) then bound = position end
 end
-local trimmed
-if ARGV[4] == '1' then
-  trimmed = redis.call('XTRIM', KEYS[1], 'MINID', '~', bound, 'ACKED')
-else
-  trimmed = redis.call('XTRIM', KEYS[1], 'MINID', '~', bound)
-end
+local ok, trimmed = false, 0
+if ARGV[4] == '1' then ok, trimmed = pcall(redis.call, 'XTRIM', KEYS[1], 'MINID', '~', bound, 'ACKED') end
+if not ok then trimmed = redis.call('XTRIM', KEYS[1], 'MINID', '~', bound) end
 local stamp = string.format('%.0f', now)
 redis.call('HSET', KEYS[2], 'last_run_ms', stamp, 'last_minid', bound)
 if trimmed > 0 then

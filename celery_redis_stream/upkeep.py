@@ -135,11 +135,6 @@ class Upkeep:
                     done = trim_passed(client, sc, retention_ms=sc.retention_ms, interval_ms=0, acked=self.acked)
                     trimmed, calls = trimmed + done.trimmed, calls + 1
             except ResponseError as exc:
-                if self.acked:
-                    # Redis 8.2's ACKED is only a second guard on top of the bound
-                    # computed in the script: without it trimming is just as safe.
-                    self.acked = False
-                    self.next_trim[sc.stream] = now
                 self._refused("trim under retention", sc, exc)
                 continue
             if trimmed:

@@ -248,6 +248,16 @@ def test_this_redis_has_no_acked_trimming_so_the_script_judges_the_groups(client
         client.execute_command("XTRIM", "orders", "MINID", "~", "0-1", "ACKED")
 
 
+def test_a_server_that_refuses_acked_gets_the_same_trim_without_it(client: redis.Redis) -> None:
+    sc = stream_config()
+    produced = fill(client, 100)
+    client.xgroup_create("orders", "celery", id=produced[54])
+    client.xgroup_create("orders", "audit", id=produced[80])
+    done = trim_passed(client, sc, retention_ms=1, interval_ms=0, acked=True)
+    assert (done.status, done.trimmed, done.minid) == ("ran", 50, produced[54])
+    assert ids(client) == produced[50:]
+
+
 # -- settings, stats and metrics ----------------------------------------------------------------------------
 
 
