@@ -27,6 +27,7 @@ STREAM_KEYS = frozenset(
     {
         "task", "queue", "options", "call", "converter", "mode", "group", "start",
         "tracker", "batch_size", "registered", "max_queue_length",
+        "max_deliveries", "dead_letter_failed_tasks",
     }
 )  # fmt: skip
 
@@ -49,6 +50,8 @@ DEFAULTS: dict[str, Any] = {
     "stream_metrics_port": None,
     "stream_metrics_addr": "0.0.0.0",  # noqa: S104 - Prometheus scrapes from outside the host
     "stream_fast_path": False,
+    "stream_max_deliveries": 5,
+    "stream_dead_letter_failed_tasks": False,
 }
 
 
@@ -76,6 +79,8 @@ class StreamConfig:
     dead_letter_template: str = "{stream}:dead"
     tracker_prefix: str = "stream_tracker:"
     tracker_option: str | None = None
+    max_deliveries: int | None = 5
+    dead_letter_failed_tasks: bool = False
 
     @property
     def is_pattern(self) -> bool:
@@ -372,6 +377,13 @@ def _load_config(app: Any, *, only: tuple[str, ...] | None, check_registered: bo
     consumer = conf.get("stream_consumer")
     if consumer is not None:
         consumer = _str(consumer, "stream_consumer")
+    # None is a value here (never give up), so a missing setting is told apart from it.
+    max_deliveries = conf.get("stream_max_deliveries", DEFAULTS["stream_max_deliveries"])
+    if max_deliveries is not None:
+        max_deliveries = _int(max_deliveries, "stream_max_deliveries", minimum=1)
+    dead_letter_failed = _setting(conf, "stream_dead_letter_failed_tasks")
+    if not isinstance(dead_letter_failed, bool):
+        raise _fail("stream_dead_letter_failed_tasks", f"expected True or False, got {dead_letter_failed!r}")
 
     if only is not None:
         unknown = sorted(set(only) - set(tasks))
@@ -441,6 +453,16 @@ def _load_config(app: Any, *, only: tuple[str, ...] | None, check_registered: bo
         stream_max_queue = spec.get("max_queue_length", max_queue)
         if stream_max_queue is not None:
             stream_max_queue = _int(stream_max_queue, "stream_tasks 'max_queue_length'", stream, minimum=0)
+        stream_max_deliveries = spec.get("max_deliveries", max_deliveries)
+        if stream_max_deliveries is not None:
+            stream_max_deliveries = _int(stream_max_deliveries, "stream_tasks 'max_deliveries'", stream, minimum=1)
+        stream_dead_letter_failed = spec.get("dead_letter_failed_tasks", dead_letter_failed)
+        if not isinstance(stream_dead_letter_failed, bool):
+            raise _fail(
+                "stream_tasks 'dead_letter_failed_tasks'",
+                f"expected True or False, got {stream_dead_letter_failed!r}",
+                stream,
+            )
         streams.append(
             StreamConfig(
                 stream=stream,
@@ -462,6 +484,8 @@ def _load_config(app: Any, *, only: tuple[str, ...] | None, check_registered: bo
                 registered=registered,
                 max_queue_length=stream_max_queue,
                 fast_path=fast_path,
+                max_deliveries=stream_max_deliveries,
+                dead_letter_failed_tasks=stream_dead_letter_failed,
             )
         )
     _check_queue_names(conf, url, streams)
