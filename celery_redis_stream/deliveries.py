@@ -219,7 +219,12 @@ class Deliveries:
         ]
 
     def begin(self, client: Any, sc: StreamConfig, ids: Sequence[str]) -> None:
-        """Write the in-flight record of a batch about to be dispatched (one HSET)."""
+        """Write the in-flight record of a batch about to be dispatched (one HSET).
+
+        With ``max_deliveries`` None nothing would ever be given up: no record, no cost.
+        """
+        if sc.max_deliveries is None:
+            return
         record = f"{self.token} {int(time.time() * 1000)} {','.join(ids)}"
         client.hset(inflight_key(sc), self.consumer, record)
         self.dirty.add(sc.stream)
@@ -227,7 +232,7 @@ class Deliveries:
     def done(self, sc: StreamConfig, ids: Sequence[str]) -> dict[str, list[str]]:
         """Hash fields the commit of ``ids`` deletes: our record, and the counts of committed suspects."""
         known = self.failures.get(sc.stream, {})
-        out = {inflight_key(sc): [self.consumer]}
+        out = {inflight_key(sc): [self.consumer]} if sc.stream in self.dirty else {}
         counted = [i for i in ids if i in known]
         if counted:
             out[failures_key(sc)] = counted

@@ -311,6 +311,8 @@ def test_pattern_discovery_finds_streams_on_every_master(
 CLUSTER_GROUP_ACL = [
     *"on >CHANGE-ME-7f3a resetkeys resetchannels -@all +ping +client|setname +cluster|slots +command".split(),
     *"+xgroup|create +xreadgroup +xautoclaim +xpending +xack ~orders".split(),
+    *"+xrange +hset +hdel +hget +hgetall +hmget +hincrby +evalsha +script|load +script|exists".split(),
+    *"~stream_deliveries:{orders}:celery:inflight ~stream_deliveries:{orders}:celery:failures".split(),
     "(+xadd ~{orders}:dead)",
 ]
 
