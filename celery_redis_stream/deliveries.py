@@ -39,16 +39,43 @@ logger = get_logger(__name__)
 # A live worker that survived an outage removes its own stale record within
 # one backoff (at most 10 s) of the outage's end, and no publish attempt
 # holds a record longer than its 10 s timeout: a record of another consumer
-# is counted only once it was seen unchanged for longer than this.
+# is counted only once it stayed unchanged for longer than this.
 FOREIGN_GRACE_SECONDS = 30.0
 
-# KEYS: in-flight hash, failures hash. ARGV: field, the record as read, ids...
+# KEYS: in-flight hash, failures hash. ARGV: field, the record as read, its seen mark's field, ids...
 COUNT_CRASH = """
 if redis.call('hget', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
-for i = 3, #ARGV do redis.call('hincrby', KEYS[2], ARGV[i], 1) end
-redis.call('hdel', KEYS[1], ARGV[1])
+for i = 4, #ARGV do redis.call('hincrby', KEYS[2], ARGV[i], 1) end
+redis.call('hdel', KEYS[1], ARGV[1], ARGV[3])
 return 1
 """
+
+# KEYS: in-flight hash, failures hash. ARGV: field, the record as read, its
+# seen mark's field, grace ms, ids... The first worker to see a record marks
+# it with the server's time; any worker that sees it unchanged once the
+# grace time has passed counts it. In Redis, not in memory: the workers that
+# claim a poison entry keep dying, and a count must not need one of them to live that long.
+SWEEP = """
+if redis.call('hget', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+local t = redis.call('time')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local mark = redis.call('hget', KEYS[1], ARGV[3])
+local at = nil
+if mark then
+  local sep = string.find(mark, ' ', 1, true)
+  if sep and string.sub(mark, sep + 1) == ARGV[2] then at = tonumber(string.sub(mark, 1, sep - 1)) end
+end
+if not at then
+  redis.call('hset', KEYS[1], ARGV[3], now .. ' ' .. ARGV[2])
+  return 0
+end
+if now - at < tonumber(ARGV[4]) then return 0 end
+for i = 5, #ARGV do redis.call('hincrby', KEYS[2], ARGV[i], 1) end
+redis.call('hdel', KEYS[1], ARGV[1], ARGV[3])
+return 1
+"""
+
+SEEN = "seen\x00"
 
 
 def _slot(stream: str) -> str:
@@ -86,18 +113,24 @@ class Deliveries:
         self.consumer = consumer
         self.token = uuid.uuid4().hex
         self.failures: dict[str, dict[str, int]] = {}
-        self.foreign: dict[tuple[str, str], tuple[str, float]] = {}
+        self.foreign: dict[tuple[str, str], tuple[str, float]] = {}  # records of others seen: suspects
         self.dirty: set[str] = set()
-        self._script: Any = None
+        self._scripts: dict[str, Any] = {}
 
-    def _count(self, client: Any, sc: StreamConfig, field: str, record: str, *, whose: str) -> bool:
-        """Count the crash that ``record`` proves, once (whoever counts it first)."""
-        if self._script is None:
-            self._script = client.register_script(COUNT_CRASH)
+    def _run(self, client: Any, script: str, sc: StreamConfig, args: list[Any]) -> bool:
+        if script not in self._scripts:
+            self._scripts[script] = client.register_script(script)
+        return bool(self._scripts[script](keys=[inflight_key(sc), failures_key(sc)], args=args, client=client))
+
+    def _count(
+        self, client: Any, sc: StreamConfig, field: str, record: str, *, whose: str, grace: float | None = None
+    ) -> bool:
+        """Count the crash that ``record`` proves, once (whoever counts it first); after ``grace`` s if given."""
         ids = _ids(record)
-        counted = bool(
-            self._script(keys=[inflight_key(sc), failures_key(sc)], args=[field, record, *ids], client=client)
-        )
+        if grace is None:
+            counted = self._run(client, COUNT_CRASH, sc, [field, record, SEEN + field, *ids])
+        else:
+            counted = self._run(client, SWEEP, sc, [field, record, SEEN + field, int(grace * 1000), *ids])
         if counted:
             known = self.failures.setdefault(sc.stream, {})
             for entry_id in ids:
@@ -134,28 +167,25 @@ class Deliveries:
 
         A live consumer replaces its record with every batch and deletes it
         with every commit and after every error it handled (within one
-        backoff of an outage's end): a record seen unchanged for ``grace``
-        seconds was left by a process that died or hangs. Its entries are
-        suspects from the first sight on.
+        backoff of an outage's end): a record that stayed unchanged for
+        ``grace`` seconds (server time, marked in Redis by the first worker
+        that saw it) was left by a process that died or hangs. Its entries
+        are suspects from the first sight on.
         """
-        records = client.hgetall(inflight_key(sc))
-        now = time.monotonic()
-        seen = set()
-        for raw_field, raw_record in (records or {}).items():
-            field, record = _text(raw_field), _text(raw_record)
+        records = {_text(k): _text(v) for k, v in (client.hgetall(inflight_key(sc)) or {}).items()}
+        self.foreign = {k: v for k, v in self.foreign.items() if k[0] != sc.stream}
+        for field, record in records.items():
+            if field.startswith(SEEN):
+                if field[len(SEEN) :] not in records:  # the record went: so does its mark
+                    client.hdel(inflight_key(sc), field)
+                continue
             if field == self.consumer:
                 continue
-            key = (sc.stream, field)
-            seen.add(key)
-            known = self.foreign.get(key)
-            if known is None or known[0] != record:
-                self.foreign[key] = (record, now)
-            elif now - known[1] >= grace:
-                if self._count(client, sc, field, record, whose=f"consumer {field}") and sc.mode == "group":
+            if self._count(client, sc, field, record, whose=f"consumer {field}", grace=grace):
+                if sc.mode == "group":
                     self._drop_settled(client, sc, _ids(record))
-                del self.foreign[key]
-        for key in [k for k in self.foreign if k[0] == sc.stream and k not in seen]:
-            del self.foreign[key]
+            else:
+                self.foreign[(sc.stream, field)] = (record, 0.0)
 
     def _drop_settled(self, client: Any, sc: StreamConfig, ids: list[str]) -> None:
         """Forget the counts of ids no longer pending (another consumer claimed and acknowledged them)."""
@@ -232,7 +262,7 @@ class Deliveries:
     def done(self, sc: StreamConfig, ids: Sequence[str]) -> dict[str, list[str]]:
         """Hash fields the commit of ``ids`` deletes: our record, and the counts of committed suspects."""
         known = self.failures.get(sc.stream, {})
-        out = {inflight_key(sc): [self.consumer]} if sc.stream in self.dirty else {}
+        out = {inflight_key(sc): [self.consumer, SEEN + self.consumer]} if sc.stream in self.dirty else {}
         counted = [i for i in ids if i in known]
         if counted:
             out[failures_key(sc)] = counted
@@ -250,13 +280,13 @@ class Deliveries:
         for sc in streams:
             if sc.stream in self.dirty:
                 with contextlib.suppress(Exception):  # Redis may be down; tidy() retries on the next round
-                    client.hdel(inflight_key(sc), self.consumer)
+                    client.hdel(inflight_key(sc), self.consumer, SEEN + self.consumer)
                     self.dirty.discard(sc.stream)
 
     def tidy(self, client: Any, sc: StreamConfig) -> None:
         """Remove our own record left by an error that could not reach Redis to remove it."""
         if sc.stream in self.dirty:
-            client.hdel(inflight_key(sc), self.consumer)
+            client.hdel(inflight_key(sc), self.consumer, SEEN + self.consumer)
             self.dirty.discard(sc.stream)
 
     def tidy_all(self, client: Any, streams: dict[str, StreamConfig]) -> None:

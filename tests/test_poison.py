@@ -27,8 +27,9 @@ POISON_CONVERTER = "tests.workerapp:poison_converter"
 class Supervisor:
     """Starts workers and restarts any that died, under the same name, counting the deaths."""
 
-    def __init__(self, make: Any, names: list[str]) -> None:
+    def __init__(self, make: Any, names: list[str], *, rename: bool = False) -> None:
         self.make = make
+        self.rename = rename
         self.workers: dict[str, Worker] = {name: make(name).start(wait=None) for name in names}
         self.deaths: dict[str, int] = dict.fromkeys(names, 0)
         self.retired: list[Worker] = []
@@ -38,10 +39,11 @@ class Supervisor:
             assert worker.proc is not None
             if worker.proc.poll() is not None:
                 self.deaths[name] += 1
-                assert self.total_deaths < 30, "workers keep dying"
+                assert self.total_deaths < 40, "workers keep dying"
                 worker.wait(5)
                 self.retired.append(worker)
-                self.workers[name] = self.make(name).start(wait=None)
+                # rename: the dead worker never comes back under its name (a new pod name, say)
+                self.workers[name] = self.make(f"{name}-{self.deaths[name]}" if self.rename else name).start(wait=None)
 
     @property
     def total_deaths(self) -> int:
@@ -118,6 +120,7 @@ def test_an_entry_that_kills_the_worker_is_dead_lettered_after_max_deliveries_an
     finally:
         supervisor.kill()
     logs = supervisor.logs()
+    print("\n".join(line for line in logs.splitlines() if "died holding" in line or "reason=max_deliveries" in line))
 
     ((_, letter),) = dead_letters(client)
     assert letter[b"dlq_reason"] == b"max_deliveries"
@@ -130,6 +133,7 @@ def test_an_entry_that_kills_the_worker_is_dead_lettered_after_max_deliveries_an
     assert [r["delivery"] for r in reads] == list(range(1, max_deliveries + 1)), reads
     assert deaths == max_deliveries, (supervisor.deaths, logs[-3000:])
     report = ledger.report()
+    print(f"poison {mode} {names}: deaths={supervisor.deaths} {report}")  # the figures in docs/failure-modes.md
     assert report.missing == [] and report.inconsistent_task_ids == [] and report.unexpected == [], report
     assert poison not in ledger.dispatched_ids()
     assert report.extra_copies <= 25, report  # at most the batches a crash interrupted
@@ -206,3 +210,41 @@ def test_warm_shutdowns_in_the_middle_of_a_backlog_count_nothing(redis_server: R
     report = ledger.report()
     assert report.missing == [] and report.extra_copies == 0, report  # a warm shutdown re-dispatches nothing
     assert client.hgetall(failures_key(sc_for(mode))) == {}
+
+
+def test_a_poison_entry_does_not_ping_pong_through_a_fleet_whose_dead_workers_never_come_back(
+    redis_server: RedisServer,
+) -> None:
+    """Every restart gets a new consumer name: only the workers that claim the dead ones' entries can count."""
+    max_deliveries = 3
+    client = redis_server.client()
+    ledger = Ledger(STREAM, redis_server.client(1))
+    good = ledger.produce(client, 10, atomic=True)
+    poison = client.xadd(STREAM, {"n": "poison", "poison": "1"}).decode()
+    good += ledger.produce(client, 10, atomic=True)
+    supervisor = Supervisor(
+        lambda name: poison_worker(redis_server, "group", name, stream_max_deliveries=max_deliveries),
+        ["w1", "w2"],
+        rename=True,
+    )
+    sc = sc_for("group")
+    try:
+        supervisor.wait(lambda: dead_letters(client), 180, "the poison entry dead-lettered")
+        supervisor.wait(lambda: set(good) <= ledger.dispatched_ids(), 60, "every good entry dispatched")
+        deaths = supervisor.total_deaths
+        # The records of the workers that died meanwhile are counted (and forgotten: the entry is settled).
+        supervisor.wait(lambda: client.hlen(inflight_key(sc)) == 0, 90, "every dead worker's record counted")
+        assert supervisor.total_deaths == deaths, "a worker died after the poison entry was dead-lettered"
+    finally:
+        supervisor.kill()
+    logs = supervisor.logs()
+    print(f"ping-pong: deaths={supervisor.deaths} reads={len(poison_reads(redis_server))}")
+    ((_, letter),) = dead_letters(client)
+    assert letter[b"dlq_reason"] == b"max_deliveries" and letter[b"dlq_source_id"].decode() == poison
+    assert max_deliveries <= deaths <= 30, supervisor.deaths  # bounded: counting lags by the grace time
+    assert len(poison_reads(redis_server)) == deaths  # every death was a read of the poison entry
+    assert "died holding" in logs and "consumer w" in logs
+    report = ledger.report()
+    assert report.missing == [] and report.inconsistent_task_ids == [] and report.unexpected == [], report
+    assert poison not in ledger.dispatched_ids()
+    assert client.hgetall(failures_key(sc)) == {}
