@@ -146,7 +146,10 @@ class Deliveries:
         self.tidy(client, sc)
         record = client.hget(inflight_key(sc), self.consumer)
         if record is not None and not _text(record).startswith(self.token + " "):
-            self._count(client, sc, self.consumer, _text(record), whose=f"a previous run of consumer {self.consumer}")
+            whose = f"a previous run of consumer {self.consumer}"
+            if self._count(client, sc, self.consumer, _text(record), whose=whose) and sc.mode == "group":
+                # Another worker may have claimed and acknowledged some of them while this one was down.
+                self._drop_settled(client, sc, _ids(_text(record)))
         if sc.mode == "tracker":
             # Only the lease holder reads a tracked stream: all its counts are ours to know.
             stored = client.hgetall(failures_key(sc))

@@ -237,7 +237,7 @@ class _Loop(threading.Thread):
                 self.deliveries.begin(self.client, sc, [e.id for e in live])
                 counts = {e.id: self.deliveries.delivery_count(sc, e.id) for e in live}
                 dead = [*dead, *self.dispatcher.send(sc, live, counts)]
-            forget = self.deliveries.done(sc, ids)
+            forget = self.deliveries.done(sc, [*ids, *trimmed])
             commit(self.client, sc, [*ids, *trimmed] if sc.mode == "group" else ids, dead, lease=lease, forget=forget)
         except Exception:
             self.deliveries.abandon(self.client, [sc])

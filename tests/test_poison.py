@@ -248,3 +248,44 @@ def test_a_poison_entry_does_not_ping_pong_through_a_fleet_whose_dead_workers_ne
     assert report.missing == [] and report.inconsistent_task_ids == [] and report.unexpected == [], report
     assert poison not in ledger.dispatched_ids()
     assert client.hgetall(failures_key(sc)) == {}
+
+
+@pytest.mark.parametrize("mode", ["group", "tracker"])
+def test_a_streams_redis_restart_in_the_middle_of_a_backlog_dead_letters_nothing(
+    redis_server: RedisServer, mode: str
+) -> None:
+    """The streams Redis goes away (and comes back with its data) while batches are in flight."""
+    streams = RedisServer("--appendonly", "yes", "--appendfsync", "always").start()
+    try:
+        tasks = {STREAM: {"task": "tests.record", "mode": mode, "converter": POISON_CONVERTER}}
+        conf = {**FAST, "stream_max_deliveries": 1, "stream_batch_size": 10}
+        env = worker_env(streams.url, redis_server.url_db(1), redis_server.url_db(2), tasks, **conf)
+        worker = Worker(env, "w1", queues=BRIDGE_ONLY_QUEUE)
+        client = streams.client()
+        ledger = Ledger(STREAM, redis_server.client(1))
+        for _ in range(2):
+            ledger.produce(client, 4000)
+        try:
+            worker.start()
+            for _ in range(2):
+                before = ledger.count_dispatched()
+                wait_for(lambda b=before: ledger.count_dispatched() > b + 200, 60, "dispatching")
+                streams.stop()
+                time.sleep(3)
+                streams.start()
+                client = streams.client()
+            wait_for(ledger.all_dispatched, 120, "the whole backlog dispatched")
+            time.sleep(1)
+            assert worker.proc is not None and worker.proc.poll() is None
+        finally:
+            worker.kill()
+        output = worker.output()
+        assert output.count("recovered after") >= 2, output[-3000:]
+        assert "died holding" not in output
+        assert client.xlen(DEAD) == 0
+        report = ledger.report()
+        assert report.missing == [] and report.inconsistent_task_ids == [], report
+        sc = sc_for(mode)
+        assert client.hgetall(failures_key(sc)) == {} and client.hlen(inflight_key(sc)) == 0
+    finally:
+        streams.stop()
