@@ -113,7 +113,7 @@ class Deliveries:
         self.consumer = consumer
         self.token = uuid.uuid4().hex
         self.failures: dict[str, dict[str, int]] = {}
-        self.foreign: dict[tuple[str, str], tuple[str, float]] = {}  # records of others seen: suspects
+        self.foreign: dict[tuple[str, str], str] = {}  # (stream, consumer) -> a record of another consumer
         self.dirty: set[str] = set()
         self._scripts: dict[str, Any] = {}
 
@@ -188,7 +188,7 @@ class Deliveries:
                 if sc.mode == "group":
                     self._drop_settled(client, sc, _ids(record))
             else:
-                self.foreign[(sc.stream, field)] = (record, 0.0)
+                self.foreign[(sc.stream, field)] = record
 
     def _drop_settled(self, client: Any, sc: StreamConfig, ids: list[str]) -> None:
         """Forget the counts of ids no longer pending (another consumer claimed and acknowledged them)."""
@@ -206,7 +206,7 @@ class Deliveries:
     def suspects(self, sc: StreamConfig) -> set[str]:
         """Entries with a counted failure, or in a dead consumer's record not yet counted."""
         out = set(self.failures.get(sc.stream, ()))
-        for (stream, _), (record, _) in self.foreign.items():
+        for (stream, _), record in self.foreign.items():
             if stream == sc.stream:
                 out.update(_ids(record))
         return out

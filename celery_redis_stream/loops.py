@@ -215,7 +215,6 @@ class _Loop(threading.Thread):
         sc: StreamConfig,
         entries: Sequence[RawEntry],
         *,
-        counts: dict[str, int] | None = None,
         trimmed: Sequence[str] = (),
         lease: Lease | None = None,
     ) -> None:
