@@ -166,6 +166,7 @@ def test_a_long_broker_outage_dead_letters_nothing_even_with_max_deliveries_1(
         wait_for(ledger.all_dispatched, 60, "every entry dispatched after the outage")
         worker.wait_log("recovered after", 30)
         assert worker.proc is not None and worker.proc.poll() is None
+        assert worker.stop() == 0  # warmly: the last batch's commit is not cut off
     finally:
         worker.kill()
         proxy.stop()
