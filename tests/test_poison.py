@@ -278,6 +278,7 @@ def test_a_streams_redis_restart_in_the_middle_of_a_backlog_dead_letters_nothing
             wait_for(ledger.all_dispatched, 120, "the whole backlog dispatched")
             time.sleep(1)
             assert worker.proc is not None and worker.proc.poll() is None
+            assert worker.stop() == 0
         finally:
             worker.kill()
         output = worker.output()
