@@ -90,6 +90,7 @@ def poison_reads(server: RedisServer) -> list[dict[str, Any]]:
     return [json.loads(x) for x in server.client(2).lrange("poison_reads", 0, -1)]
 
 
+@pytest.mark.timeout(360)  # bounded by the waits below, which are generous for a loaded machine
 @pytest.mark.parametrize(
     ("mode", "names"),
     [("group", ["w1"]), ("tracker", ["w1"]), ("group", ["w1", "w2"])],
@@ -180,6 +181,7 @@ def test_a_long_broker_outage_dead_letters_nothing_even_with_max_deliveries_1(
     assert client.hgetall(failures_key(sc)) == {} and client.hlen(inflight_key(sc)) == 0
 
 
+@pytest.mark.timeout(300)  # bounded by the waits below, which are generous for a loaded machine
 @pytest.mark.parametrize("mode", ["group", "tracker"])
 def test_warm_shutdowns_in_the_middle_of_a_backlog_count_nothing(redis_server: RedisServer, mode: str) -> None:
     client = redis_server.client()
@@ -213,6 +215,7 @@ def test_warm_shutdowns_in_the_middle_of_a_backlog_count_nothing(redis_server: R
     assert client.hgetall(failures_key(sc_for(mode))) == {}
 
 
+@pytest.mark.timeout(420)  # bounded by the waits below, which are generous for a loaded machine
 def test_a_poison_entry_does_not_ping_pong_through_a_fleet_whose_dead_workers_never_come_back(
     redis_server: RedisServer,
 ) -> None:
@@ -251,6 +254,7 @@ def test_a_poison_entry_does_not_ping_pong_through_a_fleet_whose_dead_workers_ne
     assert client.hgetall(failures_key(sc)) == {}
 
 
+@pytest.mark.timeout(300)  # bounded by the waits below, which are generous for a loaded machine
 @pytest.mark.parametrize("mode", ["group", "tracker"])
 def test_a_streams_redis_restart_in_the_middle_of_a_backlog_dead_letters_nothing(
     redis_server: RedisServer, mode: str
