@@ -8,8 +8,9 @@ exception with no retry left (``self.retry()`` and ``autoretry_for`` fire
 state ``REJECTED`` for ``Reject``; Celery 5.7 also fires ``task_failure``
 for ``Reject(requeue=False)``, but in the worker's main process, where the
 task's request (and so its stream) is not known: that one is left to the
-``task_postrun`` receiver. Failures the main process reports on its own (a
-hard time limit, a lost pool child) carry no request and are not seen here.
+``task_postrun`` receiver. A lost pool child is reported by the main
+process too, which (Celery 5.7) pushes the task's request for the receivers;
+a hard time limit is reported without it and is not seen here.
 """
 
 from __future__ import annotations

@@ -149,3 +149,18 @@ def test_a_failed_task_whose_entry_was_trimmed_is_dead_lettered_without_fields_a
     assert set(pairs) == {b"dlq_source_stream", b"dlq_source_id", b"dlq_reason", b"dlq_error", b"dlq_task_id"}
     assert deadletters.requeue(raw, sc, 10) == (0, 1)
     assert client.xlen("orders:dead") == 1 and client.xlen("orders") == 0
+
+
+def test_a_task_whose_pool_child_dies_is_dead_lettered_by_the_main_process(
+    redis_server: RedisServer, workers: list[Worker]
+) -> None:
+    tasks = {"dies": {"task": "tests.die", "dead_letter_failed_tasks": True}}
+    worker = task_worker(redis_server, tasks, pool="prefork")
+    workers.append(worker)
+    worker.start()
+    client = redis_server.client()
+    entry_id = client.xadd("dies", {"n": "1"}).decode()
+    wait_for(lambda: letters(client, "dies"), 60, "the dead letter of the task whose child died")
+    ((pairs,),) = [letters(client, "dies")]
+    assert pairs[b"dlq_source_id"].decode() == entry_id and pairs[b"n"] == b"1"
+    assert pairs[b"dlq_reason"] == b"task_failed" and pairs[b"dlq_error"].startswith(b"WorkerLostError")

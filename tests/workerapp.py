@@ -99,6 +99,13 @@ def flaky(self: Any, fields: dict[str, str]) -> None:
         raise self.retry(exc=RuntimeError(f"flaky {fields.get('n')}"), countdown=0)
 
 
+@app.task(bind=True, name="tests.die", shared=False)
+def die(self: Any, fields: dict[str, str]) -> None:
+    """Ends the pool child that runs it, as an OOM kill would."""
+    _record(self.request, [fields], {})
+    os._exit(9)
+
+
 @app.task(bind=True, name="tests.reject", shared=False)
 def reject(self: Any, fields: dict[str, str]) -> None:
     _record(self.request, [fields], {})
