@@ -123,3 +123,28 @@ def test_another_consumers_record_counts_after_it_stayed_unchanged_for_the_grace
     live.begin(client, sc, ["8-0"])
     a.sweep(client, sc, grace=0.5)
     assert b"7-0" not in client.hgetall(failures_key(sc)) and b"8-0" not in client.hgetall(failures_key(sc))
+
+
+def test_the_scripts_run_on_a_redis_cluster() -> None:
+    from .cluster import Cluster
+
+    cluster = Cluster(masters=3).start()
+    try:
+        for mode in ("group", "tracker"):
+            sc = make_sc(mode)
+            config = BridgeConfig(
+                url=cluster.url, consumer=None, block_ms=100, claim_idle_ms=100, max_entry_bytes=10, streams=(sc,)
+            )
+            client = connect(config)
+            if mode == "group":
+                pending(client, "w1@h", "1-0", "2-0")
+            Deliveries("w1@h").begin(client, sc, ["1-0", "2-0"])
+            Deliveries("w9@h").begin(client, sc, ["2-0"])  # another consumer that died too
+            survivor = Deliveries("w1@h")
+            survivor.recover(client, sc)
+            survivor.sweep(client, sc, grace=0.0)  # marks w9's record
+            survivor.sweep(client, sc, grace=0.0)  # and counts it
+            assert client.hgetall(failures_key(sc)) == {b"1-0": b"1", b"2-0": b"2"}, mode
+            assert client.hlen(inflight_key(sc)) == 0
+    finally:
+        cluster.stop()
