@@ -13,6 +13,7 @@ from celery.worker.control import inspect_command
 
 from .config import load_config
 from .exceptions import StreamConfigError
+from .failed import connect_receivers
 from .metrics import MetricsServer
 from .service import Service
 
@@ -124,6 +125,7 @@ def _hide_stream_url() -> None:
 def install(app: Any) -> Any:
     """Add the step, the worker options and the inspect command to ``app``. Idempotent."""
     _hide_stream_url()
+    connect_receivers(app)
     steps = app.steps["worker"]
     if RedisStreamStep not in steps:
         steps.add(RedisStreamStep)

@@ -28,6 +28,7 @@ STREAM_KEYS = frozenset(
         "task", "queue", "options", "call", "converter", "mode", "group", "start",
         "tracker", "batch_size", "registered", "max_queue_length",
         "retention_ms",
+        "max_deliveries", "dead_letter_failed_tasks",
     }
 )  # fmt: skip
 
@@ -52,6 +53,8 @@ DEFAULTS: dict[str, Any] = {
     "stream_fast_path": False,
     "stream_reap_idle_ms": 3600000,
     "stream_retention_ms": None,
+    "stream_max_deliveries": 5,
+    "stream_dead_letter_failed_tasks": False,
 }
 
 
@@ -80,6 +83,8 @@ class StreamConfig:
     tracker_prefix: str = "stream_tracker:"
     tracker_option: str | None = None
     retention_ms: int | None = None
+    max_deliveries: int | None = 5
+    dead_letter_failed_tasks: bool = False
 
     @property
     def is_pattern(self) -> bool:
@@ -385,6 +390,13 @@ def _load_config(app: Any, *, only: tuple[str, ...] | None, check_registered: bo
     retention_ms = conf.get("stream_retention_ms")
     if retention_ms is not None:
         retention_ms = _int(retention_ms, "stream_retention_ms", minimum=1)
+    # None is a value here (never give up), so a missing setting is told apart from it.
+    max_deliveries = conf.get("stream_max_deliveries", DEFAULTS["stream_max_deliveries"])
+    if max_deliveries is not None:
+        max_deliveries = _int(max_deliveries, "stream_max_deliveries", minimum=1)
+    dead_letter_failed = _setting(conf, "stream_dead_letter_failed_tasks")
+    if not isinstance(dead_letter_failed, bool):
+        raise _fail("stream_dead_letter_failed_tasks", f"expected True or False, got {dead_letter_failed!r}")
 
     if only is not None:
         unknown = sorted(set(only) - set(tasks))
@@ -454,6 +466,16 @@ def _load_config(app: Any, *, only: tuple[str, ...] | None, check_registered: bo
         stream_max_queue = spec.get("max_queue_length", max_queue)
         if stream_max_queue is not None:
             stream_max_queue = _int(stream_max_queue, "stream_tasks 'max_queue_length'", stream, minimum=0)
+        stream_max_deliveries = spec.get("max_deliveries", max_deliveries)
+        if stream_max_deliveries is not None:
+            stream_max_deliveries = _int(stream_max_deliveries, "stream_tasks 'max_deliveries'", stream, minimum=1)
+        stream_dead_letter_failed = spec.get("dead_letter_failed_tasks", dead_letter_failed)
+        if not isinstance(stream_dead_letter_failed, bool):
+            raise _fail(
+                "stream_tasks 'dead_letter_failed_tasks'",
+                f"expected True or False, got {stream_dead_letter_failed!r}",
+                stream,
+            )
         streams.append(
             StreamConfig(
                 stream=stream,
@@ -476,6 +498,8 @@ def _load_config(app: Any, *, only: tuple[str, ...] | None, check_registered: bo
                 max_queue_length=stream_max_queue,
                 fast_path=fast_path,
                 retention_ms=_retention(spec.get("retention_ms", retention_ms), stream),
+                max_deliveries=stream_max_deliveries,
+                dead_letter_failed_tasks=stream_dead_letter_failed,
             )
         )
     _check_queue_names(conf, url, streams)

@@ -11,7 +11,7 @@ from .config import StreamConfig
 __all__ = ["BATCH", "DLQ_FIELDS", "DeadEntry", "batches", "purge", "read", "requeue"]
 
 #: The fields a dead letter carries besides the entry's own (see position.DeadLetter).
-DLQ_FIELDS = frozenset({b"dlq_source_stream", b"dlq_source_id", b"dlq_reason", b"dlq_error"})
+DLQ_FIELDS = frozenset({b"dlq_source_stream", b"dlq_source_id", b"dlq_reason", b"dlq_error", b"dlq_task_id"})
 BATCH = 500
 
 

@@ -15,6 +15,7 @@ from redis.exceptions import AuthenticationError, NoPermissionError, ResponseErr
 
 from .backpressure import QueueGauge, target_queue
 from .config import StreamConfig
+from .deliveries import FOREIGN_GRACE_SECONDS, Deliveries
 from .dispatch import BrokerUnavailable, Dispatcher
 from .entry import RawEntry
 from .exceptions import StreamConfigError
@@ -22,7 +23,6 @@ from .position import Lease, LeaseLost, commit
 from .reader import (
     autoclaim,
     connect,
-    delivery_counts,
     ensure_group,
     read_group,
     read_tracked,
@@ -90,6 +90,7 @@ class _Loop(threading.Thread):
         self.loud_pause: dict[str, bool] = {}
         self.failures = 0
         self.upkeep = Upkeep(block_ms=service.config.block_ms, reap_idle_ms=service.config.reap_idle_ms)
+        self.deliveries = Deliveries(service.consumer)
         self._incoming: list[StreamConfig] = []
         self._incoming_lock = threading.Lock()
 
@@ -218,16 +219,33 @@ class _Loop(threading.Thread):
         sc: StreamConfig,
         entries: Sequence[RawEntry],
         *,
-        counts: dict[str, int] | None = None,
         trimmed: Sequence[str] = (),
         lease: Lease | None = None,
     ) -> None:
         """Dispatch a batch of one stream, then move its position past it."""
+        parts = self.deliveries.split(sc, entries)
+        if len(parts) > 1:
+            # Entries a dead worker held go alone: the one that kills the
+            # worker is isolated and its neighbours get through.
+            for i, part in enumerate(parts):
+                self.handle(sc, part, trimmed=trimmed if i == 0 else (), lease=lease)
+            return
         stats = self.service.stats[sc.stream]
         started = time.monotonic()
-        dead = self.dispatcher.send(sc, entries, counts) if entries else []
+        dead = self.deliveries.given_up(sc, entries)
+        live = [e for e in entries if e.id not in {d.raw.id for d in dead}] if dead else entries
         ids = [e.id for e in entries]
-        commit(self.client, sc, [*ids, *trimmed] if sc.mode == "group" else ids, dead, lease=lease)
+        try:
+            if live:
+                self.deliveries.begin(self.client, sc, [e.id for e in live])
+                counts = {e.id: self.deliveries.delivery_count(sc, e.id) for e in live}
+                dead = [*dead, *self.dispatcher.send(sc, live, counts)]
+            forget = self.deliveries.done(sc, [*ids, *trimmed])
+            commit(self.client, sc, [*ids, *trimmed] if sc.mode == "group" else ids, dead, lease=lease, forget=forget)
+        except Exception:
+            self.deliveries.abandon(self.client, [sc])
+            raise
+        self.deliveries.committed(sc, ids)
         elapsed = time.monotonic() - started
         for letter in dead:
             logger.error(
@@ -261,6 +279,7 @@ class GroupLoop(_Loop):
         self.next_claim = 0.0
         claim_ms = service.config.claim_idle_ms
         self.claim_every = min(max(claim_ms / 2000, self.block_ms / 1000), 30.0)
+        self.grace = max(FOREIGN_GRACE_SECONDS, claim_ms / 1000)
 
     def adopted(self, sc: StreamConfig) -> None:
         self.unready.add(sc.stream)
@@ -275,11 +294,13 @@ class GroupLoop(_Loop):
             if ensure_group(self.client, sc, "0" if again else None) and again:
                 logger.warning("redis-stream: group %s on stream %s was missing; recreated from 0", sc.group, sc.stream)
             self.created.add(stream)
+            self.deliveries.recover(self.client, sc)
             self.service.stats[stream].reading = True
             self.pending[stream] = "0"
             self.unready.discard(stream)
 
     def step(self) -> None:
+        self.deliveries.tidy_all(self.client, self.streams)
         if self.unready:
             self.setup()
         if self.pending:
@@ -313,12 +334,13 @@ class GroupLoop(_Loop):
             self.pending[stream] = entries[-1].id
             live = [e for e in entries if e.pairs is not None]
             trimmed = [e.id for e in entries if e.pairs is None]
-            counts = delivery_counts(self.client, sc, self.consumer, [e.id for e in live]) if live else {}
-            self.handle(sc, live, counts=counts, trimmed=trimmed)
+            self.deliveries.load(self.client, sc, [e.id for e in live])
+            self.handle(sc, live, trimmed=trimmed)
 
     def claim(self) -> None:
         min_idle = self.service.config.claim_idle_ms
         for sc in self.streams.values():
+            self.deliveries.sweep(self.client, sc, grace=self.grace)
             cursor = "0-0"
             while not self.stopping:
                 cursor, entries, trimmed = autoclaim(
@@ -329,8 +351,8 @@ class GroupLoop(_Loop):
                         "redis-stream: claimed %d idle entr%s of stream=%s group=%s",
                         len(entries), "y" if len(entries) == 1 else "ies", sc.stream, sc.group,
                     )  # fmt: skip
-                    counts = delivery_counts(self.client, sc, self.consumer, [e.id for e in entries])
-                    self.handle(sc, entries, counts=counts, trimmed=trimmed)
+                    self.deliveries.load(self.client, sc, [e.id for e in entries])
+                    self.handle(sc, entries, trimmed=trimmed)
                 if cursor in ("0-0", "0"):
                     break
 
@@ -358,6 +380,7 @@ class TrackerLoop(_Loop):
         super().__init__(service, streams, batch_size, name="tracker")
         self.lease: Lease | None = None
         self.owned: dict[str, str] = {}
+        self.next_sweep = 0.0
 
     @property
     def lease_ms(self) -> int:
@@ -367,9 +390,18 @@ class TrackerLoop(_Loop):
         if self.lease is None:
             self.lease = Lease(self.client, self.service.consumer, self.lease_ms)
         lease = self.lease
+        self.deliveries.tidy_all(self.client, self.streams)
+        sweep = time.monotonic() >= self.next_sweep
+        if sweep:
+            self.next_sweep = time.monotonic() + self.lease_ms / 2000
         for stream, sc in self.streams.items():
             stats = self.service.stats[stream]
             if lease.acquire(sc):
+                if stream not in self.owned or sweep:
+                    # The previous holder's record: counted at once if it was ours, after a grace time if not.
+                    if stream not in self.owned:
+                        self.deliveries.recover(self.client, sc)
+                    self.deliveries.sweep(self.client, sc, grace=max(FOREIGN_GRACE_SECONDS, self.lease_ms / 1000))
                 if stream not in self.owned:
                     self.owned[stream] = start_position(self.client, sc)
                     logger.info(

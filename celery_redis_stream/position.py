@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -109,6 +109,7 @@ def commit(
     dead: Sequence[DeadLetter],
     *,
     lease: Lease | None = None,
+    forget: Mapping[str, Sequence[str]] | None = None,
 ) -> None:
     """Record dead letters, then move the position of ``sc`` past ``ids``.
 
@@ -117,7 +118,10 @@ def commit(
     would be at-most-once: a crash between the move and the publish would
     lose the entry. Moving after makes a crash re-dispatch at most this batch,
     with the same task ids. Dead letters are written before the move so a
-    bad entry is never acknowledged without leaving a trace.
+    bad entry is never acknowledged without leaving a trace. ``forget``
+    (hash key -> fields: the batch's in-flight record and the failure counts
+    of its entries, see deliveries.py) is deleted with the move, in the same
+    pipeline.
     """
     if not ids:
         return
@@ -126,6 +130,8 @@ def commit(
         pipe.execute_command("XADD", sc.dead_letter, "*", *letter.pairs())
     if sc.mode == "group":
         pipe.xack(sc.stream, sc.group, *ids)
+        for key, fields in (forget or {}).items():
+            pipe.hdel(key, *fields)
         pipe.execute()
         return
     assert lease is not None, "tracker mode commits under a lease"
@@ -135,8 +141,15 @@ def commit(
         if dead:
             pipe.execute()
         advanced = lease.advance(**advance, client=client)
+        if advanced and forget:
+            pipe = client.pipeline(transaction=False)
+            for key, fields in forget.items():
+                pipe.hdel(key, *fields)
+            pipe.execute()
     else:
         lease.advance(**advance, client=pipe)
-        advanced = pipe.execute()[-1]
+        for key, fields in (forget or {}).items():
+            pipe.hdel(key, *fields)
+        advanced = pipe.execute()[-1 - len(forget or {})]
     if not advanced:
         raise LeaseLost(f"lost the lease on {sc.stream!r}; another worker reads it now")

@@ -312,6 +312,8 @@ CLUSTER_GROUP_ACL = [
     *"on >CHANGE-ME-7f3a resetkeys resetchannels -@all +ping +client|setname +cluster|slots +command".split(),
     *"+xgroup|create +xreadgroup +xautoclaim +xpending +xack ~orders".split(),
     *"+evalsha +script|load +xinfo|consumers +xgroup|delconsumer".split(),  # consumer hygiene
+    *"+xrange +hset +hdel +hget +hgetall +hmget +hincrby +evalsha +script|load +script|exists".split(),
+    *"~stream_deliveries:{orders}:celery:inflight ~stream_deliveries:{orders}:celery:failures".split(),
     "(+xadd ~{orders}:dead)",
 ]
 

@@ -197,3 +197,58 @@ def test_django_style_namespaced_settings_are_read(tmp_path: Any, monkeypatch: A
     config = load_config(app)
     assert config.url == "redis://127.0.0.1:1/5"
     assert config.streams[0].batch_size == 9
+
+
+def test_max_deliveries_and_failed_task_dead_letters_default_globally_and_per_stream() -> None:
+    config = load_config(make_app(stream_tasks={"orders": "shop.handle"}))
+    assert (config.streams[0].max_deliveries, config.streams[0].dead_letter_failed_tasks) == (5, False)
+    app = make_app(
+        stream_max_deliveries=None,
+        stream_dead_letter_failed_tasks=True,
+        stream_tasks={
+            "orders": "shop.handle",
+            "payments": {"task": "shop.handle", "max_deliveries": 2, "dead_letter_failed_tasks": False},
+        },
+    )
+    orders, payments = load_config(app).streams
+    assert (orders.max_deliveries, orders.dead_letter_failed_tasks) == (None, True)  # None: never give up
+    assert (payments.max_deliveries, payments.dead_letter_failed_tasks) == (2, False)
+    app = make_app(stream_tasks={"orders": {"task": "shop.handle", "max_deliveries": None}}, stream_max_deliveries=3)
+    assert load_config(app).streams[0].max_deliveries is None
+
+
+@pytest.mark.parametrize(
+    ("conf", "words"),
+    [
+        ({"stream_max_deliveries": 0}, ["stream_max_deliveries", "at least 1"]),
+        ({"stream_max_deliveries": "5"}, ["stream_max_deliveries", "integer"]),
+        ({"stream_max_deliveries": True}, ["stream_max_deliveries", "integer"]),
+        ({"stream_dead_letter_failed_tasks": "yes"}, ["stream_dead_letter_failed_tasks", "True or False"]),
+        (
+            {"stream_tasks": {"orders": {"task": "shop.handle", "max_deliveries": -1}}},
+            ["'max_deliveries'", "'orders'", "at least 1"],
+        ),
+        (
+            {"stream_tasks": {"orders": {"task": "shop.handle", "dead_letter_failed_tasks": 1}}},
+            ["'dead_letter_failed_tasks'", "'orders'", "True or False"],
+        ),
+    ],
+)
+def test_invalid_poison_and_failed_task_settings_are_refused(conf: dict[str, Any], words: list[str]) -> None:
+    app = make_app(**{"stream_tasks": {"orders": "shop.handle"}, **conf})
+    with pytest.raises(StreamConfigError) as info:
+        load_config(app)
+    for word in words:
+        assert word in str(info.value)
+
+
+def test_django_style_max_deliveries_none_is_read_as_never(tmp_path: Any, monkeypatch: Any) -> None:
+    (tmp_path / "djpoison.py").write_text(
+        "CELERY_STREAM_TASKS = {'orders': 'shop.handle'}\nCELERY_STREAM_MAX_DELIVERIES = None\n"
+        "CELERY_STREAM_DEAD_LETTER_FAILED_TASKS = True\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    app = make_app()
+    app.config_from_object("djpoison", namespace="CELERY")
+    (sc,) = load_config(app).streams
+    assert (sc.max_deliveries, sc.dead_letter_failed_tasks) == (None, True)

@@ -13,6 +13,7 @@ from typing import Any
 
 import redis
 from celery import Celery
+from celery.exceptions import Reject
 
 import celery_redis_stream
 
@@ -73,6 +74,42 @@ def broken_converter(entry: celery_redis_stream.StreamEntry) -> tuple[list[Any],
     if entry.fields.get("bad"):
         raise ValueError("bad entry")
     return [entry.fields], {}
+
+
+def poison_converter(entry: celery_redis_stream.StreamEntry) -> tuple[list[Any], dict[str, Any]]:
+    """Ends the process, as a segfault or an OOM kill would, for an entry with a ``poison`` field."""
+    if entry.fields.get("poison"):
+        read = {"id": entry.id, "delivery": entry.delivery_count, "pid": os.getpid()}
+        ledger().rpush("poison_reads", json.dumps(read))
+        os._exit(17)
+    return [entry.fields], {}
+
+
+@app.task(bind=True, name="tests.fail", shared=False)
+def fail(self: Any, fields: dict[str, str]) -> None:
+    _record(self.request, [fields], {})
+    raise ValueError(f"boom {fields.get('n')}")
+
+
+@app.task(bind=True, name="tests.flaky", shared=False, max_retries=2)
+def flaky(self: Any, fields: dict[str, str]) -> None:
+    """Fails its first ``fail_times`` runs, retrying (at most twice) each time."""
+    _record(self.request, [fields], {"retries": self.request.retries})
+    if self.request.retries < int(fields.get("fail_times", "0")):
+        raise self.retry(exc=RuntimeError(f"flaky {fields.get('n')}"), countdown=0)
+
+
+@app.task(bind=True, name="tests.die", shared=False)
+def die(self: Any, fields: dict[str, str]) -> None:
+    """Ends the pool child that runs it, as an OOM kill would."""
+    _record(self.request, [fields], {})
+    os._exit(9)
+
+
+@app.task(bind=True, name="tests.reject", shared=False)
+def reject(self: Any, fields: dict[str, str]) -> None:
+    _record(self.request, [fields], {})
+    raise Reject(f"refused {fields.get('n')}", requeue=False)
 
 
 celery_redis_stream.install(app)

@@ -30,11 +30,15 @@ CELERY_STREAM_TASKS = {
     # Fields as keyword arguments, sent to the "billing" queue with extra send_task options.
     # (Not a queue named "payments": with a Redis broker on the same database a
     # queue is a list key, and the stream "payments" already owns that key.)
+    # A payment whose task fails for good (here: an amount that is not a positive number)
+    # is added to the dead-letter stream payments:dead with reason task_failed, for an
+    # operator to list and requeue: `celery -A shop redis-stream dead-letters payments`.
     "payments": {
         "task": "orders.tasks.capture_payment",
         "call": "kwargs",
         "queue": "billing",
         "options": {"expires": 3600},
+        "dead_letter_failed_tasks": True,
     },
     # A converter turns the entry into (args, kwargs): ship_order(42, carrier="ups").
     "shipments": {
