@@ -12,14 +12,16 @@ import dataclasses
 import fnmatch
 import threading
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 from celery.app.task import Context
 from celery.exceptions import AlwaysEagerIgnored
 from celery.result import EagerResult
-from kombu import Connection, Producer, serialization
+from kombu import serialization
+from kombu.connection import Connection
+from kombu.messaging import Producer
 
 from .config import BridgeConfig, StreamConfig, load_config
 from .dispatch import Dispatcher, task_id_for
@@ -31,6 +33,8 @@ __all__ = ["DeadLetterPreview", "DeadLettered", "Preview", "preview", "run", "to
 Fields = Mapping[str, Any] | Sequence[tuple[bytes | str, bytes | str]]
 
 _patch_lock = threading.Lock()
+dumps: Callable[..., tuple[str, str, Any]] = serialization.dumps
+loads: Callable[..., Any] = serialization.loads
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -123,8 +127,8 @@ class _Keeper:
         return getattr(self._producer, name)
 
     def publish(self, body: Any, **kwargs: Any) -> None:
-        content_type, content_encoding, data = serialization.dumps(body, serializer=kwargs.get("serializer"))
-        decoded = serialization.loads(data, content_type, content_encoding, accept=[content_type])
+        content_type, content_encoding, data = dumps(body, serializer=kwargs.get("serializer"))
+        decoded = loads(data, content_type, content_encoding, accept=[content_type])
         self.published.append((decoded, kwargs))
 
 
@@ -157,7 +161,7 @@ def preview(app: Any, stream: str, fields: Fields, *, entry_id: str = "1-0") -> 
     config, sc = stream_config(app, stream)
     raw = to_raw(stream, fields, entry_id=entry_id)
     options = {k: v for k, v in sc.options.items() if k != "headers"}
-    keeper = _Keeper(Producer(Connection("memory://"), auto_declare=False))
+    keeper = _Keeper(Producer(Connection("memory://"), auto_declare=False))  # type: ignore[no-untyped-call]
     dispatcher = Dispatcher(app, max_entry_bytes=config.max_entry_bytes)
     dispatcher._producer = keeper  # the worker's dispatch code, with a producer that keeps the message
     try:
