@@ -12,6 +12,7 @@ import dataclasses
 import fnmatch
 import threading
 import warnings
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -33,6 +34,7 @@ __all__ = ["DeadLetterPreview", "DeadLettered", "Preview", "preview", "run", "to
 Fields = Mapping[str, Any] | Sequence[tuple[bytes | str, bytes | str]]
 
 _patch_lock = threading.Lock()
+_imported: weakref.WeakSet[Any] = weakref.WeakSet()
 dumps: Callable[..., tuple[str, str, Any]] = serialization.dumps
 loads: Callable[..., Any] = serialization.loads
 
@@ -101,6 +103,11 @@ def to_raw(stream: str, fields: Fields, *, entry_id: str = "1-0") -> RawEntry:
 
 def stream_config(app: Any, stream: str) -> tuple[BridgeConfig, StreamConfig]:
     """The app's configuration (checked as a worker checks it at start-up) and the mapping of ``stream``."""
+    if app not in _imported:
+        # What a worker does before its steps start: imports (and
+        # autodiscover_tasks) register the tasks the mapping names.
+        app.loader.import_default_modules()
+        _imported.add(app)
     config = load_config(app)
     for sc in config.streams:
         if sc.stream == stream:
