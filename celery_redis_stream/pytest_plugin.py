@@ -24,7 +24,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,7 @@ from celery.contrib.testing.worker import start_worker
 
 from . import install
 from .dispatch import task_id_for
-from .producer import produce
+from .producer import FieldValue, produce
 from .testing import DeadLetterPreview, DeadLettered, stream_config
 
 __all__ = ["RedisStreamServer", "StreamWorker", "TaskRun"]
@@ -124,7 +124,7 @@ class StreamWorker:
         self.app = app
         self.server = server
         self.controller = controller
-        self.client = server.client(0)
+        self.client: Any = server.client(0)
         self._runs: dict[str, TaskRun] = {}
         self._lock = threading.Lock()
 
@@ -133,7 +133,7 @@ class StreamWorker:
             with self._lock:
                 self._runs[task_id] = TaskRun("", task_id, state or "", retval)
 
-    def add(self, stream: str, fields: dict[str, Any], *, timeout: float = 30.0) -> TaskRun:
+    def add(self, stream: str, fields: Mapping[str | bytes, FieldValue], *, timeout: float = 30.0) -> TaskRun:
         """XADD ``fields`` to ``stream`` and wait until the worker has run the entry's task.
 
         Raises :class:`DeadLettered` when the entry went to the dead-letter
