@@ -35,9 +35,10 @@ from celery import signals
 from celery.contrib.testing.worker import start_worker
 
 from . import install
+from .config import load_config
 from .dispatch import task_id_for
 from .producer import FieldValue, produce
-from .testing import DeadLetterPreview, DeadLettered, stream_config
+from .testing import DeadLettered, DeadLetterPreview, stream_config
 
 __all__ = ["RedisStreamServer", "StreamWorker", "TaskRun"]
 
@@ -193,6 +194,7 @@ def redis_stream_worker(redis_stream_app: Any, redis_stream_server: RedisStreamS
     app = redis_stream_app
     server = redis_stream_server
     install(app)
+    app.loader.import_default_modules()  # as `celery worker` does first: autodiscover_tasks, imports
     app.close()  # a broker pool made before the test still points at the old broker
     with _settings(
         app.conf,
@@ -202,7 +204,11 @@ def redis_stream_worker(redis_stream_app: Any, redis_stream_server: RedisStreamS
         stream_block_ms=100,
         broker_connection_retry_on_startup=True,
     ):
-        with start_worker(app, pool="solo", perform_ping_check=False, shutdown_timeout=10) as controller:
+        # the worker consumes the default queue and every queue a mapped stream sends to
+        queues = [app.conf.task_default_queue, *(sc.queue for sc in load_config(app).streams if sc.queue)]
+        with start_worker(
+            app, pool="solo", perform_ping_check=False, shutdown_timeout=10, queues=sorted(set(queues))
+        ) as controller:
             worker = StreamWorker(app, server, controller)
             signals.task_postrun.connect(worker._task_postrun, weak=False)
             try:
