@@ -70,7 +70,7 @@ def prepare(
     cannot disagree with what a worker sends.
     """
     entry = decode(raw, max_bytes=max_entry_bytes, delivery_count=delivery_count)
-    entry, trace = split_trace(entry, sc.trace_fields)
+    trace = split_trace(entry, sc.trace_fields)
     args, kwargs = build_call(entry, sc.call, sc.converter)
     return args, kwargs, trace
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping, MutableMapping
 from typing import Any
 
@@ -13,19 +12,18 @@ __all__ = ["attach_trace", "detach_trace", "inject_current", "split_trace"]
 NO_TRACE: dict[str, str] = {}
 
 
-def split_trace(entry: StreamEntry, names: tuple[str, ...]) -> tuple[StreamEntry, dict[str, str]]:
-    """``entry`` without the fields named in ``stream_trace_fields``, and those fields.
+def split_trace(entry: StreamEntry, names: tuple[str, ...]) -> dict[str, str]:
+    """Take the fields named in ``stream_trace_fields`` out of ``entry.fields`` and return them.
 
-    Taken out before the call shape is built, so a trace field never reaches
-    the task's arguments, whatever the shape or converter; the caller puts
-    them in the message headers.
+    Called on the entry ``decode()`` has just made (its ``fields`` dict is
+    not shared yet), before the call shape is built, so a trace field never
+    reaches the task's arguments, whatever the shape or converter; the caller
+    puts them in the message headers.
     """
     fields = entry.fields
     if not names or fields.keys().isdisjoint(names):
-        return entry, NO_TRACE
-    trace = {name: fields[name] for name in names if name in fields}
-    rest = {k: v for k, v in fields.items() if k not in trace}
-    return dataclasses.replace(entry, fields=rest), trace
+        return NO_TRACE
+    return {name: fields.pop(name) for name in names if name in fields}
 
 
 def _otel() -> Any:
