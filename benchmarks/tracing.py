@@ -13,6 +13,8 @@ the first line:
 - a worker instrumented with opentelemetry-instrumentation-celery and the SDK
   (benchmarks/tracedapp.py): its publish signal receivers make the fast path
   step aside, so this is ``send_task`` plus a publish span per entry;
+- in this process: the fast path's ``Dispatcher.send`` with and without
+  trace fields (and with untraced fields of the same size);
 - in this process: what one ``before_task_publish`` + ``after_task_publish``
   pair costs with the instrumentation connected, and from it the estimate for
   a fast path that sent those signals per message.
@@ -86,6 +88,48 @@ def bridge(server: RedisServer, n: int, batch: int, *, fast: bool, traced: bool,
         worker.stop()
 
 
+def dispatch_rates(server: RedisServer, reps: int = 15) -> dict[str, float]:
+    """The fast path's Dispatcher.send in this process, 500-entry batches, interleaved: traced vs same-size entries."""
+    from celery import Celery
+
+    from celery_redis_stream.config import load_config
+    from celery_redis_stream.dispatch import Dispatcher
+    from celery_redis_stream.entry import RawEntry
+
+    app = Celery("trace-bench", broker=server.url_db(1), set_as_current=False)
+    app.conf.update(
+        stream_url=server.url_db(0),
+        stream_tasks={STREAM: {"task": "bench.noop", "registered": False, "queue": "sink"}},
+        stream_fast_path=True,
+    )
+    sc = load_config(app).streams[0]
+    dispatcher = Dispatcher(app, max_entry_bytes=1 << 20)
+    trace = [x for pair in TRACE.items() for x in pair]
+    padding = [f"x{k}" if i % 2 == 0 else k for i, k in enumerate(trace)]  # the same bytes, not trace fields
+    kinds = {
+        "no trace fields": [],
+        "trace fields": trace,
+        "same-size fields that are not trace fields": padding,
+    }
+    batches = {
+        kind: [RawEntry(STREAM, f"1-{i}", tuple(x.encode() for x in ["a", "1", "b", "hello", "n", str(i), *extra]))
+               for i in range(500)]
+        for kind, extra in kinds.items()
+    }  # fmt: skip
+    rates: dict[str, list[float]] = {kind: [] for kind in kinds}
+    try:
+        for _ in range(reps):
+            for kind, batch in batches.items():
+                started = time.perf_counter()
+                for _ in range(4):
+                    dispatcher.send(sc, batch)
+                rates[kind].append(2000 / (time.perf_counter() - started))
+                server.client(1).delete("sink")
+    finally:
+        dispatcher.close()
+    return {kind: statistics.median(values) for kind, values in rates.items()}
+
+
 def signal_pair_cost(n: int) -> float:
     """Seconds per before/after_task_publish pair with opentelemetry-instrumentation-celery connected."""
     import uuid
@@ -125,6 +169,7 @@ def main() -> None:
                 rate = bridge(server, args.entries, args.batch, **kw)  # type: ignore[arg-type]
                 figures[name].append(rate)
                 print(f"run {run + 1}: {name}: {rate:,.0f} entries/s", flush=True)
+        in_process = dispatch_rates(server)
     finally:
         server.stop()
     pair = statistics.median(signal_pair_cost(20_000) for _ in range(3))
@@ -145,6 +190,11 @@ def main() -> None:
     print(f"| estimate: fast path with publish signals per message | {estimate:,.0f} | "
           f"{statistics.median(ratios['estimate']):.2f}x |")  # fmt: skip
     print(f"\none before/after_task_publish pair with the instrumentation: {pair * 1e6:.1f} µs")
+    print("\n| fast path Dispatcher.send in this process (500-entry batches) | entries/s (median of 15) |")
+    print("|---|---:|")
+    for kind, rate in in_process.items():
+        print(f"| {kind} | {rate:,.0f} |")
+    out["in_process"] = in_process
     results = Path(__file__).resolve().parent / "results"
     results.mkdir(exist_ok=True)
     (results / "tracing.json").write_text(json.dumps(out, indent=2))

@@ -177,6 +177,7 @@ def preview(app: Any, stream: str, fields: Fields, *, entry_id: str = "1-0") -> 
             dead = dispatcher.send(dataclasses.replace(sc, fast_path=False), [raw])
     finally:
         dispatcher.close()
+        keeper.connection.release()
     if dead:
         (letter,) = dead
         return Preview(
