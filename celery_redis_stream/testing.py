@@ -33,6 +33,9 @@ __all__ = ["DeadLetterPreview", "DeadLettered", "Preview", "preview", "run", "to
 
 Fields = Mapping[str, Any] | Sequence[tuple[bytes | str, bytes | str]]
 
+# What a worker leaves out of request.headers: Celery's own request and
+# protocol keys (celery.app.task.Context._get_custom_headers, Celery >= 5.3).
+CELERY_REQUEST_KEYS = frozenset({*vars(Context), "lang", "task", "argsrepr", "kwargsrepr", "compression"})
 _patch_lock = threading.Lock()
 _imported: weakref.WeakSet[Any] = weakref.WeakSet()
 dumps: Callable[..., tuple[str, str, Any]] = serialization.dumps
@@ -225,7 +228,7 @@ def run(app: Any, stream: str, fields: Fields, *, entry_id: str = "1-0") -> Eage
         raise StreamError(
             f"task {shown.task!r} of stream {stream!r} is not registered in this app: run() cannot run it"
         ) from None
-    custom = Context(shown.headers).headers or {}  # what a worker's request.headers holds
+    custom = {k: v for k, v in shown.headers.items() if k not in CELERY_REQUEST_KEYS}
     with _request_headers(task, custom):
         result: EagerResult = task.apply(shown.args, shown.kwargs, task_id=shown.task_id, headers=custom)
     return result
