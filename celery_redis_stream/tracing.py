@@ -26,12 +26,20 @@ def split_trace(entry: StreamEntry, names: tuple[str, ...]) -> dict[str, str]:
     return {name: fields.pop(name) for name in names if name in fields}
 
 
+_modules: list[Any] = []  # [(context, propagate, trace) or None], resolved on first use
+
+
 def _otel() -> Any:
-    try:
-        from opentelemetry import context, propagate
-    except ImportError:
-        return None
-    return context, propagate
+    # Imported once and lazily: OpenTelemetry is optional, and a failed import
+    # is not cached by Python (it would search sys.path again per entry).
+    if not _modules:
+        try:
+            from opentelemetry import context, propagate, trace
+        except ImportError:
+            _modules.append(None)
+        else:
+            _modules.append((context, propagate, trace))
+    return _modules[0]
 
 
 def attach_trace(trace: Mapping[str, str]) -> object | None:
@@ -48,8 +56,8 @@ def attach_trace(trace: Mapping[str, str]) -> object | None:
     otel = _otel()
     if otel is None:
         return None
-    context, propagate = otel
-    token: object = context.attach(propagate.extract(dict(trace)))
+    context, propagate, _ = otel
+    token: object = context.attach(propagate.extract(trace))
     return token
 
 
@@ -64,10 +72,10 @@ def inject_current(fields: MutableMapping[Any, Any]) -> None:
     Does nothing when OpenTelemetry is not installed or no span is active;
     fields the caller set are kept.
     """
-    try:
-        from opentelemetry import propagate, trace
-    except ImportError:
+    otel = _otel()
+    if otel is None:
         return
+    _, propagate, trace = otel
     if not trace.get_current_span().get_span_context().is_valid:
         return
     carrier: dict[str, str] = {}

@@ -201,3 +201,46 @@ def _spans(ledger: Any, name: str | None, count: int) -> list[dict[str, Any]]:
     spans = [json.loads(x) for x in ledger.lrange("spans", 0, -1)]
     spans = [s for s in spans if name is None or s["name"] == name]
     return spans if len(spans) >= count else []
+
+
+NO_OTEL = """
+import dataclasses, json, sys
+sys.modules["opentelemetry"] = None  # as if it were not installed: every import of it fails
+import redis
+from celery import Celery
+import celery_redis_stream
+from celery_redis_stream.config import load_config
+from celery_redis_stream.dispatch import Dispatcher
+from celery_redis_stream.entry import RawEntry
+
+url, broker = sys.argv[1], sys.argv[2]
+client = redis.Redis.from_url(url)
+entry_id = celery_redis_stream.produce(client, "s", {"a": "1"})
+assert client.xrange("s")[0][1] == {b"a": b"1"}, client.xrange("s")
+app = Celery("no-otel", broker=broker, set_as_current=False)
+app.conf.update(stream_url=url, stream_tasks={"s": {"task": "t", "registered": False}})
+sc = load_config(app).streams[0]
+dispatcher = Dispatcher(app, max_entry_bytes=1 << 20)
+raw = RawEntry("s", entry_id, (b"a", b"1", b"traceparent", sys.argv[3].encode()))
+for fast in (True, False):
+    assert dispatcher.send(dataclasses.replace(sc, fast_path=fast), [raw]) == []
+dispatcher.close()
+messages = redis.Redis.from_url(broker).lrange("celery", 0, -1)
+print(json.dumps([json.loads(m)["headers"].get("traceparent") for m in messages]))
+"""
+
+
+def test_without_opentelemetry_produce_and_both_publishing_paths_still_carry_the_trace_fields(
+    redis_server: RedisServer,
+) -> None:
+    import subprocess
+    import sys
+
+    from .support import ROOT
+
+    result = subprocess.run(
+        [sys.executable, "-c", NO_OTEL, redis_server.url, redis_server.url_db(1), TRACEPARENT],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == [TRACEPARENT, TRACEPARENT]
