@@ -160,13 +160,29 @@ class StreamWorker:
 
 
 @contextmanager
-def _settings(conf: Any, **values: Any) -> Iterator[None]:
-    saved = {name: conf.get(name) for name in values}
-    conf.update(values)
+def _settings(app: Any, **values: Any) -> Iterator[None]:
+    # With config_from_object(..., namespace="CELERY") some Celery versions
+    # (5.3) read CELERY_BROKER_URL before broker_url: set both spellings.
+    conf = app.conf
+    namespace = (getattr(app, "namespace", None) or "").upper()
+    changes = {**values, **({f"{namespace}_{k.upper()}": v for k, v in values.items()} if namespace else {})}
+    saved = {key: conf.get(key) for key in changes}
+    conf.update(changes)
     try:
         yield
     finally:
         conf.update(saved)
+
+
+def _check_private(app: Any, server: RedisStreamServer) -> None:
+    """Never let a test's worker reach a Redis other than its own server."""
+    broker = app.conf.broker_url
+    streams = load_config(app).url
+    if broker != server.url(1) or streams != server.url(0):
+        pytest.fail(
+            f"redis_stream_worker could not point the app at its private server (broker {broker!r}, "
+            f"streams {streams!r}, expected {server.url(1)!r} and {server.url(0)!r}); not starting a worker"
+        )
 
 
 @pytest.fixture
@@ -197,13 +213,14 @@ def redis_stream_worker(redis_stream_app: Any, redis_stream_server: RedisStreamS
     app.loader.import_default_modules()  # as `celery worker` does first: autodiscover_tasks, imports
     app.close()  # a broker pool made before the test still points at the old broker
     with _settings(
-        app.conf,
+        app,
         broker_url=server.url(1),
         stream_url=server.url(0),
         stream_start="0",  # a fresh server: nothing produced before the test is old
         stream_block_ms=100,
         broker_connection_retry_on_startup=True,
     ):
+        _check_private(app, server)
         # the worker consumes the default queue and every queue a mapped stream sends to
         queues = [app.conf.task_default_queue, *(sc.queue for sc in load_config(app).streams if sc.queue)]
         with start_worker(
