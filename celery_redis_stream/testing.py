@@ -3,7 +3,9 @@
 Both go through the worker's own code: the app's configuration is read by
 ``load_config``, the entry is turned into a task call by the same
 ``Dispatcher`` a worker uses, and ``send_task`` routes it; only the producer
-is swapped for one that keeps the message instead of publishing it.
+is swapped for one that keeps the message instead of publishing it. The
+standard path's message is what is shown: the fast path writes the same one
+(tests/test_fastpath.py compares them field by field).
 """
 
 from __future__ import annotations
