@@ -250,6 +250,8 @@ def test_preview_equals_what_a_real_worker_dispatches(
         "7 task messages and 4 dead letters",
     )
     assert worker.stop() == 0
+    if fast_path:
+        assert "fast path not used" not in worker.output()  # the fast path wrote these messages
     messages, dead = _messages(redis_server), _dead_letters(redis_server)
     for (stream, _), entry_id, shown in zip(ENTRIES, ids, previews, strict=True):
         if shown.dead_letter is not None:

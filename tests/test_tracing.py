@@ -192,9 +192,10 @@ def test_task_span_continues_the_producer_trace_in_a_real_worker(
             assert parent["trace_id"] == span["trace_id"]
         else:
             assert span["parent_id"] == f"{producer.span_id:016x}"
-    for worker in workers:
-        output = worker.output()
-        assert ("fast path not used (a before_task_publish receiver" in output) == (fast_path and bridge_traced)
+    bridge_output = workers[0].output()
+    if fast_path and not bridge_traced:
+        assert "fast path not used" not in bridge_output  # the fast path wrote these messages
+    assert ("fast path not used (a before_task_publish receiver" in bridge_output) == (fast_path and bridge_traced)
 
 
 def _spans(ledger: Any, name: str | None, count: int) -> list[dict[str, Any]]:
