@@ -55,7 +55,18 @@ DEFAULTS: dict[str, Any] = {
     "stream_retention_ms": None,
     "stream_max_deliveries": 5,
     "stream_dead_letter_failed_tasks": False,
+    "stream_trace_fields": ["traceparent", "tracestate"],
 }
+
+# Celery's own protocol-2 message headers and the bridge's: an entry field
+# cannot replace them.
+RESERVED_HEADERS = frozenset(
+    {
+        "lang", "task", "id", "shadow", "eta", "expires", "group", "group_index", "retries", "timelimit",
+        "root_id", "parent_id", "argsrepr", "kwargsrepr", "origin", "ignore_result", "replaced_task_nesting",
+        "stamped_headers", "stamps", "redis_stream", "redis_stream_id",
+    }
+)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +96,7 @@ class StreamConfig:
     retention_ms: int | None = None
     max_deliveries: int | None = 5
     dead_letter_failed_tasks: bool = False
+    trace_fields: tuple[str, ...] = ("traceparent", "tracestate")
 
     @property
     def is_pattern(self) -> bool:
@@ -279,6 +291,19 @@ def _check_queue_names(conf: Any, url: str, streams: list[StreamConfig]) -> None
             )
 
 
+def _trace_fields(value: Any) -> tuple[str, ...]:
+    setting = "stream_trace_fields"
+    if isinstance(value, str) or not isinstance(value, (list, tuple)):
+        raise _fail(setting, f"expected a list of entry field names, got {value!r}")
+    names = tuple(_str(name, setting) for name in value)
+    if len(set(names)) != len(names):
+        raise _fail(setting, f"names a field twice: {list(names)!r}")
+    reserved = sorted(RESERVED_HEADERS.intersection(names))
+    if reserved:
+        raise _fail(setting, f"{', '.join(map(repr, reserved))} would replace a Celery or bridge message header")
+    return names
+
+
 def _setting(conf: Any, name: str) -> Any:
     value = conf.get(name)
     return DEFAULTS[name] if value is None else value
@@ -383,6 +408,7 @@ def _load_config(app: Any, *, only: tuple[str, ...] | None, check_registered: bo
     fast_path = _setting(conf, "stream_fast_path")
     if not isinstance(fast_path, bool):
         raise _fail("stream_fast_path", f"expected True or False, got {fast_path!r}")
+    trace_fields = _trace_fields(_setting(conf, "stream_trace_fields"))
     consumer = conf.get("stream_consumer")
     if consumer is not None:
         consumer = _str(consumer, "stream_consumer")
@@ -500,6 +526,7 @@ def _load_config(app: Any, *, only: tuple[str, ...] | None, check_registered: bo
                 retention_ms=_retention(spec.get("retention_ms", retention_ms), stream),
                 max_deliveries=stream_max_deliveries,
                 dead_letter_failed_tasks=stream_dead_letter_failed,
+                trace_fields=trace_fields,
             )
         )
     _check_queue_names(conf, url, streams)

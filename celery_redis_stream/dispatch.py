@@ -17,8 +17,9 @@ from .entry import RawEntry, build_call, decode
 from .exceptions import EntryError, StreamError
 from .fastpath import FastPath
 from .position import DeadLetter
+from .tracing import NO_TRACE, attach_trace, detach_trace, split_trace
 
-__all__ = ["BrokerUnavailable", "Dispatcher", "task_id_for"]
+__all__ = ["BrokerUnavailable", "Dispatcher", "message_headers", "prepare", "send_options", "task_id_for"]
 
 TASK_ID_NAMESPACE = uuid.UUID("6f1c5c2e-52d3-4b7e-9a55-0c6a2f3e1d10")
 
@@ -58,6 +59,37 @@ def task_ids_for(sc: StreamConfig, entry_ids: Sequence[str]) -> list[str]:
         digest.update(entry_id.encode())
         out.append(str(uuid.UUID(bytes=digest.digest()[:16], version=5)))
     return out
+
+
+def prepare(
+    sc: StreamConfig, raw: RawEntry, *, max_entry_bytes: int, delivery_count: int = 1
+) -> tuple[list[Any], dict[str, Any], dict[str, str]]:
+    """One entry -> the task's ``(args, kwargs)`` and its trace headers; raises :class:`EntryError`.
+
+    The worker and ``celery_redis_stream.testing`` both call this, so a preview
+    cannot disagree with what a worker sends.
+    """
+    entry = decode(raw, max_bytes=max_entry_bytes, delivery_count=delivery_count)
+    trace = split_trace(entry, sc.trace_fields)
+    args, kwargs = build_call(entry, sc.call, sc.converter)
+    return args, kwargs, trace
+
+
+def send_options(sc: StreamConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The ``send_task`` options of a stream, and the extra headers its ``options`` name."""
+    options = dict(sc.options)
+    extra_headers = options.pop("headers", None) or {}
+    # The reader retries whole batches with its own backoff; kombu's
+    # per-publish retries would only stack timeouts in front of it.
+    options.setdefault("retry", False)
+    return options, extra_headers
+
+
+def message_headers(
+    sc: StreamConfig, entry_id: str, extra_headers: dict[str, Any], trace: dict[str, str]
+) -> dict[str, Any]:
+    """The headers the bridge adds to a task message (the fast path writes them in the same order)."""
+    return {**extra_headers, "redis_stream": sc.stream, "redis_stream_id": entry_id, **trace}
 
 
 class Dispatcher:
@@ -142,20 +174,20 @@ class Dispatcher:
     def _send(self, sc: StreamConfig, entries: Sequence[RawEntry], counts: dict[str, int] | None) -> list[DeadLetter]:
         dead: list[DeadLetter] = []
         calls = []
+        traces: dict[str, dict[str, str]] = {}
         for raw in entries:
             try:
-                entry = decode(raw, max_bytes=self.max_entry_bytes, delivery_count=(counts or {}).get(raw.id, 1))
-                calls.append((raw.id, *build_call(entry, sc.call, sc.converter)))
+                count = (counts or {}).get(raw.id, 1)
+                args, kwargs, trace = prepare(sc, raw, max_entry_bytes=self.max_entry_bytes, delivery_count=count)
+                calls.append((raw.id, args, kwargs))
+                if trace:
+                    traces[raw.id] = trace
             except EntryError as exc:
                 dead.append(DeadLetter(raw, exc.reason, exc.error))
         if not calls:
             return dead
         send_task = self.app.send_task
-        options = dict(sc.options)
-        extra_headers = options.pop("headers", None) or {}
-        # The reader retries whole batches with its own backoff; kombu's
-        # per-publish retries would only stack timeouts in front of it.
-        options.setdefault("retry", False)
+        options, extra_headers = send_options(sc)
         by_id = {raw.id: raw for raw in entries}
         task_ids = task_ids_for(sc, [call[0] for call in calls])
         try:
@@ -167,6 +199,7 @@ class Dispatcher:
                     [(call[0], task_id, *call[1:]) for call, task_id in zip(calls, task_ids, strict=True)],
                     extra_headers=extra_headers,
                     options=options,
+                    trace=traces,
                 )
                 if failed is not None:  # None: this batch needs the standard path
                     dead.extend(DeadLetter(by_id[entry_id], "publish_error", error) for entry_id, error in failed)
@@ -175,6 +208,8 @@ class Dispatcher:
             queue = self._bound_queue(producer, sc.queue)
             with batch:
                 for (entry_id, args, kwargs), task_id in zip(calls, task_ids, strict=True):
+                    trace = traces.get(entry_id, NO_TRACE)
+                    token = attach_trace(trace)
                     try:
                         send_task(
                             sc.task,
@@ -183,13 +218,15 @@ class Dispatcher:
                             task_id=task_id,
                             producer=producer,
                             queue=queue,
-                            headers={**extra_headers, "redis_stream": sc.stream, "redis_stream_id": entry_id},
+                            headers=message_headers(sc, entry_id, extra_headers, trace),
                             **options,
                         )
                     except self._retryable:
                         raise
                     except Exception as exc:  # this entry cannot be encoded or routed; the rest can
                         dead.append(DeadLetter(by_id[entry_id], "publish_error", f"{type(exc).__name__}: {exc}"))
+                    finally:
+                        detach_trace(token)
         except self._retryable as exc:
             self.close()
             raise BrokerUnavailable(f"{type(exc).__name__}: {exc}") from exc

@@ -215,12 +215,14 @@ class FastPath:
         *,
         extra_headers: Mapping[str, Any],
         options: Mapping[str, Any],
+        trace: Mapping[str, Mapping[str, str]] | None = None,
     ) -> list[tuple[str, str]] | None:
         """LPUSH one message per call in one pipeline; ``None`` means "use the standard path".
 
         Returns ``(entry id, error)`` for the calls whose arguments could not be
         encoded (they are dead-lettered by the caller, like a failed ``send_task``).
         Broker errors propagate: the caller treats the batch as not dispatched.
+        ``trace`` maps entry ids to their trace headers (``stream_trace_fields``).
         """
         reason = self._static_reason(producer)
         if reason is None:
@@ -256,6 +258,8 @@ class FastPath:
                 for k in id_headers:
                     headers[k] = task_id
                 headers["redis_stream_id"] = entry_id
+                if trace and entry_id in trace:
+                    headers.update(trace[entry_id])  # after redis_stream_id, as message_headers() orders them
                 headers["argsrepr"] = argument_repr(shown_args, args_max, maxlevels)
                 headers["kwargsrepr"] = argument_repr(kwargs, kwargs_max, maxlevels)
                 props = dict(props_tpl)

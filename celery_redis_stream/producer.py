@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .exceptions import EmptyEntryError
+from .tracing import inject_current
 
 __all__ = ["produce"]
 
@@ -24,8 +25,14 @@ def produce(
 
     ``maxlen`` trims the stream (``MAXLEN ~ n`` when ``approximate``). Trimming
     drops the oldest entries whether or not a worker has dispatched them yet.
+
+    When OpenTelemetry is installed and a span is active, the current trace
+    context is added as ``traceparent``/``tracestate`` fields (unless
+    ``fields`` has them), so the task continues the caller's trace.
     """
     if not fields:
         raise EmptyEntryError("produce() needs at least one field: Redis rejects an empty entry")
-    entry_id = client.xadd(stream, dict(fields), maxlen=maxlen, approximate=approximate)
+    entry = dict(fields)
+    inject_current(entry)
+    entry_id = client.xadd(stream, entry, maxlen=maxlen, approximate=approximate)
     return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)

@@ -1,0 +1,85 @@
+"""Trace context: entry fields that travel as task message headers; OpenTelemetry imported lazily, never required."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, MutableMapping
+from typing import Any
+
+from .entry import StreamEntry
+
+__all__ = ["attach_trace", "detach_trace", "inject_current", "split_trace"]
+
+NO_TRACE: dict[str, str] = {}
+
+
+def split_trace(entry: StreamEntry, names: tuple[str, ...]) -> dict[str, str]:
+    """Take the fields named in ``stream_trace_fields`` out of ``entry.fields`` and return them.
+
+    Called on the entry ``decode()`` has just made (its ``fields`` dict is
+    not shared yet), before the call shape is built, so a trace field never
+    reaches the task's arguments, whatever the shape or converter; the caller
+    puts them in the message headers.
+    """
+    fields = entry.fields
+    if not names or fields.keys().isdisjoint(names):
+        return NO_TRACE
+    return {name: fields.pop(name) for name in names if name in fields}
+
+
+_modules: list[Any] = []  # [(context, propagate, trace) or None], resolved on first use
+
+
+def _otel() -> Any:
+    # Imported once and lazily: OpenTelemetry is optional, and a failed import
+    # is not cached by Python (it would search sys.path again per entry).
+    if not _modules:
+        try:
+            from opentelemetry import context, propagate, trace
+        except ImportError:
+            _modules.append(None)
+        else:
+            _modules.append((context, propagate, trace))
+    return _modules[0]
+
+
+def attach_trace(trace: Mapping[str, str]) -> object | None:
+    """Make the entry's trace context current for one ``send_task``; returns what :func:`detach_trace` needs.
+
+    A ``before_task_publish`` receiver (opentelemetry-instrumentation-celery)
+    starts a publish span in the current context and writes *its* context
+    into the headers: without this, that span would start a new trace in the
+    reader thread and overwrite the entry's ``traceparent``. Does nothing
+    without a trace or without OpenTelemetry.
+    """
+    if not trace:
+        return None
+    otel = _otel()
+    if otel is None:
+        return None
+    context, propagate, _ = otel
+    token: object = context.attach(propagate.extract(trace))
+    return token
+
+
+def detach_trace(token: object | None) -> None:
+    if token is not None:
+        _otel()[0].detach(token)
+
+
+def inject_current(fields: MutableMapping[Any, Any]) -> None:
+    """Add the current trace context (W3C ``traceparent``/``tracestate``) to ``fields``.
+
+    Does nothing when OpenTelemetry is not installed or no span is active;
+    fields the caller set are kept.
+    """
+    otel = _otel()
+    if otel is None:
+        return
+    _, propagate, trace = otel
+    if not trace.get_current_span().get_span_context().is_valid:
+        return
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    for key, value in carrier.items():
+        if key not in fields and key.encode() not in fields:
+            fields[key] = value
