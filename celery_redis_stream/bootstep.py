@@ -15,6 +15,7 @@ from .config import load_config
 from .exceptions import StreamConfigError
 from .metrics import MetricsServer
 from .service import Service
+from .status import worker_time_lags
 
 __all__ = ["RedisStreamStep", "install"]
 
@@ -109,6 +110,9 @@ def redis_stream(state: Any, **kwargs: Any) -> dict[str, Any]:
     info: dict[str, Any] = service.info()
     info["enabled"] = True
     info["alive"] = service.alive
+    ages = worker_time_lags(service.config, list(service.configs.values()))
+    for stream in info["streams"]:
+        stream["lag_seconds"] = ages.get(stream["stream"])
     return info
 
 

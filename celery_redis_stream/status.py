@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -21,11 +22,12 @@ from .lag import (
     server_ms,
     text,
 )
-from .reader import as_entry_id
+from .reader import as_entry_id, connect
 from .redact import redact
 
 __all__ = [
     "LAG_SCAN_LIMIT", "collect", "count_after", "id_key", "parse_target", "stream_status", "text", "time_lags",
+    "worker_time_lags",
 ]  # fmt: skip
 
 # user:password@ inside any URL in free text; kombu's maybe_sanitize_url only handles a whole URL.
@@ -205,3 +207,24 @@ def time_lags(client: Any, configs: list[StreamConfig]) -> dict[str, float | Non
         except (ResponseError, ValueError):  # no such key, wrong type, a tracker that is not an id
             out[sc.stream] = None
     return out
+
+
+def worker_time_lags(
+    config: BridgeConfig, configs: list[StreamConfig], timeout: float = 0.5
+) -> dict[str, float | None]:
+    """``time_lags`` on a short-lived client of its own, for a remote-control reply that must come within ~1 s.
+
+    The readers' clients are busy in blocking reads; a failure gives None for every stream, never an error.
+    """
+    client: Any = None
+    try:
+        client = connect(
+            config, socket_timeout=timeout, socket_connect_timeout=timeout, client_name="celery-redis-stream-inspect"
+        )
+        return time_lags(client, configs)
+    except Exception:  # Redis down or slow: the reply still goes out, without time lags
+        return dict.fromkeys((sc.stream for sc in configs), None)
+    finally:
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.close()
