@@ -22,6 +22,21 @@ __all__ = ["RedisStreamStep", "install"]
 logger = get_logger(__name__)
 
 
+class WorkerConfigError(StreamConfigError, click.ClickException):
+    """A configuration error that stops ``celery worker`` at start-up.
+
+    Celery's worker command lets any exception from a step's ``create()`` end
+    in a 40-line traceback, with the message on its last line. As a
+    ClickException too, click prints it as one ``Error: ...`` line on stderr
+    and exits 1, as it does for a bad command-line option; code that builds a
+    WorkController itself still gets an ImproperlyConfigured.
+    """
+
+    def __init__(self, message: str) -> None:
+        StreamConfigError.__init__(self, message)
+        click.ClickException.__init__(self, message)
+
+
 class RedisStreamStep(bootsteps.StartStopStep):  # type: ignore[misc]
     """Runs the stream readers in the worker's main process, after the pool started.
 
@@ -56,7 +71,7 @@ class RedisStreamStep(bootsteps.StartStopStep):  # type: ignore[misc]
             config = load_config(app, only=self.only)
         except StreamConfigError as exc:
             logger.critical("redis-stream: %s", str(exc).removeprefix("celery-redis-stream: "))
-            raise
+            raise WorkerConfigError(f"{exc}\n(the worker did not start; nothing was read)") from exc
         if not config.streams:
             logger.info("redis-stream: no streams mapped (stream_tasks is empty); not reading")
             return None

@@ -183,7 +183,7 @@ def inspect_readers(ctx: click.Context, destination: str | None, timeout: float,
     for reply in replies or ():
         workers.update(reply)
     if as_json:
-        _echo(json.dumps(workers, indent=2, sort_keys=True))
+        click.echo(redact(json.dumps(workers, indent=2, sort_keys=True)))  # JSON escapes control characters
     else:
         table = _table(
             "Readers", "worker", "stream", "mode", "dispatched", "dead-lettered", "time lag", "last id", "reading",
