@@ -366,7 +366,7 @@ def _progress(description: str, total: int) -> Iterator[Callable[[int], None]]:
     help="At most N entries, oldest first (default: 20 when listing, all with --requeue/--purge).",
 )
 @click.option("--reason", default=None, metavar="REASON",
-              help="Only dead letters with this dlq_reason (not_utf8, converter, max_deliveries, ...).")  # fmt: skip
+              help="Only dead letters with this dlq_reason (not_utf8, too_large, converter_error, ...).")  # fmt: skip
 @click.option("--id", "ids", multiple=True, callback=_ids, metavar="ID",
               help="Only the dead letter with this id (in the dead-letter stream); repeatable.")  # fmt: skip
 @click.option("--requeue", is_flag=True, help="Append the entries' own fields to STREAM and delete them here.")
