@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -400,61 +400,59 @@ def _chosen(reason: str | None, ids: list[str]) -> str:
     return f" ({', '.join(parts)})" if parts else ""
 
 
-def _dead_letters(
-    client: Any, sc: StreamConfig, length: int, limit: int | None, reason: str | None, ids: list[str],
-    requeue: bool, purge: bool, yes: bool, as_json: bool,
-) -> list[str]:  # fmt: skip
-    """The work of ``dead-letters``; returns the ids asked for that were not found."""
-    missing: list[str] = []
+def _counted(chunks: Iterable[list[deadletters.DeadEntry]], progress: Callable[[int], None]) -> Iterator[Any]:
+    for chunk in chunks:
+        yield chunk
+        progress(len(chunk))
+
+
+def _selection(
+    client: Any, sc: StreamConfig, length: int, *, limit: int | None, reason: str | None, ids: list[str],
+    progress: Callable[[int], None] = lambda n: None,
+) -> tuple[Iterable[list[deadletters.DeadEntry]], list[str]]:  # fmt: skip
+    """The dead letters chosen (by id, by reason, or the oldest), at most ``limit``, in batches; the ids not found."""
     if ids:
         found, missing = deadletters.fetch(client, sc, ids)
         if reason is not None:
             found = [e for e in found if e.meta("dlq_reason") == reason.encode()]
         found = found[:limit] if limit else found
-        chunks: Any = [found[i : i + deadletters.BATCH] for i in range(0, len(found), deadletters.BATCH)]
-        total = len(found)
-    elif reason is not None:
-        total = length
-        chunks = None  # a filtered scan, in _selected
-    else:
-        total = min(length, limit) if limit else length
-        chunks = None
+        batch = deadletters.BATCH
+        return _counted((found[i : i + batch] for i in range(0, len(found), batch)), progress), missing
+    if reason is not None:  # progress counts what the scan read
+        return deadletters.matching(client, sc, reason, limit=limit, scan=length, progress=progress), []
+    return _counted(deadletters.batches(client, sc, min(length, limit) if limit else length), progress), []
+
+
+def _dead_letters(
+    client: Any, sc: StreamConfig, length: int, limit: int | None, reason: str | None, ids: list[str],
+    requeue: bool, purge: bool, yes: bool, as_json: bool,
+) -> list[str]:  # fmt: skip
+    """The work of ``dead-letters``; returns the ids asked for that were not found."""
     if not (requeue or purge):
-        if chunks is not None:
-            entries = [e for chunk in chunks for e in chunk]
-        elif reason is not None:
-            entries = [e for chunk in deadletters.matching(client, sc, reason, limit=limit or 20) for e in chunk]
-        else:
-            entries = deadletters.read(client, sc, count=limit or 20)
+        chunks, missing = _selection(client, sc, length, limit=limit or 20, reason=reason, ids=ids)
+        entries = [e for chunk in chunks for e in chunk]
         if as_json:
             data = {"stream": sc.stream, "dead_letter": sc.dead_letter, "length": length}
             click.echo(json.dumps({**data, "entries": [_dead_json(e) for e in entries], "missing": missing}, indent=2))
         else:
             _render_dead(sc, length, entries, _console(), _chosen(reason, ids))
         return missing
-    if total == 0:
-        _report(sc, as_json, f"{sc.dead_letter}: no dead letters{_chosen(reason, ids)}", {"missing": missing})
-        return missing
-    verb = "requeue" if requeue else "purge"
+    total = len(ids) if ids else length if reason is not None else min(length, limit or length)
+    if total == 0 or length == 0:
+        _report(sc, as_json, f"{sc.dead_letter}: no dead letters", {"missing": ids})
+        return ids
     if purge and not yes:
-        what = f"{total} dead letter(s)" if reason is None else f"the dead letters with reason {reason} among {total}"
+        what = f"the dead letters{_chosen(reason, ids)} among {length}" if reason or ids else f"{total} dead letter(s)"
         _confirm(f"Delete {what} from {sc.dead_letter}? There is no undo.")
     done = kept = 0
-    with _progress(f"{verb} {sc.dead_letter if purge else 'to ' + sc.stream}", total) as advance:
-        # A --reason scan advances by what it read; otherwise by what was moved.
-        scanned = chunks is None and reason is not None
-        if scanned:
-            chunks = deadletters.matching(client, sc, str(reason), limit=limit, scan=total, progress=advance)
-        elif chunks is None:
-            chunks = deadletters.batches(client, sc, total)
+    with _progress(f"requeue to {sc.stream}" if requeue else f"purge {sc.dead_letter}", total) as advance:
+        chunks, missing = _selection(client, sc, length, limit=limit, reason=reason, ids=ids, progress=advance)
         for chunk in chunks:
             if requeue:
                 moved, skipped = deadletters.requeue_entries(client, sc, chunk)
                 done, kept = done + moved, kept + skipped
             else:
                 done += deadletters.purge_entries(client, sc, chunk)
-            if not scanned:
-                advance(len(chunk))
     noun = f"entr{'y' if done == 1 else 'ies'}"
     if requeue:
         note = f" ({kept} without fields of their own kept)" if kept else ""

@@ -43,7 +43,7 @@ SERVERS = {
     "valkey": (
         "valkey-server",
         "valkey-cli",
-        "apt-get install -t bookworm-backports valkey-server valkey-tools (Debian 12 with bookworm-backports)",
+        "on Debian 12, from bookworm-backports: apt-get install -t bookworm-backports valkey-server valkey-tools",
     ),
 }
 
