@@ -113,14 +113,15 @@ def lag_of(
        one less on the right when the newest deleted id lies after the position
        (that deletion is one of the ``entries-added - length`` removed
        entries). Both ends meet after a single XDEL, where Redis says nil.
-    4. Counting entries after the position, then (when that stops at
-       ``limit``) entries at or before it: the lag is the length minus those.
+    4. Counting entries after the position and entries at or before it (the
+       lag is then the length minus those), each up to ``limit``, the side
+       that looks shorter first (by entries-read, else by the ids' times).
     5. Otherwise a lower bound: the larger of ``limit`` and step 3's left end.
     """
     trivial = _trivial(position, info)
     if trivial is not None:
         return Lag(trivial, True, "xinfo-stream")
-    floor = 0
+    floor, ordinal = 0, None
     if group is not None:
         if group.get("lag") is not None:
             return Lag(int(group["lag"]), True, "xinfo-groups")
@@ -132,13 +133,21 @@ def lag_of(
             low, high = max(0, length - read), int(added) - read - after
             if low == high:
                 return Lag(low, True, "entries-read")
-            floor = low
+            floor, ordinal = low, (read, int(added) - read)
+    # Count the side that is likely shorter first: by entries-read when known, else by the ids' times.
+    first, last = info["first_id"], info.get("last_entry_id") or info["last_id"]
+    near = ordinal or (id_key(position)[0] - id_key(first)[0], id_key(last)[0] - id_key(position)[0])
+    if near[0] < near[1]:
+        before, complete = _count(client, stream, "-", position, limit)
+        if complete:
+            return Lag(int(info["length"]) - before, True, "count")
     count, complete = _count(client, stream, "(" + position, "+", limit)
     if complete:
         return Lag(count, True, "count")
-    before, complete = _count(client, stream, "-", position, limit)
-    if complete:
-        return Lag(int(info["length"]) - before, True, "count")
+    if near[0] >= near[1]:
+        before, complete = _count(client, stream, "-", position, limit)
+        if complete:
+            return Lag(int(info["length"]) - before, True, "count")
     return Lag(max(count, floor), False, "lower-bound")
 
 
