@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from .support import RedisServer, Worker, free_port, produce_many, wait_for, worker_env
+from .test_cli import cli
 
 
 def scrape(port: int) -> dict[tuple[str, str], float]:
@@ -55,6 +57,11 @@ def test_a_worker_serves_counters_lag_and_pause_per_stream(redis_server: RedisSe
     assert metrics[("redis_stream_lag", "audit")] == 0
     assert metrics[("redis_stream_paused", "audit")] == 0
     assert metrics[("redis_stream_redis_up", "")] == 1
+    # The backlog waits: its age grows, and inspect (asked through the broker) reports it too.
+    wait_for(lambda: scrape(port)[("redis_stream_lag_seconds", "orders")] >= 1, 30, "time lag")
+    replies = json.loads(cli(env, "inspect", "--json", "-t", "5").stdout)
+    ages = {s["stream"]: s["lag_seconds"] for s in next(iter(replies.values()))["streams"]}
+    assert ages["orders"] >= 1 and ages["audit"] == 0, ages
     assert worker.stop() == 0
 
 
