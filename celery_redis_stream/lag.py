@@ -39,7 +39,6 @@ class Lag:
 
     count: int
     exact: bool
-    how: str
 
     def fields(self) -> dict[str, Any]:
         """The JSON fields: ``lag`` only when exact (null otherwise), ``lag_at_least`` always a true lower bound."""
@@ -120,11 +119,11 @@ def lag_of(
     """
     trivial = _trivial(position, info)
     if trivial is not None:
-        return Lag(trivial, True, "xinfo-stream")
+        return Lag(trivial, True)
     floor, ordinal = 0, None
     if group is not None:
         if group.get("lag") is not None:
-            return Lag(int(group["lag"]), True, "xinfo-groups")
+            return Lag(int(group["lag"]), True)
         added, read = info.get("entries_added"), group.get("entries_read")
         if added is not None and read is not None:
             length, read = int(info["length"]), int(read)
@@ -132,7 +131,7 @@ def lag_of(
             after = 1 if deleted and id_key(deleted) > id_key(position) else 0
             low, high = max(0, length - read), int(added) - read - after
             if low == high:
-                return Lag(low, True, "entries-read")
+                return Lag(low, True)
             floor, ordinal = low, (read, int(added) - read)
     # Count the side that is likely shorter first: by entries-read when known, else by the ids' times.
     first, last = info["first_id"], info.get("last_entry_id") or info["last_id"]
@@ -140,15 +139,15 @@ def lag_of(
     if near[0] < near[1]:
         before, complete = _count(client, stream, "-", position, limit)
         if complete:
-            return Lag(int(info["length"]) - before, True, "count")
+            return Lag(int(info["length"]) - before, True)
     count, complete = _count(client, stream, "(" + position, "+", limit)
     if complete:
-        return Lag(count, True, "count")
+        return Lag(count, True)
     if near[0] >= near[1]:
         before, complete = _count(client, stream, "-", position, limit)
         if complete:
-            return Lag(int(info["length"]) - before, True, "count")
-    return Lag(max(count, floor), False, "lower-bound")
+            return Lag(int(info["length"]) - before, True)
+    return Lag(max(count, floor), False)
 
 
 def oldest_waiting(client: Any, stream: str, position: str, pending_min: str | None = None) -> str | None:

@@ -93,7 +93,7 @@ def _lag(
 ) -> dict[str, Any]:  # fmt: skip
     """lag, lag_exact, lag_at_least and lag_seconds of ``position`` (see lag.lag_of)."""
     if not info["exists"]:
-        return {**Lag(0, True, "missing").fields(), "lag_seconds": 0.0}
+        return {**Lag(0, True).fields(), "lag_seconds": 0.0}
     lag = lag_of(client, sc.stream, position, info, group=group, limit=limit)
     oldest = oldest_waiting(client, sc.stream, position, pending_from)
     return {**lag.fields(), "lag_seconds": entry_age(oldest, now_ms)}
