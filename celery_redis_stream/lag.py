@@ -161,6 +161,8 @@ def oldest_waiting(client: Any, stream: str, position: str, pending_min: str | N
 def pending_min(client: Any, stream: str, group: str) -> str | None:
     """The smallest id in the group's pending list (XPENDING summary), or None."""
     reply = client.execute_command("XPENDING", stream, group)
+    if isinstance(reply, dict):  # a client with redis-py's own XPENDING parsing
+        reply = [reply.get("pending"), reply.get("min")]
     if not reply or not int(reply[0] or 0) or reply[1] is None:
         return None
     return text(reply[1])
