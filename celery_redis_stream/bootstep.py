@@ -16,10 +16,26 @@ from .exceptions import StreamConfigError
 from .failed import connect_receivers
 from .metrics import MetricsServer
 from .service import Service
+from .status import worker_time_lags
 
 __all__ = ["RedisStreamStep", "install"]
 
 logger = get_logger(__name__)
+
+
+class WorkerConfigError(StreamConfigError, click.ClickException):
+    """A configuration error that stops ``celery worker`` at start-up.
+
+    Celery's worker command lets any exception from a step's ``create()`` end
+    in a 40-line traceback, with the message on its last line. As a
+    ClickException too, click prints it as one ``Error: ...`` line on stderr
+    and exits 1, as it does for a bad command-line option; code that builds a
+    WorkController itself still gets an ImproperlyConfigured.
+    """
+
+    def __init__(self, message: str) -> None:
+        StreamConfigError.__init__(self, message)
+        click.ClickException.__init__(self, message)
 
 
 class RedisStreamStep(bootsteps.StartStopStep):  # type: ignore[misc]
@@ -56,7 +72,7 @@ class RedisStreamStep(bootsteps.StartStopStep):  # type: ignore[misc]
             config = load_config(app, only=self.only)
         except StreamConfigError as exc:
             logger.critical("redis-stream: %s", str(exc).removeprefix("celery-redis-stream: "))
-            raise
+            raise WorkerConfigError(f"{exc}\n(the worker did not start; nothing was read)") from exc
         if not config.streams:
             logger.info("redis-stream: no streams mapped (stream_tasks is empty); not reading")
             return None
@@ -110,6 +126,9 @@ def redis_stream(state: Any, **kwargs: Any) -> dict[str, Any]:
     info: dict[str, Any] = service.info()
     info["enabled"] = True
     info["alive"] = service.alive
+    ages = worker_time_lags(service.config, list(service.configs.values()))
+    for stream in info["streams"]:
+        stream["lag_seconds"] = ages.get(stream["stream"])
     return info
 
 

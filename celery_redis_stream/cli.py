@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Any
@@ -21,7 +22,8 @@ from .config import BridgeConfig, StreamConfig, load_config
 from .exceptions import StreamConfigError
 from .reader import as_entry_id, connect, ensure_group, last_id
 from .redact import redact
-from .status import collect, parse_target, text
+from .status import collect, id_key, parse_target, text
+from .terminal import safe
 
 __all__ = ["redis_stream"]
 
@@ -35,7 +37,7 @@ def _config(ctx: click.Context) -> BridgeConfig:
         # The CLI may run where the tasks are not imported; only the worker checks registration.
         return load_config(app, check_registered=False)
     except StreamConfigError as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise click.ClickException(safe(str(exc))) from exc
 
 
 def _client(config: BridgeConfig) -> Any:
@@ -56,7 +58,7 @@ def _redis_errors(config: BridgeConfig) -> Iterator[None]:
     try:
         yield
     except RedisError as exc:
-        raise click.ClickException(f"redis at {config.safe_url}: {redact(str(exc))}") from exc
+        raise click.ClickException(safe(f"redis at {config.safe_url}: {redact(str(exc))}")) from exc
 
 
 def _console() -> Console:
@@ -66,7 +68,12 @@ def _console() -> Console:
 
 
 def _echo(message: str, err: bool = False) -> None:
-    click.echo(redact(message), err=err)
+    click.echo(safe(redact(message)), err=err)
+
+
+def _t(value: Any, style: str = "") -> Text:
+    """A table cell: never rich markup, never a control character (see terminal.safe)."""
+    return Text(safe(redact(text(value))) if value is not None else "", style=style)
 
 
 @click.group(name="redis-stream")
@@ -79,9 +86,14 @@ def redis_stream(ctx: click.Context) -> None:
 
 
 def _lag(s: dict[str, Any]) -> str:
-    if s.get("lag") is None:
-        return "?"
-    return f"{s['lag']}" if s.get("lag_exact", True) else f">={s['lag']}"
+    """The exact lag, or ``>=N`` when only a lower bound is known, or ``?``."""
+    if s.get("lag") is not None:
+        return str(s["lag"])
+    return f">={s['lag_at_least']}" if s.get("lag_at_least") is not None else "?"
+
+
+def _seconds(value: float | None) -> str:
+    return "?" if value is None else f"{value:.1f}s"
 
 
 def _table(title: str, *columns: str, right: tuple[str, ...] = ()) -> Table:
@@ -92,29 +104,32 @@ def _table(title: str, *columns: str, right: tuple[str, ...] = ()) -> Table:
 
 
 def _render_status(data: dict[str, Any], console: Console) -> None:
-    counts = ("length", "lag", "pending", "dead letters")
+    counts = ("length", "lag", "time lag", "pending", "dead letters")
     streams = _table(f"streams at {data['url']}", "stream", "mode", *counts, "lease holder", right=counts)
     positions = _table("positions", "stream", "last id", "group / tracker key", "position")
     consumers = _table("consumers", "stream", "group", "consumer", "pending", "idle", right=("pending", "idle"))
     for s in data["streams"]:
-        name = Text(s["stream"] if s.get("exists", True) else f"{s['stream']} (missing)")
+        name = _t(s["stream"] if s.get("exists", True) else f"{s['stream']} (missing)")
         if s.get("error") and "length" not in s:
-            streams.add_row(name, s["mode"], *[""] * 4, Text(f"error: {s['error']}", style="red"))
+            streams.add_row(name, s["mode"], *[""] * 5, _t(f"error: {s['error']}", style="red"))
             continue
         lag = Text(_lag(s), style="bold red" if s["stream"] in data["over_max_lag"] else "")
+        age = _seconds(s.get("lag_seconds"))
         if s["mode"] == "group":
-            streams.add_row(name, "group", str(s["length"]), lag, str(s["pending"]), str(s["dead_letter_length"]), "")
+            streams.add_row(
+                name, "group", str(s["length"]), lag, age, str(s["pending"]), str(s["dead_letter_length"]), ""
+            )  # fmt: skip
             where = s["group"] if s["group_exists"] else f"{s['group']} (missing)"
-            positions.add_row(name, s["last_id"] or "-", Text(where), s["last_delivered_id"] or "-")
+            positions.add_row(name, _t(s["last_id"] or "-"), _t(where), _t(s["last_delivered_id"] or "-"))
             for c in s["consumers"]:
                 idle = f"{c['idle_ms'] / 1000:.1f}s"
-                consumers.add_row(Text(s["stream"]), Text(s["group"]), Text(c["name"]), str(c["pending"]), idle)
+                consumers.add_row(_t(s["stream"]), _t(s["group"]), _t(c["name"]), str(c["pending"]), idle)
         else:
-            holder = Text(s["lease_holder"] or "-")
-            streams.add_row(name, "tracker", str(s["length"]), lag, "", str(s["dead_letter_length"]), holder)
-            positions.add_row(name, s["last_id"] or "-", Text(s["tracker_key"]), Text(s["position"] or "(not set)"))
+            holder = _t(s["lease_holder"] or "-")
+            streams.add_row(name, "tracker", str(s["length"]), lag, age, "", str(s["dead_letter_length"]), holder)
+            positions.add_row(name, _t(s["last_id"] or "-"), _t(s["tracker_key"]), _t(s["position"] or "(not set)"))
         if s.get("error"):
-            streams.add_row("", "", "", "", "", "", Text(f"error: {s['error']}", style="red"))
+            streams.add_row("", "", "", "", "", "", "", _t(f"error: {s['error']}", style="red"))
     console.print(streams)
     console.print(positions)
     if consumers.row_count:
@@ -166,7 +181,8 @@ def status(ctx: click.Context, as_json: bool, max_lag: int | None) -> None:
 
 @redis_stream.command(name="inspect")
 @click.option("--destination", "-d", default=None, help="Comma-separated worker node names (default: all).")
-@click.option("--timeout", "-t", type=float, default=5.0, show_default=True, help="Seconds to wait for replies.")
+@click.option("--timeout", "-t", type=float, default=1.0, show_default=True,
+              help="Seconds to wait for replies (1, like celery inspect).")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.pass_context
 def inspect_readers(ctx: click.Context, destination: str | None, timeout: float, as_json: bool) -> None:
@@ -183,20 +199,21 @@ def inspect_readers(ctx: click.Context, destination: str | None, timeout: float,
     for reply in replies or ():
         workers.update(reply)
     if as_json:
-        _echo(json.dumps(workers, indent=2, sort_keys=True))
+        click.echo(redact(json.dumps(workers, indent=2, sort_keys=True)))  # JSON escapes control characters
     else:
         table = _table(
-            "Readers", "worker", "stream", "mode", "dispatched", "dead-lettered", "last id", "reading", "paused",
-            "last error", right=("dispatched", "dead-lettered"),
+            "Readers", "worker", "stream", "mode", "dispatched", "dead-lettered", "time lag", "last id", "reading",
+            "paused", "last error", right=("dispatched", "dead-lettered", "time lag"),
         )  # fmt: skip
         for node, info in sorted(workers.items()):
             for s in info.get("streams", []):
                 table.add_row(
-                    node, s["stream"], s["mode"], str(s["dispatched"]), str(s["dead_lettered"]), s["last_id"] or "-",
-                    "yes" if s["reading"] else "no", "yes" if s["paused"] else "no", redact(s["last_error"] or ""),
+                    _t(node), _t(s["stream"]), s["mode"], str(s["dispatched"]), str(s["dead_lettered"]),
+                    _seconds(s.get("lag_seconds")), _t(s["last_id"] or "-"), "yes" if s["reading"] else "no",
+                    "yes" if s["paused"] else "no", _t(s["last_error"] or ""),
                 )  # fmt: skip
             if not info.get("enabled", True):
-                table.add_row(node, "-", "-", "-", "-", "-", "no", "no", "redis-stream is off in this worker")
+                table.add_row(_t(node), "-", "-", "-", "-", "-", "-", "no", "no", "redis-stream is off in this worker")
         _console().print(table)
     if not workers:
         _echo("No worker replied within the timeout.", err=True)
@@ -250,7 +267,7 @@ def _group_position(client: Any, sc: StreamConfig) -> str | None:
 def _confirm(question: str) -> None:
     """Ask at a terminal; a script (stdin not a terminal) has nobody to ask, and goes on as with --yes."""
     if sys.stdin is not None and sys.stdin.isatty():
-        click.confirm(question, abort=True)
+        click.confirm(safe(question), abort=True)
 
 
 def _reset_group(client: Any, sc: StreamConfig, target: str, yes: bool) -> None:
@@ -268,7 +285,7 @@ def _reset_tracker(client: Any, sc: StreamConfig, target: str, yes: bool, force:
     holder = client.get(sc.lease_key)
     if holder is not None and not force:
         raise click.ClickException(
-            f"worker {text(holder)!r} holds the lease {sc.lease_key} and reads {sc.stream!r}; stop it first "
+            f"worker {safe(text(holder))!r} holds the lease {sc.lease_key} and reads {sc.stream!r}; stop it first "
             "(or pass --force: a running reader keeps its own position until it restarts)"
         )
     # A tracker holds a concrete id: "$" is the end of the stream now, "0" the very start.
@@ -287,12 +304,15 @@ def _reset_tracker(client: Any, sc: StreamConfig, target: str, yes: bool, force:
 def _show(value: bytes | None, limit: int = 200) -> str:
     if value is None:
         return ""
-    shown = redact(value.decode("utf-8", errors="replace"))
+    shown = safe(redact(value.decode("utf-8", errors="replace")))
     return shown if len(shown) <= limit else shown[: limit - 1] + "…"
 
 
-def _render_dead(sc: StreamConfig, total: int, entries: list[deadletters.DeadEntry], console: Console) -> None:
-    table = Table(title=f"{sc.dead_letter}: {total} dead letter(s), showing {len(entries)}", title_justify="left")
+def _render_dead(
+    sc: StreamConfig, total: int, entries: list[deadletters.DeadEntry], console: Console, chosen: str = ""
+) -> None:
+    title = f"{sc.dead_letter}: {total} dead letter(s), showing {len(entries)}{chosen}"
+    table = Table(title=title, title_justify="left")
     for column in ("id", "source id", "reason", "error", "fields"):
         table.add_column(column, overflow="fold")
     for e in entries:
@@ -303,6 +323,42 @@ def _render_dead(sc: StreamConfig, total: int, entries: list[deadletters.DeadEnt
             Text(_show(e.meta("dlq_error"))), Text(fields),
         )  # fmt: skip
     console.print(table)
+
+
+def _exact(value: bytes | None) -> Any:
+    """JSON for raw bytes: the string when they are UTF-8, else ``{"base64": ...}``: nothing is lost or replaced."""
+    if value is None:
+        return None
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return {"base64": base64.b64encode(value).decode("ascii")}
+
+
+def _dead_json(e: deadletters.DeadEntry) -> dict[str, Any]:
+    own = e.original
+    return {
+        "id": e.id,
+        "source_stream": _exact(e.meta("dlq_source_stream")),
+        "source_id": _exact(e.meta("dlq_source_id")),
+        "reason": _exact(e.meta("dlq_reason")),
+        "error": _exact(e.meta("dlq_error")),
+        "task_id": _exact(e.meta("dlq_task_id")),
+        # pairs, in order: an entry may repeat a field name (that is one reason to dead-letter it)
+        "fields": [[_exact(own[i]), _exact(own[i + 1])] for i in range(0, len(own) - 1, 2)],
+    }
+
+
+def _ids(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> list[str]:
+    ids = [part.strip() for v in value for part in v.split(",") if part.strip()]
+    for entry_id in ids:
+        if "-" not in entry_id:
+            raise click.BadParameter(f"{entry_id!r} is not a full entry id like 1700000000000-0", ctx=ctx, param=param)
+        try:
+            id_key(entry_id)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+    return list(dict.fromkeys(ids))
 
 
 @contextmanager
@@ -325,12 +381,23 @@ def _progress(description: str, total: int) -> Iterator[Callable[[int], None]]:
     default=None,
     help="At most N entries, oldest first (default: 20 when listing, all with --requeue/--purge).",
 )
+@click.option("--reason", default=None, metavar="REASON",
+              help="Only dead letters with this dlq_reason (not_utf8, too_large, converter_error, ...).")  # fmt: skip
+@click.option("--id", "ids", multiple=True, callback=_ids, metavar="ID",
+              help="Only the dead letter with this id (in the dead-letter stream); repeatable.")  # fmt: skip
 @click.option("--requeue", is_flag=True, help="Append the entries' own fields to STREAM and delete them here.")
 @click.option("--purge", is_flag=True, help="Delete the entries (asks for confirmation).")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--json", "as_json", is_flag=True, help='Print JSON (bytes exact: a string, or {"base64": ...}).')
 @click.pass_context
-def dead_letters(ctx: click.Context, stream: str, limit: int | None, requeue: bool, purge: bool, yes: bool) -> None:
-    """List, requeue or purge the dead-letter stream of STREAM (reason, source id, error, fields)."""
+def dead_letters(
+    ctx: click.Context, stream: str, limit: int | None, reason: str | None, ids: list[str], requeue: bool,
+    purge: bool, yes: bool, as_json: bool,
+) -> None:  # fmt: skip
+    """List, requeue or purge the dead-letter stream of STREAM (reason, source id, error, fields).
+
+    --reason and --id choose which; exit code 1 when an --id was not found.
+    """
     if requeue and purge:
         raise click.UsageError("--requeue and --purge exclude each other")
     config = _config(ctx)
@@ -338,22 +405,82 @@ def dead_letters(ctx: click.Context, stream: str, limit: int | None, requeue: bo
     with _redis_errors(config):
         client = _client(config)
         length = int(client.xlen(sc.dead_letter))
-        if not (requeue or purge):
-            entries = deadletters.read(client, sc, count=limit or 20)
-            _render_dead(sc, length, entries, _console())
-            return
-        total = min(length, limit) if limit else length
-        if total == 0:
-            _echo(f"{sc.dead_letter}: no dead letters")
-            return
-        if requeue:
-            with _progress(f"requeue to {sc.stream}", total) as advance:
-                moved, skipped = deadletters.requeue(client, sc, total, progress=advance)
-            note = f" ({skipped} without fields of their own kept)" if skipped else ""
-            _echo(f"{sc.dead_letter}: requeued {moved} entr{'y' if moved == 1 else 'ies'} to {sc.stream}{note}")
-            return
-        if not yes:
-            _confirm(f"Delete {total} dead letter(s) from {sc.dead_letter}? There is no undo.")
-        with _progress(f"purge {sc.dead_letter}", total) as advance:
-            purged = deadletters.purge(client, sc, total, progress=advance)
-        _echo(f"{sc.dead_letter}: purged {purged} entr{'y' if purged == 1 else 'ies'}")
+        missing = _dead_letters(client, sc, length, limit, reason, ids, requeue, purge, yes, as_json)
+    if missing:
+        _echo(f"{sc.dead_letter}: not found: {', '.join(missing)}", err=True)
+        ctx.exit(1)
+
+
+def _chosen(reason: str | None, ids: list[str]) -> str:
+    parts = ([f"reason {reason}"] if reason else []) + ([f"{len(ids)} id(s)"] if ids else [])
+    return f" ({', '.join(parts)})" if parts else ""
+
+
+def _counted(chunks: Iterable[list[deadletters.DeadEntry]], progress: Callable[[int], None]) -> Iterator[Any]:
+    for chunk in chunks:
+        yield chunk
+        progress(len(chunk))
+
+
+def _selection(
+    client: Any, sc: StreamConfig, length: int, *, limit: int | None, reason: str | None, ids: list[str],
+    progress: Callable[[int], None] = lambda n: None,
+) -> tuple[Iterable[list[deadletters.DeadEntry]], list[str]]:  # fmt: skip
+    """The dead letters chosen (by id, by reason, or the oldest), at most ``limit``, in batches; the ids not found."""
+    if ids:
+        found, missing = deadletters.fetch(client, sc, ids)
+        if reason is not None:
+            found = [e for e in found if e.meta("dlq_reason") == reason.encode()]
+        found = found[:limit] if limit else found
+        batch = deadletters.BATCH
+        return _counted((found[i : i + batch] for i in range(0, len(found), batch)), progress), missing
+    if reason is not None:  # progress counts what the scan read
+        return deadletters.matching(client, sc, reason, limit=limit, scan=length, progress=progress), []
+    return _counted(deadletters.batches(client, sc, min(length, limit) if limit else length), progress), []
+
+
+def _dead_letters(
+    client: Any, sc: StreamConfig, length: int, limit: int | None, reason: str | None, ids: list[str],
+    requeue: bool, purge: bool, yes: bool, as_json: bool,
+) -> list[str]:  # fmt: skip
+    """The work of ``dead-letters``; returns the ids asked for that were not found."""
+    if not (requeue or purge):
+        chunks, missing = _selection(client, sc, length, limit=limit or 20, reason=reason, ids=ids)
+        entries = [e for chunk in chunks for e in chunk]
+        if as_json:
+            data = {"stream": sc.stream, "dead_letter": sc.dead_letter, "length": length}
+            click.echo(json.dumps({**data, "entries": [_dead_json(e) for e in entries], "missing": missing}, indent=2))
+        else:
+            _render_dead(sc, length, entries, _console(), _chosen(reason, ids))
+        return missing
+    total = len(ids) if ids else length if reason is not None else min(length, limit or length)
+    if total == 0 or length == 0:
+        _report(sc, as_json, f"{sc.dead_letter}: no dead letters", {"missing": ids})
+        return ids
+    if purge and not yes:
+        what = f"the dead letters{_chosen(reason, ids)} among {length}" if reason or ids else f"{total} dead letter(s)"
+        _confirm(f"Delete {what} from {sc.dead_letter}? There is no undo.")
+    done = kept = 0
+    with _progress(f"requeue to {sc.stream}" if requeue else f"purge {sc.dead_letter}", total) as advance:
+        chunks, missing = _selection(client, sc, length, limit=limit, reason=reason, ids=ids, progress=advance)
+        for chunk in chunks:
+            if requeue:
+                moved, skipped = deadletters.requeue_entries(client, sc, chunk)
+                done, kept = done + moved, kept + skipped
+            else:
+                done += deadletters.purge_entries(client, sc, chunk)
+    noun = f"entr{'y' if done == 1 else 'ies'}"
+    if requeue:
+        note = f" ({kept} without fields of their own kept)" if kept else ""
+        message = f"{sc.dead_letter}: requeued {done} {noun} to {sc.stream}{note}"
+    else:
+        message = f"{sc.dead_letter}: purged {done} {noun}"
+    _report(sc, as_json, message, {"requeued" if requeue else "purged": done, "kept": kept, "missing": missing})
+    return missing
+
+
+def _report(sc: StreamConfig, as_json: bool, message: str, data: dict[str, Any]) -> None:
+    if as_json:
+        click.echo(json.dumps({"stream": sc.stream, "dead_letter": sc.dead_letter, **data}, indent=2))
+    else:
+        _echo(message)

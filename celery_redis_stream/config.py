@@ -49,7 +49,7 @@ DEFAULTS: dict[str, Any] = {
     "stream_transport_options": {},
     "stream_discovery_interval": 30.0,
     "stream_metrics_port": None,
-    "stream_metrics_addr": "0.0.0.0",  # noqa: S104 - Prometheus scrapes from outside the host
+    "stream_metrics_addr": "127.0.0.1",  # loopback unless configured: metrics name streams and groups
     "stream_fast_path": False,
     "stream_reap_idle_ms": 3600000,
     "stream_retention_ms": None,
@@ -135,7 +135,7 @@ class BridgeConfig:
     transport_options: Mapping[str, Any] = field(default_factory=dict)
     discovery_interval: float = 30.0
     metrics_port: int | None = None
-    metrics_addr: str = "0.0.0.0"  # noqa: S104
+    metrics_addr: str = "127.0.0.1"
     reap_idle_ms: int = 3600000
 
     @property

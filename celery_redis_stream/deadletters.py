@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from .config import StreamConfig
 
-__all__ = ["BATCH", "DLQ_FIELDS", "DeadEntry", "batches", "purge", "read", "requeue"]
+__all__ = [
+    "BATCH", "DLQ_FIELDS", "DeadEntry", "batches", "fetch", "matching", "purge", "purge_entries", "read", "requeue",
+    "requeue_entries",
+]  # fmt: skip
 
 #: The fields a dead letter carries besides the entry's own (see position.DeadLetter).
 DLQ_FIELDS = frozenset({b"dlq_source_stream", b"dlq_source_id", b"dlq_reason", b"dlq_error", b"dlq_task_id"})
@@ -73,34 +76,84 @@ def batches(client: Any, sc: StreamConfig, total: int, batch: int = BATCH) -> It
         start = "(" + entries[-1].id
 
 
+def fetch(client: Any, sc: StreamConfig, ids: Sequence[str]) -> tuple[list[DeadEntry], list[str]]:
+    """The dead letters with these ids, in the order given (one XRANGE id id each, pipelined); and the ids not found."""
+    if not ids:
+        return [], []
+    pipe = client.pipeline(transaction=False)
+    for entry_id in ids:
+        pipe.execute_command("XRANGE", sc.dead_letter, entry_id, entry_id, "COUNT", 1)
+    found: list[DeadEntry] = []
+    missing: list[str] = []
+    for entry_id, reply in zip(ids, pipe.execute(), strict=True):
+        entries = _parse(reply)
+        if entries:
+            found += entries
+        else:
+            missing.append(entry_id)
+    return found, missing
+
+
+def matching(
+    client: Any, sc: StreamConfig, reason: str, *, limit: int | None = None, scan: int | None = None,
+    progress: Callable[[int], None] = lambda n: None,
+) -> Iterator[list[DeadEntry]]:  # fmt: skip
+    """Batches of the dead letters whose ``dlq_reason`` is ``reason``, oldest first, at most ``limit`` of them.
+
+    Reads at most ``scan`` dead letters (default: the stream's length when it starts).
+    """
+    want = reason.encode()
+    left = limit
+    total = int(client.xlen(sc.dead_letter)) if scan is None else scan
+    for entries in batches(client, sc, total):
+        progress(len(entries))
+        chosen = [e for e in entries if e.meta("dlq_reason") == want]
+        if left is not None:
+            chosen, left = chosen[:left], left - min(left, len(chosen))
+        if chosen:
+            yield chosen
+        if left == 0:
+            return
+
+
+def requeue_entries(client: Any, sc: StreamConfig, entries: Sequence[DeadEntry]) -> tuple[int, int]:
+    """Append these dead letters' own fields to the source stream (one MULTI), then XDEL them.
+
+    XADD comes before XDEL, so a crash in between can duplicate the batch but
+    never lose it. A dead letter with no fields of its own cannot be XADDed and
+    stays. Returns (requeued, skipped).
+    """
+    movable = [e for e in entries if e.original]
+    if movable:
+        pipe = client.pipeline(transaction=True)
+        for entry in movable:
+            pipe.execute_command("XADD", sc.stream, "*", *entry.original)
+        pipe.execute()
+        client.xdel(sc.dead_letter, *(e.id for e in movable))
+    return len(movable), len(entries) - len(movable)
+
+
 def requeue(
     client: Any, sc: StreamConfig, total: int, *, progress: Callable[[int], None] = lambda n: None
 ) -> tuple[int, int]:
-    """Append the oldest ``total`` dead letters' own fields to the source stream, then XDEL them.
-
-    Each batch is XADDed (in one MULTI) before it is deleted, so a crash in
-    between can duplicate a batch but never lose it. A dead letter with no
-    fields of its own cannot be XADDed and stays. Returns (requeued, skipped).
-    """
+    """Requeue the oldest ``total`` dead letters in batches (see ``requeue_entries``). Returns (requeued, skipped)."""
     requeued = skipped = 0
     for entries in batches(client, sc, total):
-        movable = [e for e in entries if e.original]
-        skipped += len(entries) - len(movable)
-        if movable:
-            pipe = client.pipeline(transaction=True)
-            for entry in movable:
-                pipe.execute_command("XADD", sc.stream, "*", *entry.original)
-            pipe.execute()
-            client.xdel(sc.dead_letter, *(e.id for e in movable))
-            requeued += len(movable)
+        moved, kept = requeue_entries(client, sc, entries)
+        requeued, skipped = requeued + moved, skipped + kept
         progress(len(entries))
     return requeued, skipped
+
+
+def purge_entries(client: Any, sc: StreamConfig, entries: Sequence[DeadEntry]) -> int:
+    """XDEL these dead letters; returns how many were still there."""
+    return int(client.xdel(sc.dead_letter, *(e.id for e in entries))) if entries else 0
 
 
 def purge(client: Any, sc: StreamConfig, total: int, *, progress: Callable[[int], None] = lambda n: None) -> int:
     """XDEL the oldest ``total`` dead letters; entries added meanwhile are kept."""
     purged = 0
     for entries in batches(client, sc, total):
-        purged += int(client.xdel(sc.dead_letter, *(e.id for e in entries)))
+        purged += purge_entries(client, sc, entries)
         progress(len(entries))
     return purged

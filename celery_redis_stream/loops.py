@@ -7,7 +7,7 @@ import random
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from celery.utils.log import get_logger
@@ -60,6 +60,8 @@ class StreamStats:
     last_error: str | None = None
     consumers_removed: int = 0
     retention_trimmed: int = 0
+    dead_lettered_by_reason: dict[str, int] = field(default_factory=dict)
+    broker_retries: int = 0
 
 
 def _fatal(exc: BaseException) -> bool:
@@ -161,6 +163,8 @@ class _Loop(threading.Thread):
         delay = min(BACKOFF_MAX, BACKOFF_MIN * 2 ** min(self.failures - 1, 10)) * random.uniform(0.5, 1.0)
         log = logger.warning if self.failures == 1 else logger.debug
         if isinstance(exc, BrokerUnavailable):
+            for stats in self._stats():
+                stats.broker_retries += 1
             log("redis-stream: %s: broker unavailable, position kept, retrying: %s", self.label, error)
         elif isinstance(exc, LeaseLost):
             log("redis-stream: %s: %s", self.label, error)
@@ -260,6 +264,12 @@ class _Loop(threading.Thread):
             )  # fmt: skip
         stats.dispatched += len(entries) - len(dead)
         stats.dead_lettered += len(dead)
+        if dead:
+            # Copied, not mutated: inspect and metrics iterate it from other threads.
+            by_reason = dict(stats.dead_lettered_by_reason)
+            for letter in dead:
+                by_reason[letter.reason] = by_reason.get(letter.reason, 0) + 1
+            stats.dead_lettered_by_reason = by_reason
         stats.trimmed += len(trimmed)
         if ids:
             stats.last_id = ids[-1]

@@ -2,41 +2,37 @@
 
 from __future__ import annotations
 
-import re
+import contextlib
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from redis.exceptions import ResponseError
 
 from .config import BridgeConfig, StreamConfig
-from .reader import as_entry_id
+from .lag import (
+    ID_RE,
+    LAG_SCAN_LIMIT,
+    Lag,
+    count_after,
+    entry_age,
+    id_key,
+    lag_of,
+    oldest_waiting,
+    pending_min,
+    server_ms,
+    text,
+)
+from .reader import as_entry_id, connect
 from .redact import redact
 from .retention import retention_status
 
-__all__ = ["LAG_SCAN_LIMIT", "collect", "count_after", "id_key", "parse_target", "stream_status"]
+__all__ = [
+    "LAG_SCAN_LIMIT", "collect", "count_after", "id_key", "parse_target", "stream_status", "text", "time_lags",
+    "worker_time_lags",
+]  # fmt: skip
 
-#: How many entries a lag count reads at most when Redis does not report the lag itself.
-LAG_SCAN_LIMIT = 10000
-PAGE = 1000
-
-ID_RE = re.compile(r"^(\d+)(?:-(\d+))?$")
 # user:password@ inside any URL in free text; kombu's maybe_sanitize_url only handles a whole URL.
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-
-
-def text(value: Any) -> str:
-    """Bytes from Redis as text; undecodable bytes are replaced, never fatal."""
-    if isinstance(value, bytes):
-        return value.decode("utf-8", errors="replace")
-    return str(value)
-
-
-def id_key(entry_id: str) -> tuple[int, int]:
-    """An entry id as a sortable ``(ms, seq)``; ``"0"`` and ``"5"`` are ``5-0``."""
-    match = ID_RE.match(entry_id)
-    if match is None:
-        raise ValueError(f"not a stream entry id: {entry_id!r}")
-    return int(match.group(1)), int(match.group(2) or 0)
 
 
 def parse_target(value: str) -> str:
@@ -66,37 +62,6 @@ def parse_target(value: str) -> str:
     return f"{ms}-0"
 
 
-def count_after(
-    client: Any, stream: str, position: str, info: dict[str, Any], *, limit: int = LAG_SCAN_LIMIT
-) -> tuple[int, bool]:
-    """Entries of ``stream`` after ``position``: ``(count, exact)``.
-
-    Answers from XINFO STREAM when the position is at or past the last entry
-    or before the first one; otherwise counts with paged XRANGE, reading at
-    most ``limit + 1`` entries (``exact`` is False when it stopped there).
-    """
-    length = int(info.get("length") or 0)
-    last = info.get("last_id")
-    first = info.get("first_id")
-    if length == 0 or last is None or id_key(position) >= id_key(last):
-        return 0, True
-    if first is None or id_key(position) < id_key(first):
-        return length, True
-    count, cursor = 0, "(" + position
-    for _ in range(limit // PAGE + 2):
-        want = min(PAGE, limit + 1 - count)
-        if want <= 0:
-            break
-        page = client.execute_command("XRANGE", stream, cursor, "+", "COUNT", want)
-        count += len(page or ())
-        if not page or len(page) < want:
-            break
-        cursor = "(" + text(page[-1][0])
-    if count > limit:
-        return limit, False
-    return count, True
-
-
 def _stream_info(client: Any, stream: str) -> dict[str, Any]:
     try:
         raw = client.xinfo_stream(stream)
@@ -104,13 +69,17 @@ def _stream_info(client: Any, stream: str) -> dict[str, Any]:
         if "no such key" in str(exc).lower():
             return {"exists": False, "length": 0, "last_id": None, "first_id": None}
         raise
-    first = raw.get("first-entry")
+    first, last = raw.get("first-entry"), raw.get("last-entry")
     last_id = text(raw.get("last-generated-id") or "0-0")
+    added, deleted = raw.get("entries-added"), raw.get("max-deleted-entry-id")  # Redis 7+
     return {
         "exists": True,
         "length": int(raw.get("length") or 0),
         "last_id": last_id,
         "first_id": text(first[0]) if first else None,
+        "last_entry_id": text(last[0]) if last else None,
+        "entries_added": int(added) if added is not None else None,
+        "max_deleted_id": text(deleted) if deleted is not None else None,
     }
 
 
@@ -119,23 +88,33 @@ def _start_position(sc: StreamConfig, info: dict[str, Any]) -> str:
     return as_entry_id(sc.start, lambda: info["last_id"] or "0-0")
 
 
-def _group(client: Any, sc: StreamConfig, info: dict[str, Any], limit: int) -> dict[str, Any]:
+def _lag(
+    client: Any, sc: StreamConfig, position: str, info: dict[str, Any], limit: int, now_ms: int,
+    group: dict[str, Any] | None = None, pending_from: str | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """lag, lag_exact, lag_at_least and lag_seconds of ``position`` (see lag.lag_of)."""
+    if not info["exists"]:
+        return {**Lag(0, True).fields(), "lag_seconds": 0.0}
+    lag = lag_of(client, sc.stream, position, info, group=group, limit=limit)
+    oldest = oldest_waiting(client, sc.stream, position, pending_from)
+    return {**lag.fields(), "lag_seconds": entry_age(oldest, now_ms)}
+
+
+def _group(client: Any, sc: StreamConfig, info: dict[str, Any], limit: int, now_ms: int) -> dict[str, Any]:
     out: dict[str, Any] = {"group": sc.group, "group_exists": False, "last_delivered_id": None, "pending": 0}
     out["consumers"] = []
     groups = client.xinfo_groups(sc.stream) if info["exists"] else []
     found = next((g for g in groups if text(g.get("name")) == sc.group), None)
     if found is None:
         # The first worker creates the group at stream_start; report the lag it will see.
-        out["lag"], out["lag_exact"] = count_after(client, sc.stream, _start_position(sc, info), info, limit=limit)
+        out.update(_lag(client, sc, _start_position(sc, info), info, limit, now_ms))
         return out
     delivered = text(found.get("last-delivered-id") or "0-0")
     out.update(group_exists=True, last_delivered_id=delivered, pending=int(found.get("pending") or 0))
-    lag = found.get("lag")
-    if lag is not None:
-        out["lag"], out["lag_exact"] = int(lag), True
-    else:
-        # Redis 6.2 has no lag; Redis 7 reports nil after deletions or XGROUP SETID.
-        out["lag"], out["lag_exact"] = count_after(client, sc.stream, delivered, info, limit=limit)
+    # Redis 6.2 has no lag; Redis 7 reports nil after deletions or XGROUP SETID.
+    meta = {"lag": found.get("lag"), "entries_read": found.get("entries-read")}
+    oldest_pending = pending_min(client, sc.stream, sc.group) if out["pending"] else None
+    out.update(_lag(client, sc, delivered, info, limit, now_ms, group=meta, pending_from=oldest_pending))
     for consumer in client.xinfo_consumers(sc.stream, sc.group):
         out["consumers"].append(
             {
@@ -147,7 +126,7 @@ def _group(client: Any, sc: StreamConfig, info: dict[str, Any], limit: int) -> d
     return out
 
 
-def _tracker(client: Any, sc: StreamConfig, info: dict[str, Any], limit: int) -> dict[str, Any]:
+def _tracker(client: Any, sc: StreamConfig, info: dict[str, Any], limit: int, now_ms: int) -> dict[str, Any]:
     stored = client.get(sc.tracker_key)
     holder = client.get(sc.lease_key)
     position = text(stored) if stored is not None else None
@@ -159,10 +138,12 @@ def _tracker(client: Any, sc: StreamConfig, info: dict[str, Any], limit: int) ->
     }
     try:
         start = position if position is not None else _start_position(sc, info)
-        out["lag"], out["lag_exact"] = count_after(client, sc.stream, start, info, limit=limit)
+        id_key(start)
     except ValueError:
-        out["lag"], out["lag_exact"] = None, False
+        out.update(lag=None, lag_exact=False, lag_at_least=None, lag_seconds=None)
         out["error"] = f"tracker key {sc.tracker_key} holds {position!r}, not an entry id"
+        return out
+    out.update(_lag(client, sc, start, info, limit, now_ms))
     return out
 
 
@@ -171,8 +152,10 @@ def stream_status(client: Any, sc: StreamConfig, *, limit: int = LAG_SCAN_LIMIT)
     out: dict[str, Any] = {"stream": sc.stream, "mode": sc.mode, "task": sc.task}
     try:
         info = _stream_info(client, sc.stream)
+        now_ms = server_ms(client)
         out.update(exists=info["exists"], length=info["length"], last_id=info["last_id"])
-        out.update(_group(client, sc, info, limit) if sc.mode == "group" else _tracker(client, sc, info, limit))
+        position = (_group if sc.mode == "group" else _tracker)(client, sc, info, limit, now_ms)
+        out.update(position)
         out["dead_letter"] = sc.dead_letter
         out["dead_letter_length"] = int(client.xlen(sc.dead_letter))
         out.update(retention_status(client, sc))
@@ -182,12 +165,68 @@ def stream_status(client: Any, sc: StreamConfig, *, limit: int = LAG_SCAN_LIMIT)
 
 
 def collect(client: Any, config: BridgeConfig, *, max_lag: int | None = None) -> dict[str, Any]:
-    """Status of every mapped stream; ``ok`` is False when a lag exceeds ``max_lag`` or is unknown."""
+    """Status of every mapped stream; ``ok`` is False when a lag exceeds ``max_lag`` or is unknown.
+
+    A lower bound above ``max_lag`` is over it too: the count reads ``max_lag + 1``
+    entries before it gives up, so a lag that is only bounded is always over.
+    """
     limit = LAG_SCAN_LIMIT if max_lag is None else max(LAG_SCAN_LIMIT, max_lag + 1)
     streams = [stream_status(client, sc, limit=limit) for sc in config.streams]
     over = []
     if max_lag is not None:
         for s in streams:
-            if s.get("error") or s.get("lag") is None or s["lag"] > max_lag:
+            least = s.get("lag_at_least")
+            if s.get("error") or least is None or least > max_lag or s.get("lag") is None:
                 over.append(s["stream"])
     return {"url": config.safe_url, "max_lag": max_lag, "ok": not over, "over_max_lag": over, "streams": streams}
+
+
+def time_lags(client: Any, configs: list[StreamConfig]) -> dict[str, float | None]:
+    """Per stream, the age in seconds of its oldest entry not yet dispatched (None when Redis could not say).
+
+    The cheap half of ``stream_status`` (no lag count), for ``inspect redis_stream``.
+    """
+    out: dict[str, float | None] = {}
+    now_ms = server_ms(client)
+    for sc in configs:
+        try:
+            if sc.mode == "group":
+                found = next(
+                    (g for g in client.xinfo_groups(sc.stream) if text(g.get("name")) == sc.group), None
+                )  # fmt: skip
+                if found is None:
+                    out[sc.stream] = None
+                    continue
+                oldest_pending = pending_min(client, sc.stream, sc.group) if int(found.get("pending") or 0) else None
+                position = text(found.get("last-delivered-id") or "0-0")
+            else:
+                stored, oldest_pending = client.get(sc.tracker_key), None
+                if stored is None:
+                    out[sc.stream] = None
+                    continue
+                position = text(stored)
+            out[sc.stream] = entry_age(oldest_waiting(client, sc.stream, position, oldest_pending), now_ms)
+        except (ResponseError, ValueError):  # no such key, wrong type, a tracker that is not an id
+            out[sc.stream] = None
+    return out
+
+
+def worker_time_lags(
+    config: BridgeConfig, configs: list[StreamConfig], timeout: float = 0.5
+) -> dict[str, float | None]:
+    """``time_lags`` on a short-lived client of its own, for a remote-control reply that must come within ~1 s.
+
+    The readers' clients are busy in blocking reads; a failure gives None for every stream, never an error.
+    """
+    client: Any = None
+    try:
+        client = connect(
+            config, socket_timeout=timeout, socket_connect_timeout=timeout, client_name="celery-redis-stream-inspect"
+        )
+        return time_lags(client, configs)
+    except Exception:  # Redis down or slow: the reply still goes out, without time lags
+        return dict.fromkeys((sc.stream for sc in configs), None)
+    finally:
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.close()

@@ -8,7 +8,6 @@ operator's reshard or a crash would. Every node is stopped by pid.
 
 from __future__ import annotations
 
-import shutil
 import signal
 import socket
 import subprocess
@@ -21,7 +20,7 @@ from redis.cluster import ClusterNode, RedisCluster
 from redis.crc import key_slot
 from redis.exceptions import RedisError
 
-from .support import RedisServer, free_port, wait_for
+from .support import RedisServer, free_port, server_binary, wait_for
 
 NODE_TIMEOUT_MS = 2000
 
@@ -57,8 +56,7 @@ class Cluster:
     """``masters`` masters with ``replicas`` replicas each, all on 127.0.0.1."""
 
     def __init__(self, masters: int = 3, replicas: int = 0) -> None:
-        if shutil.which("redis-cli") is None:
-            raise RuntimeError("redis-cli is not installed: the cluster tests need it (apt-get install redis-tools)")
+        self.cli = server_binary(1)  # redis-cli, or valkey-cli with CRS_SERVER=valkey
         self.masters = masters
         self.replicas = replicas
         self.nodes: list[RedisServer] = []
@@ -79,7 +77,7 @@ class Cluster:
                 self.nodes.append(server.start())
             subprocess.run(
                 [
-                    "redis-cli",
+                    self.cli,
                     "--cluster",
                     "create",
                     *(f"127.0.0.1:{n.port}" for n in self.nodes),

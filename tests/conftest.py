@@ -5,7 +5,15 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from .support import RedisServer, Worker
+from .support import RedisServer, Worker, server_binary
+
+
+def pytest_report_header() -> str:
+    # Which server the tests start: CRS_SERVER=valkey selects valkey-server.
+    try:
+        return f"stream server: {server_binary()}"
+    except RuntimeError as exc:
+        return f"stream server: {exc}"
 
 
 @pytest.fixture

@@ -37,16 +37,39 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
         time.sleep(interval)
 
 
+#: ``CRS_SERVER=valkey`` runs every test server as ``valkey-server`` (and the cluster tool as ``valkey-cli``).
+SERVERS = {
+    "redis": ("redis-server", "redis-cli", "apt-get install redis-server redis-tools"),
+    "valkey": (
+        "valkey-server",
+        "valkey-cli",
+        "on Debian 12, from bookworm-backports: apt-get install -t bookworm-backports valkey-server valkey-tools",
+    ),
+}
+
+
+def server_kind() -> str:
+    kind = os.environ.get("CRS_SERVER", "redis").strip().lower() or "redis"
+    if kind not in SERVERS:
+        raise RuntimeError(f"CRS_SERVER={kind!r}: expected one of {', '.join(sorted(SERVERS))}")
+    return kind
+
+
+def server_binary(tool: int = 0) -> str:
+    """The server (``tool=0``) or its CLI (``tool=1``) that CRS_SERVER selects; a clear error when missing."""
+    kind = server_kind()
+    name, install = SERVERS[kind][tool], SERVERS[kind][2]
+    binary = shutil.which(name)
+    if binary is None:
+        raise RuntimeError(f"{name} is not installed (CRS_SERVER={kind}): the tests need the real server ({install})")
+    return binary
+
+
 class RedisServer:
-    """A private redis-server on a free loopback port, stopped by pid."""
+    """A private redis-server (or valkey-server, with CRS_SERVER=valkey) on a free loopback port, stopped by pid."""
 
     def __init__(self, *args: str, port: int | None = None, directory: str | None = None) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise RuntimeError(
-                "redis-server is not installed: the tests need the real server (apt-get install redis-server)"
-            )
-        self.binary = binary
+        self.binary = server_binary()
         self.args = list(args)
         self.port = port or free_port()
         self.dir = directory or tempfile.mkdtemp(prefix="crs-redis-")

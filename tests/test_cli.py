@@ -118,9 +118,9 @@ def test_status_table_shows_each_stream_its_consumers_and_lease(state: dict[str,
     assert result.returncode == 0, result.stderr
     out = result.stdout
     cell = r"\s*[│|]\s*"
-    # stream, mode, length, lag, pending, dead letters
-    assert re.search(rf"orders{cell}group{cell}5{cell}3{cell}2{cell}1{cell}", out), out
-    assert re.search(rf"events{cell}tracker{cell}5{cell}3{cell}{cell}0{cell}w9@elsewhere", out), out
+    # stream, mode, length, lag, time lag, pending, dead letters
+    assert re.search(rf"orders{cell}group{cell}5{cell}3{cell}\d+\.\ds{cell}2{cell}1{cell}", out), out
+    assert re.search(rf"events{cell}tracker{cell}5{cell}3{cell}\d+\.\ds{cell}{cell}0{cell}w9@elsewhere", out), out
     assert re.search(rf"orders{cell}celery{cell}c1{cell}2{cell}\d+\.\ds", out), out
     assert "missing (missing)" in out
     assert state["events"][1] in out and "stream_tracker:{events}" in out

@@ -337,7 +337,10 @@ def test_least_privilege_acl_user_on_a_cluster(cluster: Cluster, broker: RedisSe
         assert c.xpending("orders", "celery")["pending"] == 0
         assert "CHANGE-ME-7f3a" not in worker.output()
         assert "stream-group:**@" in worker.output()
-        denied = [e for node in cluster.masters_now() for e in node.client().acl_log()]
+        # redis-py ignores a refused CLIENT SETINFO (Redis 7.2+, Valkey), as docs/security.md says
+        denied = [
+            e for node in cluster.masters_now() for e in node.client().acl_log() if e.get("object") != "client|setinfo"
+        ]  # fmt: skip
         assert denied == [], denied
     finally:
         for node in cluster.masters_now():
