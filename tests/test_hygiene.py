@@ -336,8 +336,8 @@ def test_removals_and_trims_are_counted_in_inspect_and_metrics() -> None:
         for name in ("redis_stream_consumers_removed", "redis_stream_retention_trimmed")
     }
     assert values == {
-        "redis_stream_consumers_removed": [({"stream": "orders", "mode": "group"}, 3)],
-        "redis_stream_retention_trimmed": [({"stream": "orders", "mode": "group"}, 120)],
+        "redis_stream_consumers_removed": [({"stream": "orders", "mode": "group", "group": "celery"}, 3)],
+        "redis_stream_retention_trimmed": [({"stream": "orders", "mode": "group", "group": "celery"}, 120)],
     }
 
 
