@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from celery.utils.log import get_logger
 from redis.exceptions import AuthenticationError, NoPermissionError, ResponseError
 
+from .atomic import ExactlyOnce
 from .backpressure import QueueGauge, target_queue
 from .config import StreamConfig
 from .dispatch import BrokerUnavailable, Dispatcher
@@ -57,6 +58,8 @@ class StreamStats:
     reading: bool = False
     paused: bool = False
     last_error: str | None = None
+    guarantee: str | None = None  # "exactly-once" or "at-least-once", for the last batch (atomic.py)
+    guarantee_reason: str | None = None
 
 
 def _fatal(exc: BaseException) -> bool:
@@ -81,6 +84,7 @@ class _Loop(threading.Thread):
         self.batch_size = batch_size
         self.client: Any = None
         self.dispatcher = Dispatcher(service.app, max_entry_bytes=service.config.max_entry_bytes)
+        self.exactly = ExactlyOnce(service.config, self.dispatcher.fast_path, service.consumer)
         self.gauge = QueueGauge(service.app)
         self.queues = {sc.stream: target_queue(service.app, sc) for sc in streams if sc.max_queue_length is not None}
         self.quiet_until: dict[str, float] = {}
@@ -161,6 +165,7 @@ class _Loop(threading.Thread):
             log("redis-stream: %s: %s", self.label, error)
         else:
             log("redis-stream: %s: %s; retrying in %.1fs", self.label, error, delay, exc_info=self.failures == 1)
+        self.exactly.forget()
         self.on_error(exc)
         self.service.stop_event.wait(delay)
 
@@ -217,13 +222,16 @@ class _Loop(threading.Thread):
         counts: dict[str, int] | None = None,
         trimmed: Sequence[str] = (),
         lease: Lease | None = None,
+        after: str | None = None,
     ) -> None:
-        """Dispatch a batch of one stream, then move its position past it."""
+        """Dispatch a batch of one stream, then move its position past it (in one step where atomic.py can)."""
         stats = self.service.stats[sc.stream]
         started = time.monotonic()
-        dead = self.dispatcher.send(sc, entries, counts) if entries else []
         ids = [e.id for e in entries]
-        commit(self.client, sc, [*ids, *trimmed] if sc.mode == "group" else ids, dead, lease=lease)
+        step = self.exactly.step(self.client, sc, ids, trimmed, stats=stats, lease=lease, after=after) if ids else None
+        dead = self.dispatcher.send(sc, entries, counts, step=step) if entries else []
+        if step is None or not step.commit(dead):
+            commit(self.client, sc, [*ids, *trimmed] if sc.mode == "group" else ids, dead, lease=lease)
         elapsed = time.monotonic() - started
         for letter in dead:
             logger.error(
@@ -376,7 +384,7 @@ class TrackerLoop(_Loop):
             if not entries or stream not in self.owned:
                 continue
             try:
-                self.handle(self.streams[stream], entries, lease=lease)
+                self.handle(self.streams[stream], entries, lease=lease, after=positions[stream])
             except LeaseLost:
                 self.owned.pop(stream, None)
                 self.service.stats[stream].reading = False

@@ -1,0 +1,388 @@
+"""Exactly once into a Redis broker on the streams' own server: a batch's messages and its position in one script."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from celery.utils.log import get_logger
+from redis.exceptions import NoPermissionError, ResponseError
+
+from .config import BridgeConfig, StreamConfig
+from .dispatch import PUBLISH_TIMEOUTS
+from .exceptions import StreamError
+from .fastpath import LPUSH_CHUNK, Built, FastPath
+from .position import DeadLetter, Lease, LeaseLost
+
+__all__ = [
+    "AT_LEAST_ONCE",
+    "EXACTLY_ONCE",
+    "AtomicStepRefused",
+    "ExactlyOnce",
+    "Guarantee",
+    "PositionMoved",
+    "Step",
+    "assess",
+]
+
+logger = get_logger(__name__)
+
+EXACTLY_ONCE = "exactly-once"
+AT_LEAST_ONCE = "at-least-once"
+
+# Lua's unpack() in Redis gives up near 8000 values: longer commands are split
+# (LPUSH, XACK) or, for one huge dead letter, written before the step.
+MAX_COMMAND_ARGS = 7000
+
+# The fence, then the writes, in one script: Redis runs it without
+# interleaving, so either all of it happened or none of it did.
+#
+# KEYS: group fence: stream. Tracker fence: tracker, lease.
+# ARGV[1] the fence: 'group' or 'tracker'.
+#   group:   ARGV[2] group, ARGV[3] consumer, ARGV[4] first id, ARGV[5] last id,
+#            ARGV[6] n, then n ids that must all still be pending on this consumer.
+#   tracker: ARGV[2] lease owner, ARGV[3] the tracker value the batch was read
+#            after, ARGV[4] and ARGV[5] unused, ARGV[6] 0.
+# Then: the database the script starts in; m, then m type checks (db, key,
+# type): a key of another type is an error before anything was written;
+# then commands until the end, each as db, argc, argv... A SELECT inside a
+# script lasts for the rest of the script only (Redis >= 2.8.12).
+# Every refusal and error comes before the first write, and the first write
+# is where a script without flags meets maxmemory, so a refused or failed
+# step has changed nothing. Returns {1}, or {0, why}: 'lease' (another worker
+# holds it), 'taken' (an entry is no longer pending here: acknowledged
+# already, or claimed by another consumer), 'moved' (the tracker is no longer
+# where the batch was read from).
+STEP = """
+local i
+if ARGV[1] == 'group' then
+  local n = tonumber(ARGV[6])
+  local mine = {}
+  if n > 0 then
+    for _, row in ipairs(redis.call('xpending', KEYS[1], ARGV[2], ARGV[4], ARGV[5], 2 * n + 16, ARGV[3])) do
+      mine[row[1]] = true
+    end
+  end
+  for j = 7, 6 + n do
+    local id = ARGV[j]
+    if not mine[id] and #redis.call('xpending', KEYS[1], ARGV[2], id, id, 1, ARGV[3]) == 0 then
+      return {0, 'taken'}
+    end
+  end
+  i = 7 + n
+else
+  if redis.call('get', KEYS[2]) ~= ARGV[2] then return {0, 'lease'} end
+  local cur = redis.call('get', KEYS[1])
+  if cur and cur ~= ARGV[3] then return {0, 'moved'} end
+  i = 7
+end
+local current = ARGV[i]
+local function use(db)
+  if db ~= current then
+    redis.call('select', db)
+    current = db
+  end
+end
+local checks = tonumber(ARGV[i + 1])
+i = i + 2
+for _ = 1, checks do
+  use(ARGV[i])
+  local found = redis.call('type', ARGV[i + 1]).ok
+  if found ~= 'none' and found ~= ARGV[i + 2] then
+    return redis.error_reply('WRONGTYPE ' .. ARGV[i + 1] .. ' holds a ' .. found .. ', not a ' .. ARGV[i + 2])
+  end
+  i = i + 3
+end
+while i <= #ARGV do
+  local argc = tonumber(ARGV[i + 1])
+  use(ARGV[i])
+  redis.call(unpack(ARGV, i + 2, i + 1 + argc))
+  i = i + 2 + argc
+end
+return {1}
+"""
+
+
+class PositionMoved(LeaseLost):
+    """The fence refused a batch that is no longer this reader's to send; the reader reloads its position."""
+
+
+class AtomicStepRefused(StreamError):
+    """The streams Redis user may not run the atomic step (NOPERM); the batch is retried, at least once."""
+
+
+class _Shown(Protocol):
+    guarantee: str | None
+    guarantee_reason: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Guarantee:
+    """What a stream's batches get, and why: shown by the start-up line and ``inspect redis_stream``."""
+
+    kind: str  # EXACTLY_ONCE or AT_LEAST_ONCE
+    reason: str
+
+    def show(self, stats: _Shown) -> None:
+        stats.guarantee, stats.guarantee_reason = self.kind, self.reason
+
+
+@dataclass(frozen=True, slots=True)
+class Server:
+    """One side of the comparison: which Redis server process, and which database on it."""
+
+    run_id: str
+    db: int
+
+
+def config_reason(config: BridgeConfig, sc: StreamConfig) -> str | None:
+    """Why the settings alone keep ``sc`` at least once, or None."""
+    if config.cluster:
+        return "the streams are on a Redis Cluster, where one script cannot reach the broker's database"
+    if config.sentinel:
+        return "the streams are behind Sentinel, which this step does not follow to the broker"
+    if not sc.fast_path:
+        return "stream_fast_path is off: only the fast path's messages can go into the atomic step"
+    return None
+
+
+def server_of(client: Any) -> Server:
+    """The run_id of the server behind ``client`` (INFO server) and the database it uses."""
+    info = client.info("server")
+    return Server(str(info["run_id"]), int(client.connection_pool.connection_kwargs.get("db") or 0))
+
+
+def compare(streams: Server, broker: Server) -> Guarantee:
+    if streams.run_id != broker.run_id:
+        return Guarantee(AT_LEAST_ONCE, "the streams and the broker are different Redis servers (INFO run_id)")
+    where = f"database {streams.db}" if streams.db == broker.db else f"databases {streams.db} and {broker.db}"
+    return Guarantee(EXACTLY_ONCE, f"the streams and the broker share one Redis server ({where})")
+
+
+def broker_side(fast_path: FastPath, producer: Any) -> tuple[Server | None, str | None, str]:
+    """The broker's server, or why the fast path (and so the step) cannot apply; and kombu's global key prefix."""
+    reason = fast_path.unsupported(producer)
+    if reason is not None:
+        return None, f"the fast path steps aside: {reason}", ""
+    channel = producer.channel
+    with channel.conn_or_acquire() as client:
+        server = server_of(client)
+    return server, None, str(getattr(channel, "global_keyprefix", "") or "")
+
+
+def assess(app: Any, config: BridgeConfig) -> dict[str, Guarantee]:
+    """The guarantee of each mapped stream as far as can be told before a batch: for the start-up line.
+
+    Asks both servers for their run_id once (short timeouts). Later batches can
+    still fall back (a fast-path fallback for one batch, a server that changed);
+    ``inspect redis_stream`` shows the guarantee of each stream's last batch.
+    """
+    out: dict[str, Guarantee] = {}
+    open_streams = []
+    for sc in config.streams:
+        reason = config_reason(config, sc)
+        if reason is None:
+            open_streams.append(sc)
+        else:
+            out[sc.stream] = Guarantee(AT_LEAST_ONCE, reason)
+    if not open_streams:
+        return out
+    from .reader import connect
+
+    try:
+        client = connect(config, socket_timeout=3, socket_connect_timeout=3)
+        try:
+            streams = server_of(client)
+        finally:
+            client.close()
+        connection = app.connection_for_write(transport_options=dict(PUBLISH_TIMEOUTS))
+        try:
+            producer = app.amqp.Producer(connection, auto_declare=False)
+            broker, why, _ = broker_side(FastPath(app), producer)
+        finally:
+            connection.release()
+        verdict = Guarantee(AT_LEAST_ONCE, why or "") if broker is None else compare(streams, broker)
+    except Exception as exc:  # a server that is down now: the readers compare again before their first batch
+        verdict = Guarantee(AT_LEAST_ONCE, f"the servers could not be compared yet ({type(exc).__name__}); "
+                            "they are compared again before the first batch")  # fmt: skip
+    for sc in open_streams:
+        out[sc.stream] = verdict
+    return out
+
+
+class ExactlyOnce:
+    """One reader thread's atomic steps: it compares the servers once (again after any error) and runs the script."""
+
+    def __init__(self, config: BridgeConfig, fast_path: FastPath, consumer: str) -> None:
+        self.config = config
+        self.fast_path = fast_path
+        self.consumer = consumer
+        self.script: Any = None
+        self._streams: Server | None = None
+        self._verdict: tuple[Guarantee, int, str] | None = None  # the guarantee, the broker's db, its key prefix
+        self.refused: str | None = None  # set for good when the streams user may not run the script
+
+    def forget(self) -> None:
+        """After an error: the servers are compared again before the next batch."""
+        self._streams = None
+        self._verdict = None
+
+    def step(
+        self,
+        client: Any,
+        sc: StreamConfig,
+        ids: Sequence[str],
+        trimmed: Sequence[str],
+        *,
+        stats: _Shown,
+        lease: Lease | None = None,
+        after: str | None = None,
+    ) -> Step | None:
+        """The atomic step for one batch, or None (and the reason shown) when ``sc`` stays at least once."""
+        reason = config_reason(self.config, sc) or self.refused
+        if reason is None and sc.mode == "tracker" and (lease is None or after is None):
+            reason = "the tracker position the batch was read after is unknown"
+        if reason is not None:
+            Guarantee(AT_LEAST_ONCE, reason).show(stats)
+            return None
+        if self.script is None:
+            self.script = client.register_script(STEP)
+        return Step(self, client, sc, ids, trimmed, stats=stats, lease=lease, after=after)
+
+    def verdict(self, client: Any, producer: Any) -> tuple[Guarantee, int, str]:
+        if self._verdict is None:
+            streams = self.streams(client)
+            broker, why, prefix = broker_side(self.fast_path, producer)
+            if broker is None:
+                self._verdict = (Guarantee(AT_LEAST_ONCE, why or "the broker is not Redis"), 0, "")
+            else:
+                self._verdict = (compare(streams, broker), broker.db, prefix)
+        return self._verdict
+
+    def streams(self, client: Any) -> Server:
+        if self._streams is None:
+            self._streams = server_of(client)
+        return self._streams
+
+
+class Step:
+    """One batch: the dispatcher hands it the built messages (take), then the reader runs it (commit)."""
+
+    def __init__(
+        self,
+        owner: ExactlyOnce,
+        client: Any,
+        sc: StreamConfig,
+        ids: Sequence[str],
+        trimmed: Sequence[str],
+        *,
+        stats: _Shown,
+        lease: Lease | None,
+        after: str | None,
+    ) -> None:
+        self.owner, self.client, self.sc, self.ids, self.trimmed = owner, client, sc, ids, trimmed
+        self.stats, self.lease, self.after = stats, lease, after
+        self.built: Built | None = None
+        self.guarantee: Guarantee | None = None
+        self.target: tuple[str, str] = ("0", "")  # the broker's db and key prefix
+
+    def take(self, producer: Any, built: Built) -> bool:
+        """Keep ``built`` for the atomic step (True), or leave it to the dispatcher to push (False)."""
+        guarantee, db, prefix = self.owner.verdict(self.client, producer)
+        self.guarantee = guarantee
+        if guarantee.kind != EXACTLY_ONCE:
+            return False
+        self.built, self.target = built, (str(db), prefix)
+        return True
+
+    def commit(self, dead: Sequence[DeadLetter]) -> bool:
+        """Run the step if it holds the batch; False: nothing was done, the caller commits as usual.
+
+        A batch of dead letters only (nothing to publish) is committed here
+        too: its fenced step touches the streams database alone.
+        """
+        nothing_to_send = self.built is None and bool(self.ids) and len(dead) == len(self.ids)
+        if self.built is None and not nothing_to_send:
+            declined = self.guarantee or Guarantee(
+                AT_LEAST_ONCE, f"the fast path stepped aside: {self.owner.fast_path.reason}"
+            )
+            declined.show(self.stats)
+            return False
+        self._run(dead)
+        if self.guarantee is not None:
+            self.guarantee.show(self.stats)
+        return True
+
+    def _run(self, dead: Sequence[DeadLetter]) -> None:
+        sc = self.sc
+        streams_db = str(self.owner.streams(self.client).db)
+        broker_db, prefix = self.target
+        checks: list[Any] = []
+        writes: list[Any] = []
+
+        def write(db: str, *args: Any) -> None:
+            writes.extend((db, len(args), *args))
+
+        # The pushes come first: the first write is where maxmemory refuses a script.
+        if self.built is not None and self.built.payloads:
+            key = prefix + self.built.key
+            checks += [broker_db, key, "list"]
+            payloads = self.built.payloads
+            for i in range(0, len(payloads), LPUSH_CHUNK):
+                write(broker_db, "LPUSH", key, *payloads[i : i + LPUSH_CHUNK])
+        letters = [letter.pairs() for letter in dead]
+        huge = [pairs for pairs in letters if len(pairs) + 3 > MAX_COMMAND_ARGS]
+        if huge:
+            # Too long for one unpack(): written before the step, at least once (a retry may repeat it).
+            pipe = self.client.pipeline(transaction=False)
+            for pairs in huge:
+                pipe.execute_command("XADD", sc.dead_letter, "*", *pairs)
+            pipe.execute()
+        if len(huge) < len(letters):
+            checks += [streams_db, sc.dead_letter, "stream"]
+            for pairs in letters:
+                if len(pairs) + 3 <= MAX_COMMAND_ARGS:
+                    write(streams_db, "XADD", sc.dead_letter, "*", *pairs)
+        if sc.mode == "group":
+            acks = [*self.ids, *self.trimmed]
+            for i in range(0, len(acks), MAX_COMMAND_ARGS):
+                write(streams_db, "XACK", sc.stream, sc.group, *acks[i : i + MAX_COMMAND_ARGS])
+            first = min(self.ids, key=_id_key, default="0-0")
+            last = max(self.ids, key=_id_key, default="0-0")
+            fence = ["group", sc.group, self.owner.consumer, first, last, len(self.ids), *self.ids]
+            keys = [sc.stream]
+        else:
+            assert self.lease is not None and self.after is not None
+            write(streams_db, "SET", sc.tracker_key, self.ids[-1])
+            write(streams_db, "PEXPIRE", sc.lease_key, self.lease.ttl_ms)
+            fence = ["tracker", self.lease.owner, self.after, "", "", 0]
+            keys = [sc.tracker_key, sc.lease_key]
+        argv = [*fence, streams_db, len(checks) // 3, *checks, *writes]
+        try:
+            reply = self.owner.script(keys=keys, args=argv, client=self.client)
+        except ResponseError as exc:
+            if not isinstance(exc, NoPermissionError) and not str(exc).startswith("NOPERM"):
+                raise
+            self.owner.refused = f"the streams Redis user may not run the atomic step ({str(exc)[:200]})"
+            logger.warning("redis-stream: stream=%s: %s; retrying the batch, at least once", sc.stream, exc)
+            raise AtomicStepRefused(self.owner.refused) from exc
+        if int(reply[0]) == 1:
+            return
+        why = reply[1].decode() if isinstance(reply[1], bytes) else str(reply[1])
+        if why == "lease":
+            raise LeaseLost(f"lost the lease on {sc.stream!r}; another worker reads it now")
+        if why == "taken":
+            raise PositionMoved(
+                f"a batch of {sc.stream!r} is no longer pending on this consumer (acknowledged already, or claimed "
+                "by another consumer): nothing of it was sent; re-reading the consumer's own pending entries"
+            )
+        raise PositionMoved(
+            f"the tracker of {sc.stream!r} is no longer where the batch was read from: nothing of it was sent; "
+            "reloading the tracker"
+        )
+
+
+def _id_key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
