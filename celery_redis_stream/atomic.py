@@ -305,7 +305,7 @@ class Step:
         nothing_to_send = self.built is None and bool(self.ids) and len(dead) == len(self.ids)
         if self.built is None and not nothing_to_send:
             declined = self.guarantee or Guarantee(
-                AT_LEAST_ONCE, f"the fast path stepped aside: {self.owner.fast_path.reason}"
+                AT_LEAST_ONCE, f"the fast path steps aside: {self.owner.fast_path.reason}"
             )
             declined.show(self.stats)
             return False
