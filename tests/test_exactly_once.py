@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import random
 import re
+import signal
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -309,3 +310,79 @@ def test_dead_letters_and_priority_lists_go_in_the_same_step(redis_server):
     finally:
         dispatcher.close()
         client.close()
+
+
+# -- a worker paused past its claim time or lease: its stale batch is fenced off -----------------------
+
+
+def test_paused_group_worker_sends_nothing_that_another_consumer_claimed(redis_server, spawn):
+    from .ledger import pending_of
+
+    urls = (redis_server.url, redis_server.url_db(1), redis_server.url_db(2))
+    paused = spawn(*urls, name="w1", **FAST_PATH).start()
+    other = spawn(*urls, name="w2", **FAST_PATH).start()
+    ledger = Ledger(STREAM, redis_server.client(1))
+    client = redis_server.client()
+    ledger.produce(client, 300)
+    wait_for(ledger.all_dispatched, 30, "the first 300 entries dispatched")
+    # Pause w1 while its blocked read is registered, so the next entries are
+    # delivered to it (pending on w1) but cannot be sent by it.
+    for _ in range(20):
+        paused.signal(signal.SIGSTOP)
+        ledger.produce(client, 50, atomic=True)
+        time.sleep(0.3)
+        if pending_of(client, "w1@"):
+            break
+        paused.signal(signal.SIGCONT)
+        time.sleep(random.uniform(0.05, 0.2))
+    stranded = pending_of(client, "w1@")
+    assert stranded, "w1 never held pending entries when paused"
+    wait_for(lambda: pending_of(client, "w1@") == 0, 30, "w2 to claim w1's pending entries")
+    wait_for(ledger.all_dispatched, 30, "w2 to dispatch what w1 held")
+    paused.signal(signal.SIGCONT)  # w1 goes on with its stale batch: the fence refuses it
+    paused.wait_log("no longer pending on this consumer", 30)
+    ledger.produce(client, 300)
+    wait_for(ledger.all_dispatched, 30, "every entry dispatched after the pause")
+    time.sleep(1.0)
+
+    report = ledger.report()
+    print(f"group worker paused holding {stranded} entries: {report}")
+    assert not report.missing, report
+    assert report.extra_copies == 0, report
+    assert "claimed" in other.output()
+
+
+def test_paused_tracker_owner_sends_nothing_after_losing_its_lease(redis_server, spawn):
+    from .ledger import reader_blocked
+
+    urls = (redis_server.url, redis_server.url_db(1), redis_server.url_db(2))
+    conf = {"mode": "tracker", "stream_block_ms": 1000, **FAST_PATH}
+    owner = spawn(*urls, name="w1", **conf).start()
+    owner.wait_log("reading tracked stream", 30)
+    standby = spawn(*urls, name="w2", **conf).start()
+    ledger = Ledger(STREAM, redis_server.client(1))
+    client = redis_server.client()
+    ledger.produce(client, 300)
+    wait_for(ledger.all_dispatched, 30, "the first 300 entries dispatched")
+    for _ in range(50):
+        owner.signal(signal.SIGSTOP)
+        if reader_blocked(redis_server.client(), "xread"):
+            break
+        owner.signal(signal.SIGCONT)
+        time.sleep(random.uniform(0.01, 0.1))
+    else:
+        pytest.fail("the owner was never caught blocked in XREAD")
+    ledger.produce(client, 50, atomic=True)  # the paused owner's read returns these
+    standby.wait_log("reading tracked stream", 30)
+    wait_for(ledger.all_dispatched, 30, "w2 to dispatch what the paused owner held")
+    owner.signal(signal.SIGCONT)
+    owner.wait_log("lost the lease", 30)
+    ledger.produce(client, 300)
+    wait_for(ledger.all_dispatched, 30, "every entry dispatched after the pause")
+    time.sleep(1.0)
+
+    report = ledger.report()
+    print(f"tracker owner paused: {report}")
+    assert not report.missing, report
+    assert report.extra_copies == 0, report
+    assert client.get(TRACKER_KEY).decode() == ledger.produced[-1]
