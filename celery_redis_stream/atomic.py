@@ -46,8 +46,10 @@ MAX_COMMAND_ARGS = 7000
 #            after, ARGV[4] and ARGV[5] unused, ARGV[6] 0.
 # Then: the database the script starts in; m, then m type checks (db, key,
 # type): a key of another type is an error before anything was written;
-# then commands until the end, each as db, argc, argv... A SELECT inside a
-# script lasts for the rest of the script only (Redis >= 2.8.12).
+# then commands until the end, each as db, argc, argv..., where a negative
+# argc means -argc arguments followed by the group fence's n ids (an XACK of
+# the batch without sending its ids twice). A SELECT inside a script lasts for
+# the rest of the script only (Redis >= 2.8.12).
 # Every refusal and error comes before the first write, and the first write
 # is where a script without flags meets maxmemory, so a refused or failed
 # step has changed nothing. Returns {1}, or {0, why}: 'lease' (another worker
@@ -58,15 +60,16 @@ STEP = """
 local i
 if ARGV[1] == 'group' then
   local n = tonumber(ARGV[6])
-  local mine = {}
+  local j = 7
   if n > 0 then
-    for _, row in ipairs(redis.call('xpending', KEYS[1], ARGV[2], ARGV[4], ARGV[5], 2 * n + 16, ARGV[3])) do
-      mine[row[1]] = true
+    -- The ids come in stream order, as XPENDING lists them: one merge pass.
+    for _, row in ipairs(redis.call('xpending', KEYS[1], ARGV[2], ARGV[4], ARGV[5], n, ARGV[3])) do
+      if row[1] == ARGV[j] then j = j + 1 end
     end
   end
-  for j = 7, 6 + n do
-    local id = ARGV[j]
-    if not mine[id] and #redis.call('xpending', KEYS[1], ARGV[2], id, id, 1, ARGV[3]) == 0 then
+  -- Ids the pass did not meet (another order, other entries of this consumer in the range): one by one.
+  for k = j, 6 + n do
+    if #redis.call('xpending', KEYS[1], ARGV[2], ARGV[k], ARGV[k], 1, ARGV[3]) == 0 then
       return {0, 'taken'}
     end
   end
@@ -94,10 +97,18 @@ for _ = 1, checks do
   end
   i = i + 3
 end
-while i <= #ARGV do
+local last = #ARGV
+while i <= last do
   local argc = tonumber(ARGV[i + 1])
   use(ARGV[i])
-  redis.call(unpack(ARGV, i + 2, i + 1 + argc))
+  if argc >= 0 then
+    redis.call(unpack(ARGV, i + 2, i + 1 + argc))
+  else
+    argc = -argc
+    local command = {unpack(ARGV, i + 2, i + 1 + argc)}
+    for k = 7, 6 + tonumber(ARGV[6]) do command[#command + 1] = ARGV[k] end
+    redis.call(unpack(command))
+  end
   i = i + 2 + argc
 end
 return {1}
@@ -345,7 +356,11 @@ class Step:
                 if len(pairs) + 3 <= MAX_COMMAND_ARGS:
                     write(streams_db, "XADD", sc.dead_letter, "*", *pairs)
         if sc.mode == "group":
-            acks = [*self.ids, *self.trimmed]
+            acks = list(self.trimmed)
+            if len(self.ids) + 3 <= MAX_COMMAND_ARGS:
+                writes.extend((streams_db, -3, "XACK", sc.stream, sc.group))  # + the fence's ids
+            else:
+                acks = [*self.ids, *acks]
             for i in range(0, len(acks), MAX_COMMAND_ARGS):
                 write(streams_db, "XACK", sc.stream, sc.group, *acks[i : i + MAX_COMMAND_ARGS])
             first = min(self.ids, key=_id_key, default="0-0")
