@@ -164,22 +164,44 @@ def server_of(client: Any) -> Server:
     return Server(str(info["run_id"]), int(client.connection_pool.connection_kwargs.get("db") or 0))
 
 
-def compare(streams: Server, broker: Server) -> Guarantee:
-    if streams.run_id != broker.run_id:
-        return Guarantee(AT_LEAST_ONCE, "the streams and the broker are different Redis servers (INFO run_id)")
-    where = f"database {streams.db}" if streams.db == broker.db else f"databases {streams.db} and {broker.db}"
-    return Guarantee(EXACTLY_ONCE, f"the streams and the broker share one Redis server ({where})")
+def _user(client: Any) -> Any:
+    return client.connection_pool.connection_kwargs.get("username") or None  # None and "": the default user
 
 
-def broker_side(fast_path: FastPath, producer: Any) -> tuple[Server | None, str | None, str]:
-    """The broker's server, or why the fast path (and so the step) cannot apply; and kombu's global key prefix."""
+def _noperm(exc: BaseException) -> bool:
+    return isinstance(exc, NoPermissionError) or (isinstance(exc, ResponseError) and str(exc).startswith("NOPERM"))
+
+
+class _NoInfo(StreamError):
+    """The Redis user may not run INFO: the servers cannot be compared (for good, in this worker)."""
+
+
+def judge(fast_path: FastPath, client: Any, producer: Any) -> tuple[Guarantee, int, str]:
+    """The guarantee of batches read on ``client`` and published by ``producer``; the broker's db and key prefix.
+
+    Exactly once needs the fast path's messages, one Redis user for both sides
+    (the script runs the broker's writes as the streams' user) and one server
+    (the same INFO run_id: the server itself says so, whatever the URLs say).
+    """
     reason = fast_path.unsupported(producer)
     if reason is not None:
-        return None, f"the fast path steps aside: {reason}", ""
+        return Guarantee(AT_LEAST_ONCE, f"the fast path steps aside: {reason}"), 0, ""
     channel = producer.channel
-    with channel.conn_or_acquire() as client:
-        server = server_of(client)
-    return server, None, str(getattr(channel, "global_keyprefix", "") or "")
+    with channel.conn_or_acquire() as broker:
+        if _user(broker) != _user(client):
+            why = "the streams and the broker connect as different Redis users (one script would write both)"
+            return Guarantee(AT_LEAST_ONCE, why), 0, ""
+        try:
+            streams, other = server_of(client), server_of(broker)
+        except ResponseError as exc:
+            if _noperm(exc):
+                raise _NoInfo("the Redis user may not run INFO, which tells whether both are one server") from exc
+            raise
+    if streams.run_id != other.run_id:
+        return Guarantee(AT_LEAST_ONCE, "the streams and the broker are different Redis servers (INFO run_id)"), 0, ""
+    where = f"database {streams.db}" if streams.db == other.db else f"databases {streams.db} and {other.db}"
+    prefix = str(getattr(channel, "global_keyprefix", "") or "")
+    return Guarantee(EXACTLY_ONCE, f"the streams and the broker share one Redis server ({where})"), other.db, prefix
 
 
 def assess(app: Any, config: BridgeConfig) -> dict[str, Guarantee]:
@@ -203,17 +225,14 @@ def assess(app: Any, config: BridgeConfig) -> dict[str, Guarantee]:
 
     try:
         client = connect(config, socket_timeout=3, socket_connect_timeout=3)
-        try:
-            streams = server_of(client)
-        finally:
-            client.close()
         connection = app.connection_for_write(transport_options=dict(PUBLISH_TIMEOUTS))
         try:
-            producer = app.amqp.Producer(connection, auto_declare=False)
-            broker, why, _ = broker_side(FastPath(app), producer)
+            verdict = judge(FastPath(app), client, app.amqp.Producer(connection, auto_declare=False))[0]
         finally:
             connection.release()
-        verdict = Guarantee(AT_LEAST_ONCE, why or "") if broker is None else compare(streams, broker)
+            client.close()
+    except _NoInfo as exc:
+        verdict = Guarantee(AT_LEAST_ONCE, str(exc))
     except Exception as exc:  # a server that is down now: the readers compare again before their first batch
         verdict = Guarantee(AT_LEAST_ONCE, f"the servers could not be compared yet ({type(exc).__name__}); "
                             "they are compared again before the first batch")  # fmt: skip
@@ -230,13 +249,11 @@ class ExactlyOnce:
         self.fast_path = fast_path
         self.consumer = consumer
         self.script: Any = None
-        self._streams: Server | None = None
         self._verdict: tuple[Guarantee, int, str] | None = None  # the guarantee, the broker's db, its key prefix
         self.refused: str | None = None  # set for good when the streams user may not run the script
 
     def forget(self) -> None:
         """After an error: the servers are compared again before the next batch."""
-        self._streams = None
         self._verdict = None
 
     def step(
@@ -263,18 +280,12 @@ class ExactlyOnce:
 
     def verdict(self, client: Any, producer: Any) -> tuple[Guarantee, int, str]:
         if self._verdict is None:
-            streams = self.streams(client)
-            broker, why, prefix = broker_side(self.fast_path, producer)
-            if broker is None:
-                self._verdict = (Guarantee(AT_LEAST_ONCE, why or "the broker is not Redis"), 0, "")
-            else:
-                self._verdict = (compare(streams, broker), broker.db, prefix)
+            try:
+                self._verdict = judge(self.fast_path, client, producer)
+            except _NoInfo as exc:
+                self.refused = str(exc)
+                self._verdict = (Guarantee(AT_LEAST_ONCE, self.refused), 0, "")
         return self._verdict
-
-    def streams(self, client: Any) -> Server:
-        if self._streams is None:
-            self._streams = server_of(client)
-        return self._streams
 
 
 class Step:
@@ -327,7 +338,7 @@ class Step:
 
     def _run(self, dead: Sequence[DeadLetter]) -> None:
         sc = self.sc
-        streams_db = str(self.owner.streams(self.client).db)
+        streams_db = str(int(self.client.connection_pool.connection_kwargs.get("db") or 0))
         broker_db, prefix = self.target
         checks: list[Any] = []
         writes: list[Any] = []

@@ -386,3 +386,21 @@ def test_paused_tracker_owner_sends_nothing_after_losing_its_lease(redis_server,
     assert not report.missing, report
     assert report.extra_copies == 0, report
     assert client.get(TRACKER_KEY).decode() == ledger.produced[-1]
+
+
+def test_a_least_privilege_streams_user_stays_at_least_once_without_a_single_acl_denial(redis_server, spawn):
+    from .test_security import acl_denials, documented_acl
+
+    admin = redis_server.client()
+    admin.execute_command(*documented_acl("stream-group"))
+    url = f"redis://stream-group:CHANGE-ME@127.0.0.1:{redis_server.port}/0"
+    worker = spawn(url, redis_server.url_db(1), redis_server.url_db(2), **FAST_PATH).start()
+    ledger = Ledger(STREAM, redis_server.client(1))
+    ledger.produce(admin, 200)
+    wait_for(ledger.all_dispatched, 30, "200 entries dispatched")
+    wait_for(lambda: settled(redis_server, "group", ledger), 30, "every entry acknowledged")
+    line = startup_line(worker)
+    print(line)
+    assert "at-least-once: the streams and the broker connect as different Redis users" in line
+    assert acl_denials(admin, "stream-group") == []  # no INFO, no EVALSHA tried
+    assert ledger.report().extra_copies == 0
