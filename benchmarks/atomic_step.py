@@ -11,7 +11,10 @@ reader's own code drains a stream batch by batch, both ways, runs interleaved:
 - atomic: the same built messages, the fence, the dead letters and the position
   in one EVALSHA (atomic.py): what it does when they share a server (exactly once).
 
-Reads are included (XREADGROUP / XREAD per batch), as in the worker. Writes
+Reads are included (XREADGROUP / XREAD per batch), as in the worker. Then
+the same in real `celery worker` processes (benchmarks/benchapp.py, group
+mode): the broker on the streams' server (exactly once, the atomic step) or
+on a second redis-server (at least once, the two round trips). Writes
 benchmarks/results/atomic_step.md and atomic_step.json.
 """
 
@@ -34,13 +37,14 @@ import celery  # noqa: E402
 import redis  # noqa: E402
 from celery import Celery  # noqa: E402
 
+from benchmarks.run import fill_stream, group_done, log_time  # noqa: E402
 from celery_redis_stream.atomic import ExactlyOnce  # noqa: E402
 from celery_redis_stream.config import load_config  # noqa: E402
 from celery_redis_stream.dispatch import Dispatcher  # noqa: E402
 from celery_redis_stream.loops import StreamStats  # noqa: E402
 from celery_redis_stream.position import Lease, commit  # noqa: E402
 from celery_redis_stream.reader import connect, read_group, read_tracked  # noqa: E402
-from tests.support import RedisServer  # noqa: E402
+from tests.support import RedisServer, Worker, wait_for  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 STREAM = "bench"
@@ -117,14 +121,59 @@ def drain(
     return n / elapsed, cpu / n * 1e6, redis_cpu / n * 1e6
 
 
+def worker_rate(streams: RedisServer, broker: RedisServer, batch: int, n: int, name: str) -> float:
+    """Entries per second of a real worker draining ``n`` entries (group mode, fast path) to ``broker``."""
+    for server in {id(streams): streams, id(broker): broker}.values():
+        server.client(0).flushall()
+    fill_stream(streams.client(0), STREAM, n)
+    conf = {
+        "stream_tasks": {STREAM: {"task": "bench.noop", "queue": "sink"}},
+        "stream_start": "0",
+        "stream_batch_size": batch,
+        "stream_fast_path": True,
+    }
+    env = {
+        "BENCH_STREAM_URL": streams.url_db(0),
+        "BENCH_BROKER_URL": broker.url_db(1),
+        "BENCH_RESULTS_URL": streams.url_db(2),
+        "BENCH_CONF": json.dumps(conf),
+    }
+    worker = Worker(env, name, queues="unused", app="benchmarks.benchapp").start()
+    try:
+        sink = broker.client(1)
+        done = wait_for(
+            lambda: group_done(streams.client(0), STREAM) == (0, 0) and sink.llen("sink") >= n and time.time(),
+            600, "the backlog dispatched", interval=0.01,
+        )  # fmt: skip
+        started = log_time(worker, "redis-stream: reading")
+        want = "exactly-once" if streams is broker else "at-least-once"
+        if f"; {want}: " not in worker.output():
+            raise RuntimeError(f"the worker did not run {want}:\n" + worker.output()[-2000:])
+    finally:
+        worker.stop()
+    return n / (done - started)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--entries", type=int, default=10_000)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--worker-entries", type=int, default=20_000)
     args = parser.parse_args(argv)
     server = RedisServer().start()
-    rows = []
+    other = RedisServer().start()
+    rows: list[dict[str, Any]] = []
+    workers: list[dict[str, Any]] = []
     try:
+        for batch in (100, 500):
+            rates: dict[str, list[float]] = {"at-least-once": [], "exactly-once": []}
+            for run in range(args.runs):
+                rates["at-least-once"].append(worker_rate(server, other, batch, args.worker_entries, f"b{run}a"))
+                rates["exactly-once"].append(worker_rate(server, server, batch, args.worker_entries, f"b{run}e"))
+            two, one = statistics.median(rates["at-least-once"]), statistics.median(rates["exactly-once"])
+            workers.append({"batch": batch, "at_least_once": two, "exactly_once": one, "ratio": one / two})
+            workers[-1]["runs"] = rates
+            print(json.dumps(workers[-1]))
         for mode in ("group", "tracker"):
             for batch in (100, 500):
                 for size, fields in SIZES.items():
@@ -146,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(json.dumps({k: v for k, v in row.items() if k != "runs"}))
     finally:
         server.stop()
+        other.stop()
     out = {
         "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "python": platform.python_version(),
@@ -153,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         "redis_py": redis.__version__,
         "entries": args.entries,
         "rows": rows,
+        "workers": workers,
     }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "atomic_step.json").write_text(json.dumps(out, indent=2) + "\n")
@@ -176,6 +227,20 @@ def main(argv: list[str] | None = None) -> int:
             f"| {r['mode']} | {r['batch']} | {r['entry']} "
             f"| {two['rate']:,.0f}/s, {two['client_us']:.1f} + {two['redis_us']:.1f} "
             f"| {one['rate']:,.0f}/s, {one['client_us']:.1f} + {one['redis_us']:.1f} | {r['cpu_ratio']:.2f}x |"
+        )
+    lines += [
+        "",
+        f"In a `celery worker` (group mode, fast path, {args.worker_entries:,} entries of 3 small fields, "
+        "rate from the start-up line to the last XACK): the broker on a second redis-server (at least once, "
+        "two round trips) or on the streams' server (exactly once, the atomic step).",
+        "",
+        "| batch | at least once (second server) | exactly once (shared server) | ratio | runs (at least / exactly) |",
+        "|---:|---:|---:|---:|---|",
+    ]
+    for w in workers:
+        runs = " / ".join(", ".join(f"{r:,.0f}" for r in w["runs"][k]) for k in ("at-least-once", "exactly-once"))
+        lines.append(
+            f"| {w['batch']} | {w['at_least_once']:,.0f}/s | {w['exactly_once']:,.0f}/s | {w['ratio']:.2f}x | {runs} |"
         )
     (RESULTS / "atomic_step.md").write_text("\n".join(lines) + "\n")
     return 0
