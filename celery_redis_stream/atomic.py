@@ -183,7 +183,11 @@ def judge(fast_path: FastPath, client: Any, producer: Any) -> tuple[Guarantee, i
     (the script runs the broker's writes as the streams' user) and one server
     (the same INFO run_id: the server itself says so, whatever the URLs say).
     """
-    reason = fast_path.unsupported(producer)
+    transport = type(producer.connection.transport)
+    reason = None
+    if transport.__module__ != "kombu.transport.redis":  # known without connecting to an AMQP broker
+        reason = f"the broker transport is {transport.__module__}.{transport.__name__}, not kombu's Redis transport"
+    reason = reason or fast_path.unsupported(producer)
     if reason is not None:
         return Guarantee(AT_LEAST_ONCE, f"the fast path steps aside: {reason}"), 0, ""
     channel = producer.channel
@@ -225,7 +229,9 @@ def assess(app: Any, config: BridgeConfig) -> dict[str, Guarantee]:
 
     try:
         client = connect(config, socket_timeout=3, socket_connect_timeout=3)
-        connection = app.connection_for_write(transport_options=dict(PUBLISH_TIMEOUTS))
+        # One attempt, short timeouts: a broker that is down must not hold up the worker's start.
+        options = {**PUBLISH_TIMEOUTS, "max_retries": 0}
+        connection = app.connection_for_write(connect_timeout=3, transport_options=options)
         try:
             verdict = judge(FastPath(app), client, app.amqp.Producer(connection, auto_declare=False))[0]
         finally:
