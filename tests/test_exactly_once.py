@@ -404,3 +404,35 @@ def test_a_least_privilege_streams_user_stays_at_least_once_without_a_single_acl
     assert "at-least-once: the streams and the broker connect as different Redis users" in line
     assert acl_denials(admin, "stream-group") == []  # no INFO, no EVALSHA tried
     assert ledger.report().extra_copies == 0
+
+
+def test_a_batch_larger_than_one_lua_unpack_goes_in_one_step(redis_server):
+    n = 8000  # above Lua's ~8,000 values per unpack(): the pushes and the XACK are split inside the step
+    app = make_app(redis_server, "group")
+    app.conf.stream_batch_size = n
+    config = load_config(app)
+    (sc,) = config.streams
+    client = connect(config)
+    raw = redis_server.client()
+    raw.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
+    pipe = raw.pipeline(transaction=False)
+    for i in range(n):
+        pipe.xadd(STREAM, {"n": str(i)})
+    pipe.execute()
+    entries = read_group(client, GROUP, "me", {STREAM: ">"}, count=n, block_ms=None)[STREAM]
+    dispatcher = Dispatcher(app, max_entry_bytes=1 << 20)
+    exactly = ExactlyOnce(config, dispatcher.fast_path, "me")
+    stats = StreamStats(STREAM, "group", sc.task, GROUP, None)
+    try:
+        step = exactly.step(client, sc, [e.id for e in entries], [], stats=stats)
+        assert step is not None
+        assert step.commit(dispatcher.send(sc, entries, step=step))
+        broker = redis_server.client(1)
+        assert broker.llen("celery") == n
+        # oldest first, as kombu's consumer pops them (from the right)
+        first = json.loads(broker.lindex("celery", -1))["headers"]["redis_stream_id"]
+        assert first == entries[0].id
+        assert int(raw.xpending(STREAM, GROUP)["pending"]) == 0
+    finally:
+        dispatcher.close()
+        client.close()
