@@ -313,6 +313,18 @@ class Step:
         self.stats, self.lease, self.after = stats, lease, after
         self.built: Built | None = None
         self.guarantee: Guarantee | None = None
+        self.extra: list[tuple[Any, ...]] = []
+
+    def add(self, *command: Any) -> None:
+        """Run ``command`` (in the streams database) in the same step, after the position move.
+
+        For what must change with the position and nothing else (a record of
+        the batch in flight, per-entry counters): it happens exactly when the
+        batch is committed, and not at all when the fence refuses it.
+        """
+        if not command or len(command) > MAX_COMMAND_ARGS:
+            raise ValueError(f"a command of 1 to {MAX_COMMAND_ARGS} arguments, got {len(command)}")
+        self.extra.append(command)
         self.target: tuple[str, str] = ("0", "")  # the broker's db and key prefix
 
     def take(self, producer: Any, built: Built) -> bool:
@@ -390,6 +402,8 @@ class Step:
             write(streams_db, "PEXPIRE", sc.lease_key, self.lease.ttl_ms)
             fence = ["tracker", self.lease.owner, self.after, "", "", 0]
             keys = [sc.tracker_key, sc.lease_key]
+        for command in self.extra:
+            write(streams_db, *command)
         argv = [*fence, streams_db, len(checks) // 3, *checks, *writes]
         try:
             reply = self.owner.script(keys=keys, args=argv, client=self.client)

@@ -253,11 +253,14 @@ def test_tracker_fence_refuses_a_moved_tracker_or_a_lost_lease_and_pushes_nothin
     entries = read_tracked(client, {STREAM: "0-0"}, count=10, block_ms=None)[STREAM]
     try:
         raw.set(sc.tracker_key, ids[4])  # moved (a reset, or this very step run before a lost reply)
+        raw.set("in-flight", "batch")
         step = exactly.step(client, sc, ids, [], stats=stats, lease=lease, after="0-0")
         assert step is not None
+        step.add("DEL", "in-flight")
         with pytest.raises(PositionMoved):
             step.commit(dispatcher.send(sc, entries, step=step))
         assert redis_server.client(1).llen("celery") == 0
+        assert raw.exists("in-flight")  # a refused step changes nothing
 
         raw.set(sc.tracker_key, "0-0")
         raw.set(sc.lease_key, "someone-else")
@@ -269,11 +272,14 @@ def test_tracker_fence_refuses_a_moved_tracker_or_a_lost_lease_and_pushes_nothin
         assert raw.get(sc.tracker_key) == b"0-0"
 
         raw.set(sc.lease_key, "me")
+        raw.set("in-flight", "batch")
         step = exactly.step(client, sc, ids, [], stats=stats, lease=lease, after="0-0")
         assert step is not None
+        step.add("DEL", "in-flight")  # what another part adds to the same step
         assert step.commit(dispatcher.send(sc, entries, step=step))
         assert redis_server.client(1).llen("celery") == 10
         assert raw.get(sc.tracker_key) == ids[-1].encode()
+        assert not raw.exists("in-flight")
     finally:
         dispatcher.close()
         client.close()
