@@ -14,6 +14,7 @@ from .dispatch import PUBLISH_TIMEOUTS
 from .exceptions import StreamError
 from .fastpath import LPUSH_CHUNK, Built, FastPath
 from .position import DeadLetter, Lease, LeaseLost
+from .reader import connect
 
 __all__ = [
     "AT_LEAST_ONCE",
@@ -225,8 +226,6 @@ def assess(app: Any, config: BridgeConfig) -> dict[str, Guarantee]:
             out[sc.stream] = Guarantee(AT_LEAST_ONCE, reason)
     if not open_streams:
         return out
-    from .reader import connect
-
     try:
         client = connect(config, socket_timeout=3, socket_connect_timeout=3)
         # One attempt, short timeouts: a broker that is down must not hold up the worker's start.
