@@ -11,6 +11,7 @@ from celery.app import utils as app_utils
 from celery.utils.log import get_logger
 from celery.worker.control import inspect_command
 
+from .atomic import assess
 from .config import load_config
 from .exceptions import StreamConfigError
 from .failed import connect_receivers
@@ -86,8 +87,13 @@ class RedisStreamStep(bootsteps.StartStopStep):  # type: ignore[misc]
         service = self.service
         if service is None:
             return
+        guarantees = assess(service.app, service.config)
+        for stream, guarantee in guarantees.items():
+            if stream in service.stats:
+                guarantee.show(service.stats[stream])
         described = ", ".join(
-            f"{sc.stream}->{sc.task} ({sc.mode} {sc.group if sc.mode == 'group' else sc.tracker_key})"
+            f"{sc.stream}->{sc.task} ({sc.mode} {sc.group if sc.mode == 'group' else sc.tracker_key}; "
+            f"{guarantees[sc.stream].kind}: {guarantees[sc.stream].reason})"
             for sc in service.config.streams
         )
         logger.info(

@@ -6,7 +6,7 @@ import contextlib
 import hashlib
 import uuid
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery.worker import state as worker_state
 from kombu import exceptions as kombu_exceptions
@@ -18,6 +18,9 @@ from .exceptions import EntryError, StreamError
 from .fastpath import FastPath
 from .position import DeadLetter
 from .tracing import NO_TRACE, attach_trace, detach_trace, split_trace
+
+if TYPE_CHECKING:
+    from .atomic import Step
 
 __all__ = ["BrokerUnavailable", "Dispatcher", "message_headers", "prepare", "send_options", "task_id_for"]
 
@@ -146,14 +149,21 @@ class Dispatcher:
                 connection.release()
 
     def send(
-        self, sc: StreamConfig, entries: Sequence[RawEntry], counts: dict[str, int] | None = None
+        self,
+        sc: StreamConfig,
+        entries: Sequence[RawEntry],
+        counts: dict[str, int] | None = None,
+        *,
+        step: Step | None = None,
     ) -> list[DeadLetter]:
         """Publish one task per entry and return the entries that must be dead-lettered.
 
         Raises :class:`BrokerUnavailable` when the broker did not take the batch;
-        nothing of it may then be acknowledged.
+        nothing of it may then be acknowledged. ``step`` (atomic.Step) may take
+        the fast path's built messages instead: it then sends them itself,
+        together with the position move.
         """
-        return self._send(sc, entries, counts)
+        return self._send(sc, entries, counts, step)
 
     def pace(self, elapsed: float, wait: Callable[[float], Any]) -> None:
         """After a large batch, pause for four times its time if this worker runs tasks of its own.
@@ -171,7 +181,9 @@ class Dispatcher:
         if busy and elapsed >= YIELD_MIN_SECONDS:
             wait(min(elapsed * YIELD_SHARE, YIELD_MAX_SECONDS))
 
-    def _send(self, sc: StreamConfig, entries: Sequence[RawEntry], counts: dict[str, int] | None) -> list[DeadLetter]:
+    def _send(
+        self, sc: StreamConfig, entries: Sequence[RawEntry], counts: dict[str, int] | None, step: Step | None = None
+    ) -> list[DeadLetter]:
         dead: list[DeadLetter] = []
         calls = []
         traces: dict[str, dict[str, str]] = {}
@@ -193,7 +205,7 @@ class Dispatcher:
         try:
             producer = self.producer
             if sc.fast_path:
-                failed = self.fast_path.publish(
+                built = self.fast_path.build(
                     producer,
                     sc,
                     [(call[0], task_id, *call[1:]) for call, task_id in zip(calls, task_ids, strict=True)],
@@ -201,8 +213,10 @@ class Dispatcher:
                     options=options,
                     trace=traces,
                 )
-                if failed is not None:  # None: this batch needs the standard path
-                    dead.extend(DeadLetter(by_id[entry_id], "publish_error", error) for entry_id, error in failed)
+                if built is not None:  # None: this batch needs the standard path
+                    if step is None or not step.take(producer, built):
+                        self.fast_path.push(producer, built)
+                    dead.extend(DeadLetter(by_id[entry_id], "publish_error", error) for entry_id, error in built.failed)
                     return dead
             batch = producer.batch(max_size=len(calls)) if hasattr(producer, "batch") else contextlib.nullcontext()
             queue = self._bound_queue(producer, sc.queue)

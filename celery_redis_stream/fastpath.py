@@ -16,7 +16,7 @@ from kombu.utils import json as kombu_json
 
 from .exceptions import StreamError
 
-__all__ = ["Call", "FastPath"]
+__all__ = ["Built", "Call", "FastPath"]
 
 logger = get_logger(__name__)
 
@@ -100,6 +100,15 @@ class _Template:
     embed: Any
 
 
+@dataclass(frozen=True, slots=True)
+class Built:
+    """One batch's task messages as kombu's Redis transport would LPUSH them, and the calls that failed to encode."""
+
+    key: str  # the broker list (the queue, or its priority list), without the global key prefix
+    payloads: list[str]  # oldest first: LPUSHed in this order
+    failed: list[tuple[str, str]]  # (entry id, error)
+
+
 class FastPath:
     """Builds Celery protocol-2 messages for the Redis broker and LPUSHes a batch in one pipeline.
 
@@ -114,6 +123,7 @@ class FastPath:
         self.app = app
         self._told: set[str] = set()
         self._uuid4 = uuid.uuid4
+        self.reason: str | None = None  # why the last batch needed the standard path; None when it did not
 
     def _skip(self, reason: str) -> None:
         if reason not in self._told and len(self._told) < 32:  # once per reason, and never an unbounded set
@@ -207,6 +217,10 @@ class FastPath:
             embed=body[2],
         )
 
+    def unsupported(self, producer: Any) -> str | None:
+        """Why no batch of this app can take the fast path on ``producer``'s broker, or None."""
+        return self._static_reason(producer)
+
     def publish(
         self,
         producer: Any,
@@ -224,7 +238,27 @@ class FastPath:
         Broker errors propagate: the caller treats the batch as not dispatched.
         ``trace`` maps entry ids to their trace headers (``stream_trace_fields``).
         """
-        reason = self._static_reason(producer)
+        built = self.build(producer, sc, calls, extra_headers=extra_headers, options=options, trace=trace)
+        if built is None:
+            return None
+        self.push(producer, built)
+        return built.failed
+
+    def build(
+        self,
+        producer: Any,
+        sc: Any,
+        calls: Sequence[Call],
+        *,
+        extra_headers: Mapping[str, Any],
+        options: Mapping[str, Any],
+        trace: Mapping[str, Mapping[str, str]] | None = None,
+    ) -> Built | None:
+        """The batch's messages, built but not sent; ``None`` means "use the standard path" (see ``reason``).
+
+        ``trace`` maps entry ids to their trace headers (``stream_trace_fields``).
+        """
+        reason = self.reason = self._static_reason(producer)
         if reason is None:
             try:
                 tpl = self.template(producer, sc, extra_headers, options)
@@ -235,6 +269,7 @@ class FastPath:
             except Exception as exc:  # the standard path will dead-letter or retry as it always does
                 reason = f"building the message template failed: {type(exc).__name__}: {exc}"
         if reason is not None:
+            self.reason = reason
             self._skip(reason)
             return None
         failed: list[tuple[str, str]] = []
@@ -282,13 +317,16 @@ class FastPath:
                 continue
             if on_task_call is not None:
                 on_task_call(producer, task_id)
-        if payloads:
+        return Built(tpl.key, payloads, failed)
+
+    def push(self, producer: Any, built: Built) -> None:
+        """LPUSH the built messages in one pipeline on the broker connection."""
+        if built.payloads:
             with producer.channel.conn_or_acquire() as client:
                 pipe = client.pipeline(transaction=False)
                 # LPUSH k a b c leaves the list exactly as LPUSH k a; LPUSH k b;
                 # LPUSH k c would (consumers pop from the other end: a first),
                 # so FIFO order and per-message semantics are kombu's.
-                for i in range(0, len(payloads), LPUSH_CHUNK):
-                    pipe.lpush(tpl.key, *payloads[i : i + LPUSH_CHUNK])
+                for i in range(0, len(built.payloads), LPUSH_CHUNK):
+                    pipe.lpush(built.key, *built.payloads[i : i + LPUSH_CHUNK])
                 pipe.execute()
-        return failed

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from celery.utils.log import get_logger
 from redis.exceptions import AuthenticationError, NoPermissionError, ResponseError
 
+from .atomic import ExactlyOnce
 from .backpressure import QueueGauge, target_queue
 from .config import StreamConfig
 from .deliveries import FOREIGN_GRACE_SECONDS, Deliveries
@@ -62,6 +63,8 @@ class StreamStats:
     retention_trimmed: int = 0
     dead_lettered_by_reason: dict[str, int] = field(default_factory=dict)
     broker_retries: int = 0
+    guarantee: str | None = None  # "exactly-once" or "at-least-once", for the last batch (atomic.py)
+    guarantee_reason: str | None = None
 
 
 def _fatal(exc: BaseException) -> bool:
@@ -86,6 +89,7 @@ class _Loop(threading.Thread):
         self.batch_size = batch_size
         self.client: Any = None
         self.dispatcher = Dispatcher(service.app, max_entry_bytes=service.config.max_entry_bytes)
+        self.exactly = ExactlyOnce(service.config, self.dispatcher.fast_path, service.consumer)
         self.gauge = QueueGauge(service.app)
         self.queues = {sc.stream: target_queue(service.app, sc) for sc in streams if sc.max_queue_length is not None}
         self.quiet_until: dict[str, float] = {}
@@ -170,6 +174,7 @@ class _Loop(threading.Thread):
             log("redis-stream: %s: %s", self.label, error)
         else:
             log("redis-stream: %s: %s; retrying in %.1fs", self.label, error, delay, exc_info=self.failures == 1)
+        self.exactly.forget()
         self.on_error(exc)
         self.service.stop_event.wait(delay)
 
@@ -225,14 +230,16 @@ class _Loop(threading.Thread):
         *,
         trimmed: Sequence[str] = (),
         lease: Lease | None = None,
+        after: str | None = None,
     ) -> None:
-        """Dispatch a batch of one stream, then move its position past it."""
+        """Dispatch a batch of one stream, then move its position past it (in one step where atomic.py can)."""
         parts = self.deliveries.split(sc, entries)
         if len(parts) > 1:
             # Entries a dead worker held go alone: the one that kills the
             # worker is isolated and its neighbours get through.
             for i, part in enumerate(parts):
-                self.handle(sc, part, trimmed=trimmed if i == 0 else (), lease=lease)
+                read_after = after if i == 0 else parts[i - 1][-1].id
+                self.handle(sc, part, trimmed=trimmed if i == 0 else (), lease=lease, after=read_after)
             return
         stats = self.service.stats[sc.stream]
         started = time.monotonic()
@@ -240,12 +247,21 @@ class _Loop(threading.Thread):
         live = [e for e in entries if e.id not in {d.raw.id for d in dead}] if dead else entries
         ids = [e.id for e in entries]
         try:
+            step = (
+                self.exactly.step(self.client, sc, ids, trimmed, stats=stats, lease=lease, after=after) if ids else None
+            )
             if live:
                 self.deliveries.begin(self.client, sc, [e.id for e in live])
                 counts = {e.id: self.deliveries.delivery_count(sc, e.id) for e in live}
-                dead = [*dead, *self.dispatcher.send(sc, live, counts)]
+                dead = [*dead, *self.dispatcher.send(sc, live, counts, step=step)]
             forget = self.deliveries.done(sc, [*ids, *trimmed])
-            commit(self.client, sc, [*ids, *trimmed] if sc.mode == "group" else ids, dead, lease=lease, forget=forget)
+            if step is not None:
+                for key, fields in forget.items():
+                    for i in range(0, len(fields), 1000):
+                        step.add("HDEL", key, *fields[i : i + 1000])
+            if step is None or not step.commit(dead):
+                ack = [*ids, *trimmed] if sc.mode == "group" else ids
+                commit(self.client, sc, ack, dead, lease=lease, forget=forget)
         except Exception:
             self.deliveries.abandon(self.client, [sc])
             raise
@@ -434,7 +450,7 @@ class TrackerLoop(_Loop):
             if not entries or stream not in self.owned:
                 continue
             try:
-                self.handle(self.streams[stream], entries, lease=lease)
+                self.handle(self.streams[stream], entries, lease=lease, after=positions[stream])
             except LeaseLost:
                 self.owned.pop(stream, None)
                 self.service.stats[stream].reading = False

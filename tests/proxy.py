@@ -13,11 +13,19 @@ Modes:
 ``cut_reply_when(predicate)`` arms a one-shot fault: the first server reply
 chunk for which ``predicate(data)`` is true is dropped and both sides of that
 connection are closed, so the request was executed by the server but its
-reply never arrives (a lost reply).
+reply never arrives (a lost reply). ``cut_request_when(predicate)`` does the
+same to the first client request chunk: the server never sees that request.
+
+``reset_randomly(min_bytes, max_bytes, limit)`` arms resets at random byte
+counts: every connection gets a budget drawn between ``min_bytes`` and
+``max_bytes``; the chunk that exhausts it is forwarded only up to the budget
+(a request or reply cut mid-command) and both sides are reset, in either
+direction, until ``limit`` resets have happened (``resets`` counts them).
 """
 
 from __future__ import annotations
 
+import random
 import select
 import socket
 import threading
@@ -36,6 +44,7 @@ class _Pair:
         self.upstream: socket.socket | None = None
         self.hung = False
         self.closed = threading.Event()
+        self.budget: int | None = None  # bytes left before a random reset (reset_randomly)
 
     def close(self) -> None:
         self.closed.set()
@@ -61,7 +70,11 @@ class Proxy:
         self.lock = threading.Lock()
         self.stopped = threading.Event()
         self._cut: Callable[[bytes], bool] | None = None
+        self._cut_request: Callable[[bytes], bool] | None = None
         self.cuts = 0
+        self._chaos: tuple[int, int, int] | None = None
+        self.resets = 0
+        self._random = random.Random()
         self.listener: socket.socket | None = None
         self.port = port or 0
         self._listen()
@@ -95,6 +108,38 @@ class Proxy:
 
     def cut_reply_when(self, predicate: Callable[[bytes], bool]) -> None:
         self._cut = predicate
+
+    def cut_request_when(self, predicate: Callable[[bytes], bool]) -> None:
+        self._cut_request = predicate
+
+    def reset_randomly(self, min_bytes: int, max_bytes: int, limit: int, seed: int | None = None) -> None:
+        """Reset connections after random byte counts (see the module docstring), at most ``limit`` times."""
+        if seed is not None:
+            self._random.seed(seed)
+        with self.lock:
+            self._chaos = (min_bytes, max_bytes, limit)
+            pairs = list(self.pairs)
+        for pair in pairs:
+            pair.budget = self._random.randint(min_bytes, max_bytes)
+
+    def _budget(self) -> int | None:
+        chaos = self._chaos
+        return None if chaos is None else self._random.randint(chaos[0], chaos[1])
+
+    def _spend(self, pair: _Pair, data: bytes) -> bytes | None:
+        """``data`` if the budget allows it, else the part of it to forward before resetting."""
+        if pair.budget is None or self._chaos is None:
+            return data
+        with self.lock:
+            if self._chaos is None or self.resets >= self._chaos[2]:
+                pair.budget = None
+                return data
+            if len(data) < pair.budget:
+                pair.budget -= len(data)
+                return data
+            self.resets += 1
+            cut = pair.budget
+        return data[:cut]
 
     def drop_all(self) -> None:
         """Reset every open connection now."""
@@ -139,6 +184,7 @@ class Proxy:
                 continue
             pair = _Pair(client)
             pair.hung = self.mode == "hang"
+            pair.budget = self._budget()
             with self.lock:
                 self.pairs = [p for p in self.pairs if not p.closed.is_set()]
                 self.pairs.append(pair)
@@ -159,7 +205,18 @@ class Proxy:
                     data = sock.recv(65536)
                     if not data:
                         return
+                    allowed = self._spend(pair, data)
+                    if allowed is not data:
+                        target = pair.upstream if sock is pair.client else pair.client
+                        if allowed:
+                            target.sendall(allowed)
+                        return  # reset both sides mid-command (pair.close sets SO_LINGER 0)
                     if sock is pair.client:
+                        cut_request = self._cut_request
+                        if cut_request is not None and cut_request(data):
+                            self._cut_request = None
+                            self.cuts += 1
+                            return  # the request is lost: the server never runs it
                         pair.upstream.sendall(data)
                         continue
                     cut = self._cut

@@ -1,0 +1,433 @@
+"""Exactly once into a Redis broker on the streams' own server: a batch's messages and its position in one script."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from celery.utils.log import get_logger
+from redis.exceptions import NoPermissionError, ResponseError
+
+from .config import BridgeConfig, StreamConfig
+from .dispatch import PUBLISH_TIMEOUTS
+from .exceptions import StreamError
+from .fastpath import LPUSH_CHUNK, Built, FastPath
+from .position import DeadLetter, Lease, LeaseLost
+from .reader import connect
+
+__all__ = [
+    "AT_LEAST_ONCE",
+    "EXACTLY_ONCE",
+    "AtomicStepRefused",
+    "ExactlyOnce",
+    "Guarantee",
+    "PositionMoved",
+    "Step",
+    "assess",
+]
+
+logger = get_logger(__name__)
+
+EXACTLY_ONCE = "exactly-once"
+AT_LEAST_ONCE = "at-least-once"
+
+# Lua's unpack() in Redis gives up near 8000 values: longer commands are split
+# (LPUSH, XACK) or, for one huge dead letter, written before the step.
+MAX_COMMAND_ARGS = 7000
+
+# The fence, then the writes, in one script: Redis runs it without
+# interleaving, so either all of it happened or none of it did.
+#
+# KEYS: group fence: stream. Tracker fence: tracker, lease.
+# ARGV[1] the fence: 'group' or 'tracker'.
+#   group:   ARGV[2] group, ARGV[3] consumer, ARGV[4] first id, ARGV[5] last id,
+#            ARGV[6] n, then n ids that must all still be pending on this consumer.
+#   tracker: ARGV[2] lease owner, ARGV[3] the tracker value the batch was read
+#            after, ARGV[4] and ARGV[5] unused, ARGV[6] 0.
+# Then: the database the script starts in; m, then m type checks (db, key,
+# type): a key of another type is an error before anything was written;
+# then commands until the end, each as db, argc, argv..., where a negative
+# argc means -argc arguments followed by the group fence's n ids (an XACK of
+# the batch without sending its ids twice). A SELECT inside a script lasts for
+# the rest of the script only (Redis >= 2.8.12).
+# Every refusal and error comes before the first write, and the first write
+# is where a script without flags meets maxmemory, so a refused or failed
+# step has changed nothing. Returns {1}, or {0, why}: 'lease' (another worker
+# holds it), 'taken' (an entry is no longer pending here: acknowledged
+# already, or claimed by another consumer), 'moved' (the tracker is no longer
+# where the batch was read from).
+STEP = """
+local i
+if ARGV[1] == 'group' then
+  local n = tonumber(ARGV[6])
+  local j = 7
+  if n > 0 then
+    -- The ids come in stream order, as XPENDING lists them: one merge pass.
+    for _, row in ipairs(redis.call('xpending', KEYS[1], ARGV[2], ARGV[4], ARGV[5], n, ARGV[3])) do
+      if row[1] == ARGV[j] then j = j + 1 end
+    end
+  end
+  -- Ids the pass did not meet (another order, other entries of this consumer in the range): one by one.
+  for k = j, 6 + n do
+    if #redis.call('xpending', KEYS[1], ARGV[2], ARGV[k], ARGV[k], 1, ARGV[3]) == 0 then
+      return {0, 'taken'}
+    end
+  end
+  i = 7 + n
+else
+  if redis.call('get', KEYS[2]) ~= ARGV[2] then return {0, 'lease'} end
+  local cur = redis.call('get', KEYS[1])
+  if cur and cur ~= ARGV[3] then return {0, 'moved'} end
+  i = 7
+end
+local current = ARGV[i]
+local function use(db)
+  if db ~= current then
+    redis.call('select', db)
+    current = db
+  end
+end
+local checks = tonumber(ARGV[i + 1])
+i = i + 2
+for _ = 1, checks do
+  use(ARGV[i])
+  local found = redis.call('type', ARGV[i + 1]).ok
+  if found ~= 'none' and found ~= ARGV[i + 2] then
+    return redis.error_reply('WRONGTYPE ' .. ARGV[i + 1] .. ' holds a ' .. found .. ', not a ' .. ARGV[i + 2])
+  end
+  i = i + 3
+end
+local last = #ARGV
+while i <= last do
+  local argc = tonumber(ARGV[i + 1])
+  use(ARGV[i])
+  if argc >= 0 then
+    redis.call(unpack(ARGV, i + 2, i + 1 + argc))
+  else
+    argc = -argc
+    local command = {unpack(ARGV, i + 2, i + 1 + argc)}
+    for k = 7, 6 + tonumber(ARGV[6]) do command[#command + 1] = ARGV[k] end
+    redis.call(unpack(command))
+  end
+  i = i + 2 + argc
+end
+return {1}
+"""
+
+
+class PositionMoved(LeaseLost):
+    """The fence refused a batch that is no longer this reader's to send; the reader reloads its position."""
+
+
+class AtomicStepRefused(StreamError):
+    """The streams Redis user may not run the atomic step (NOPERM); the batch is retried, at least once."""
+
+
+class _Shown(Protocol):
+    guarantee: str | None
+    guarantee_reason: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Guarantee:
+    """What a stream's batches get, and why: shown by the start-up line and ``inspect redis_stream``."""
+
+    kind: str  # EXACTLY_ONCE or AT_LEAST_ONCE
+    reason: str
+
+    def show(self, stats: _Shown) -> None:
+        stats.guarantee, stats.guarantee_reason = self.kind, self.reason
+
+
+@dataclass(frozen=True, slots=True)
+class Server:
+    """One side of the comparison: which Redis server process, and which database on it."""
+
+    run_id: str
+    db: int
+
+
+def config_reason(config: BridgeConfig, sc: StreamConfig) -> str | None:
+    """Why the settings alone keep ``sc`` at least once, or None."""
+    if config.cluster:
+        return "the streams are on a Redis Cluster, where one script cannot reach the broker's database"
+    if config.sentinel:
+        return "the streams are behind Sentinel, which this step does not follow to the broker"
+    if not sc.fast_path:
+        return "stream_fast_path is off: only the fast path's messages can go into the atomic step"
+    return None
+
+
+def server_of(client: Any) -> Server:
+    """The run_id of the server behind ``client`` (INFO server) and the database it uses."""
+    info = client.info("server")
+    return Server(str(info["run_id"]), int(client.connection_pool.connection_kwargs.get("db") or 0))
+
+
+def _user(client: Any) -> Any:
+    return client.connection_pool.connection_kwargs.get("username") or None  # None and "": the default user
+
+
+def _noperm(exc: BaseException) -> bool:
+    return isinstance(exc, NoPermissionError) or (isinstance(exc, ResponseError) and str(exc).startswith("NOPERM"))
+
+
+class _NoInfo(StreamError):
+    """The Redis user may not run INFO: the servers cannot be compared (for good, in this worker)."""
+
+
+def judge(fast_path: FastPath, client: Any, producer: Any) -> tuple[Guarantee, int, str]:
+    """The guarantee of batches read on ``client`` and published by ``producer``; the broker's db and key prefix.
+
+    Exactly once needs the fast path's messages, one Redis user for both sides
+    (the script runs the broker's writes as the streams' user) and one server
+    (the same INFO run_id: the server itself says so, whatever the URLs say).
+    """
+    transport = type(producer.connection.transport)
+    reason = None
+    if transport.__module__ != "kombu.transport.redis":  # known without connecting to an AMQP broker
+        reason = f"the broker transport is {transport.__module__}.{transport.__name__}, not kombu's Redis transport"
+    reason = reason or fast_path.unsupported(producer)
+    if reason is not None:
+        return Guarantee(AT_LEAST_ONCE, f"the fast path steps aside: {reason}"), 0, ""
+    channel = producer.channel
+    with channel.conn_or_acquire() as broker:
+        if _user(broker) != _user(client):
+            why = "the streams and the broker connect as different Redis users (one script would write both)"
+            return Guarantee(AT_LEAST_ONCE, why), 0, ""
+        try:
+            streams, other = server_of(client), server_of(broker)
+        except ResponseError as exc:
+            if _noperm(exc):
+                raise _NoInfo("the Redis user may not run INFO, which tells whether both are one server") from exc
+            raise
+    if streams.run_id != other.run_id:
+        return Guarantee(AT_LEAST_ONCE, "the streams and the broker are different Redis servers (INFO run_id)"), 0, ""
+    where = f"database {streams.db}" if streams.db == other.db else f"databases {streams.db} and {other.db}"
+    prefix = str(getattr(channel, "global_keyprefix", "") or "")
+    return Guarantee(EXACTLY_ONCE, f"the streams and the broker share one Redis server ({where})"), other.db, prefix
+
+
+def assess(app: Any, config: BridgeConfig) -> dict[str, Guarantee]:
+    """The guarantee of each mapped stream as far as can be told before a batch: for the start-up line.
+
+    Asks both servers for their run_id once (short timeouts). Later batches can
+    still fall back (a fast-path fallback for one batch, a server that changed);
+    ``inspect redis_stream`` shows the guarantee of each stream's last batch.
+    """
+    out: dict[str, Guarantee] = {}
+    open_streams = []
+    for sc in config.streams:
+        reason = config_reason(config, sc)
+        if reason is None:
+            open_streams.append(sc)
+        else:
+            out[sc.stream] = Guarantee(AT_LEAST_ONCE, reason)
+    if not open_streams:
+        return out
+    try:
+        client = connect(config, socket_timeout=3, socket_connect_timeout=3)
+        # One attempt, short timeouts: a broker that is down must not hold up the worker's start.
+        options = {**PUBLISH_TIMEOUTS, "max_retries": 0}
+        connection = app.connection_for_write(connect_timeout=3, transport_options=options)
+        try:
+            verdict = judge(FastPath(app), client, app.amqp.Producer(connection, auto_declare=False))[0]
+        finally:
+            connection.release()
+            client.close()
+    except _NoInfo as exc:
+        verdict = Guarantee(AT_LEAST_ONCE, str(exc))
+    except Exception as exc:  # a server that is down now: the readers compare again before their first batch
+        verdict = Guarantee(AT_LEAST_ONCE, f"the servers could not be compared yet ({type(exc).__name__}); "
+                            "they are compared again before the first batch")  # fmt: skip
+    for sc in open_streams:
+        out[sc.stream] = verdict
+    return out
+
+
+class ExactlyOnce:
+    """One reader thread's atomic steps: it compares the servers once (again after any error) and runs the script."""
+
+    def __init__(self, config: BridgeConfig, fast_path: FastPath, consumer: str) -> None:
+        self.config = config
+        self.fast_path = fast_path
+        self.consumer = consumer
+        self.script: Any = None
+        self._verdict: tuple[Guarantee, int, str] | None = None  # the guarantee, the broker's db, its key prefix
+        self.refused: str | None = None  # set for good when the streams user may not run the script
+
+    def forget(self) -> None:
+        """After an error: the servers are compared again before the next batch."""
+        self._verdict = None
+
+    def step(
+        self,
+        client: Any,
+        sc: StreamConfig,
+        ids: Sequence[str],
+        trimmed: Sequence[str],
+        *,
+        stats: _Shown,
+        lease: Lease | None = None,
+        after: str | None = None,
+    ) -> Step | None:
+        """The atomic step for one batch, or None (and the reason shown) when ``sc`` stays at least once."""
+        reason = config_reason(self.config, sc) or self.refused
+        if reason is None and sc.mode == "tracker" and (lease is None or after is None):
+            reason = "the tracker position the batch was read after is unknown"
+        if reason is not None:
+            Guarantee(AT_LEAST_ONCE, reason).show(stats)
+            return None
+        if self.script is None:
+            self.script = client.register_script(STEP)
+        return Step(self, client, sc, ids, trimmed, stats=stats, lease=lease, after=after)
+
+    def verdict(self, client: Any, producer: Any) -> tuple[Guarantee, int, str]:
+        if self._verdict is None:
+            try:
+                self._verdict = judge(self.fast_path, client, producer)
+            except _NoInfo as exc:
+                self.refused = str(exc)
+                self._verdict = (Guarantee(AT_LEAST_ONCE, self.refused), 0, "")
+        return self._verdict
+
+
+class Step:
+    """One batch: the dispatcher hands it the built messages (take), then the reader runs it (commit)."""
+
+    def __init__(
+        self,
+        owner: ExactlyOnce,
+        client: Any,
+        sc: StreamConfig,
+        ids: Sequence[str],
+        trimmed: Sequence[str],
+        *,
+        stats: _Shown,
+        lease: Lease | None,
+        after: str | None,
+    ) -> None:
+        self.owner, self.client, self.sc, self.ids, self.trimmed = owner, client, sc, ids, trimmed
+        self.stats, self.lease, self.after = stats, lease, after
+        self.built: Built | None = None
+        self.guarantee: Guarantee | None = None
+        self.extra: list[tuple[Any, ...]] = []
+        self.target: tuple[str, str] = ("0", "")  # the broker's db and key prefix, set by take()
+
+    def add(self, *command: Any) -> None:
+        """Run ``command`` (in the streams database) in the same step, after the position move.
+
+        For what must change with the position and nothing else (a record of
+        the batch in flight, per-entry counters): it happens exactly when the
+        batch is committed, and not at all when the fence refuses it.
+        """
+        if not command or len(command) > MAX_COMMAND_ARGS:
+            raise ValueError(f"a command of 1 to {MAX_COMMAND_ARGS} arguments, got {len(command)}")
+        self.extra.append(command)
+
+    def take(self, producer: Any, built: Built) -> bool:
+        """Keep ``built`` for the atomic step (True), or leave it to the dispatcher to push (False)."""
+        guarantee, db, prefix = self.owner.verdict(self.client, producer)
+        self.guarantee = guarantee
+        if guarantee.kind != EXACTLY_ONCE:
+            return False
+        self.built, self.target = built, (str(db), prefix)
+        return True
+
+    def commit(self, dead: Sequence[DeadLetter]) -> bool:
+        """Run the step if it holds the batch; False: nothing was done, the caller commits as usual.
+
+        A batch of dead letters only (nothing to publish) is committed here
+        too: its fenced step touches the streams database alone.
+        """
+        nothing_to_send = self.built is None and bool(self.ids) and len(dead) == len(self.ids)
+        if self.built is None and not nothing_to_send:
+            declined = self.guarantee or Guarantee(
+                AT_LEAST_ONCE, f"the fast path steps aside: {self.owner.fast_path.reason}"
+            )
+            declined.show(self.stats)
+            return False
+        self._run(dead)
+        if self.guarantee is not None:
+            self.guarantee.show(self.stats)
+        return True
+
+    def _run(self, dead: Sequence[DeadLetter]) -> None:
+        sc = self.sc
+        streams_db = str(int(self.client.connection_pool.connection_kwargs.get("db") or 0))
+        broker_db, prefix = self.target
+        checks: list[Any] = []
+        writes: list[Any] = []
+
+        def write(db: str, *args: Any) -> None:
+            writes.extend((db, len(args), *args))
+
+        # The pushes come first: the first write is where maxmemory refuses a script.
+        if self.built is not None and self.built.payloads:
+            key = prefix + self.built.key
+            checks += [broker_db, key, "list"]
+            payloads = self.built.payloads
+            for i in range(0, len(payloads), LPUSH_CHUNK):
+                write(broker_db, "LPUSH", key, *payloads[i : i + LPUSH_CHUNK])
+        letters = [letter.pairs() for letter in dead]
+        huge = [pairs for pairs in letters if len(pairs) + 3 > MAX_COMMAND_ARGS]
+        if huge:
+            # Too long for one unpack(): written before the step, at least once (a retry may repeat it).
+            pipe = self.client.pipeline(transaction=False)
+            for pairs in huge:
+                pipe.execute_command("XADD", sc.dead_letter, "*", *pairs)
+            pipe.execute()
+        if len(huge) < len(letters):
+            checks += [streams_db, sc.dead_letter, "stream"]
+            for pairs in letters:
+                if len(pairs) + 3 <= MAX_COMMAND_ARGS:
+                    write(streams_db, "XADD", sc.dead_letter, "*", *pairs)
+        if sc.mode == "group":
+            acks = list(self.trimmed)
+            if len(self.ids) + 3 <= MAX_COMMAND_ARGS:
+                writes.extend((streams_db, -3, "XACK", sc.stream, sc.group))  # + the fence's ids
+            else:
+                acks = [*self.ids, *acks]
+            for i in range(0, len(acks), MAX_COMMAND_ARGS):
+                write(streams_db, "XACK", sc.stream, sc.group, *acks[i : i + MAX_COMMAND_ARGS])
+            first = min(self.ids, key=_id_key, default="0-0")
+            last = max(self.ids, key=_id_key, default="0-0")
+            fence = ["group", sc.group, self.owner.consumer, first, last, len(self.ids), *self.ids]
+            keys = [sc.stream]
+        else:
+            assert self.lease is not None and self.after is not None
+            write(streams_db, "SET", sc.tracker_key, self.ids[-1])
+            write(streams_db, "PEXPIRE", sc.lease_key, self.lease.ttl_ms)
+            fence = ["tracker", self.lease.owner, self.after, "", "", 0]
+            keys = [sc.tracker_key, sc.lease_key]
+        for command in self.extra:
+            write(streams_db, *command)
+        argv = [*fence, streams_db, len(checks) // 3, *checks, *writes]
+        try:
+            reply = self.owner.script(keys=keys, args=argv, client=self.client)
+        except ResponseError as exc:
+            if not isinstance(exc, NoPermissionError) and not str(exc).startswith("NOPERM"):
+                raise
+            self.owner.refused = f"the streams Redis user may not run the atomic step ({str(exc)[:200]})"
+            logger.warning("redis-stream: stream=%s: %s; retrying the batch, at least once", sc.stream, exc)
+            raise AtomicStepRefused(self.owner.refused) from exc
+        if int(reply[0]) == 1:
+            return
+        why = reply[1].decode() if isinstance(reply[1], bytes) else str(reply[1])
+        if why == "lease":
+            raise LeaseLost(f"lost the lease on {sc.stream!r}; another worker reads it now")
+        if why == "taken":
+            raise PositionMoved(
+                f"a batch of {sc.stream!r} is no longer pending on this consumer (acknowledged already, or claimed "
+                "by another consumer): nothing of it was sent; re-reading the consumer's own pending entries"
+            )
+        raise PositionMoved(
+            f"the tracker of {sc.stream!r} is no longer where the batch was read from: nothing of it was sent; "
+            "reloading the tracker"
+        )
+
+
+def _id_key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
