@@ -12,6 +12,7 @@ from celery.worker import state as worker_state
 from kombu import exceptions as kombu_exceptions
 from kombu.exceptions import OperationalError
 
+from . import confirms as amqp_confirms
 from .config import StreamConfig
 from .entry import RawEntry, build_call, decode
 from .exceptions import EntryError, StreamError
@@ -72,6 +73,11 @@ class Dispatcher:
         self._bound: dict[str, Any] = {}
         self._executed = worker_state.all_total_count[0]
         self._retryable: tuple[type[BaseException], ...] = (OperationalError, OSError, *BATCH_PUBLISH_ERRORS)
+        self._confirms: amqp_confirms.Confirms | None = None
+        # Task ids RabbitMQ confirmed in a batch that was then retried as a
+        # whole: a retry sends only the rest, so a queue that rejects publishes
+        # when full does not receive the confirmed part again and again.
+        self._confirmed: set[str] = set()
 
     @property
     def producer(self) -> Any:
@@ -82,9 +88,19 @@ class Dispatcher:
             configured = self.app.conf.broker_transport_options or {}
             timeouts = {k: v for k, v in PUBLISH_TIMEOUTS.items() if k not in configured}
             connection = self.app.connection_for_write(transport_options=timeouts)
+            amqp = amqp_confirms.is_py_amqp(connection)
+            if amqp:  # RabbitMQ: publisher confirms and socket timeouts of the bridge's own
+                connection = self.app.connection_for_write(
+                    transport_options=amqp_confirms.transport_options(configured)
+                )
             self._retryable = (OperationalError, OSError, *BATCH_PUBLISH_ERRORS, *connection.connection_errors)
             self._connection = connection
-            self._producer = self.app.amqp.Producer(connection, auto_declare=False)
+            producer = self.app.amqp.Producer(connection, auto_declare=False)
+            if amqp:
+                # A channel error closes the channel: nothing after it is published.
+                self._retryable = (*self._retryable, *connection.channel_errors, amqp_confirms.NotConfirmed)
+                self._confirms = amqp_confirms.Confirms(producer.channel, key_header="redis_stream_id")
+            self._producer = producer
         return self._producer
 
     def _bound_queue(self, producer: Any, name: str | None) -> Any:
@@ -108,6 +124,7 @@ class Dispatcher:
     def close(self) -> None:
         """Drop the broker connection; the next batch opens a new one."""
         connection, self._connection, self._producer = self._connection, None, None
+        self._confirms = None
         self._bound = {}
         if connection is not None:
             with contextlib.suppress(Exception):  # a dead connection may fail to close; it is dropped anyway
@@ -158,8 +175,18 @@ class Dispatcher:
         options.setdefault("retry", False)
         by_id = {raw.id: raw for raw in entries}
         task_ids = task_ids_for(sc, [call[0] for call in calls])
+        batch_ids = task_ids
+        if self._confirmed:
+            kept = [i for i, task_id in enumerate(task_ids) if task_id not in self._confirmed]
+            calls, task_ids = [calls[i] for i in kept], [task_ids[i] for i in kept]
+            if not calls:
+                self._confirmed.difference_update(batch_ids)
+                return dead
         try:
             producer = self.producer
+            confirms = self._confirms
+            if confirms is not None:
+                confirms.begin()
             if sc.fast_path:
                 failed = self.fast_path.publish(
                     producer,
@@ -190,7 +217,32 @@ class Dispatcher:
                         raise
                     except Exception as exc:  # this entry cannot be encoded or routed; the rest can
                         dead.append(DeadLetter(by_id[entry_id], "publish_error", f"{type(exc).__name__}: {exc}"))
+            if confirms is not None:
+                self._settle(confirms, sc, calls, task_ids)
+                self._confirmed.difference_update(batch_ids)
         except self._retryable as exc:
             self.close()
             raise BrokerUnavailable(f"{type(exc).__name__}: {exc}") from exc
         return dead
+
+    def _settle(
+        self, confirms: amqp_confirms.Confirms, sc: StreamConfig, calls: Sequence[Any], task_ids: list[str]
+    ) -> None:
+        """Wait once for RabbitMQ's confirms of the batch; raise NotConfirmed unless every message is in a queue.
+
+        A nack (a queue that rejects publishes when full, a broker error), a
+        message returned as unroutable (no queue bound to its routing key) and
+        a confirm that does not come within the timeout all mean the same: the
+        batch is not dispatched, its position stays, the reader retries it
+        with backoff. The messages confirmed meanwhile are not sent again.
+        """
+        configured = self.app.conf.broker_transport_options or {}
+        timeout = amqp_confirms.confirm_timeout(configured, sc.options)
+        outcome = confirms.settle(timeout)
+        if outcome.complete:
+            return
+        confirmed = set(outcome.confirmed)
+        if len(self._confirmed) > 100_000:  # never an unbounded set; forgetting only costs duplicates
+            self._confirmed.clear()
+        self._confirmed.update(t for call, t in zip(calls, task_ids, strict=True) if call[0] in confirmed)
+        raise amqp_confirms.NotConfirmed(outcome.describe(timeout))
