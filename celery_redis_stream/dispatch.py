@@ -74,6 +74,7 @@ class Dispatcher:
         self._executed = worker_state.all_total_count[0]
         self._retryable: tuple[type[BaseException], ...] = (OperationalError, OSError, *BATCH_PUBLISH_ERRORS)
         self._confirms: amqp_confirms.Confirms | None = None
+        self._amqp = False
         # Task ids RabbitMQ confirmed in a batch that was then retried as a
         # whole: a retry sends only the rest, so a queue that rejects publishes
         # when full does not receive the confirmed part again and again.
@@ -99,6 +100,7 @@ class Dispatcher:
             if amqp:
                 # A channel error closes the channel: nothing after it is published.
                 self._retryable = (*self._retryable, *connection.channel_errors, amqp_confirms.NotConfirmed)
+                self._amqp = True
                 self._confirms = amqp_confirms.Confirms(producer.channel, key_header="redis_stream_id")
             self._producer = producer
         return self._producer
@@ -121,14 +123,17 @@ class Dispatcher:
                 return name
         return queue
 
-    def close(self) -> None:
+    def close(self, *, failed: bool = False) -> None:
         """Drop the broker connection; the next batch opens a new one."""
         connection, self._connection, self._producer = self._connection, None, None
-        self._confirms = None
+        abandon, self._amqp, self._confirms = failed and self._amqp, False, None
         self._bound = {}
         if connection is not None:
             with contextlib.suppress(Exception):  # a dead connection may fail to close; it is dropped anyway
-                connection.release()
+                if abandon:  # AMQP's close handshake would wait for a broker that stopped answering
+                    connection.collect()
+                else:
+                    connection.release()
 
     def send(
         self, sc: StreamConfig, entries: Sequence[RawEntry], counts: dict[str, int] | None = None
@@ -221,7 +226,7 @@ class Dispatcher:
                 self._settle(confirms, sc, calls, task_ids)
                 self._confirmed.difference_update(batch_ids)
         except self._retryable as exc:
-            self.close()
+            self.close(failed=True)
             raise BrokerUnavailable(f"{type(exc).__name__}: {exc}") from exc
         return dead
 
