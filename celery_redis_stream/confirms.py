@@ -7,6 +7,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from amqp import spec
+from amqp.exceptions import RecoverableConnectionError
+
 from .exceptions import StreamError
 
 __all__ = ["CONFIRM_TIMEOUT", "BatchOutcome", "Confirms", "NotConfirmed", "is_py_amqp", "transport_options"]
@@ -104,7 +107,6 @@ class Confirms:
         self._tag = 0
         self._keys: dict[int, str] = {}  # delivery tag -> key, for the batch being settled
         self._outcome = BatchOutcome()
-        self._raw_publish = channel.basic_publish
         channel.confirm_select()
         channel.events["basic_ack"].add(self._on_ack)
         channel.events["basic_nack"].add(self._on_nack)
@@ -157,7 +159,18 @@ class Confirms:
     ) -> Any:
         # Always mandatory: "dispatched" means a queue holds the message. The
         # confirm wait is per batch, in settle(), whatever confirm_timeout says.
-        result = self._raw_publish(msg, exchange, routing_key, True, immediate, timeout)
+        # py-amqp's own basic_publish also polls the socket before every message
+        # for a connection.blocked notice; settle() reads those with the confirms.
+        connection = self.channel.connection
+        if not connection:
+            raise RecoverableConnectionError("basic_publish: connection closed")
+        try:
+            with connection.transport.having_timeout(timeout):
+                result = self.channel.send_method(
+                    spec.Basic.Publish, "Bssbb", (0, exchange, routing_key, True, immediate), msg
+                )
+        except TimeoutError as exc:  # a write timeout leaves the socket unusable, as py-amqp says
+            raise RecoverableConnectionError("basic_publish: timed out") from exc
         self._tag += 1
         headers = msg.properties.get("application_headers") or {}
         self._keys[self._tag] = str(headers.get(self.key_header, self._tag))

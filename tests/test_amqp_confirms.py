@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import redis
+from celery import Celery
 from kombu import Connection
 
 from .ledger import acked_ids, id_key
@@ -213,7 +214,10 @@ def test_a_full_queue_that_rejects_publishes_is_retried_and_nothing_is_acknowled
     assert len(acked) <= 200, len(acked)  # only what the queue holds may be acknowledged
     assert acked == set(produced[: len(acked)])
     first = queued_stream_ids(amqp, queue)  # a consumer empties the queue: the rest fits and is dispatched
-    wait_for(lambda: queue_size(amqp, queue) >= 300 - 200, 60, "the rest in RabbitMQ")
+    try:
+        wait_for(lambda: queue_size(amqp, queue) >= 300 - 200, 60, "the rest in RabbitMQ")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; {len(first)} drained:\n{worker.output()[-4000:]}") from None
     wait_for(lambda: acked_ids(client, produced) == set(produced), 30, "every entry acknowledged")
     assert worker.stop() == 0
     rest = queued_stream_ids(amqp, queue)
@@ -263,29 +267,47 @@ def test_a_message_no_queue_receives_is_not_dispatched_until_a_queue_is_bound(
         channel.close()
 
 
-def test_amqp_task_messages_keep_celery_routing_and_headers(
+def test_amqp_task_messages_are_the_ones_celery_send_task_publishes(
     redis_server: RedisServer,
     amqp: Connection,  # noqa: F811
     queue: str,
     workers: list[Worker],
 ) -> None:
-    worker = bridge(redis_server, AMQP_URL, queue, stream={"options": {"priority": 3, "expires": 600}})
+    options = {"priority": 3, "expires": 600}
+    worker = bridge(redis_server, AMQP_URL, queue, stream={"options": options})
     workers.append(worker)
     worker.start()
     client = redis_server.client()
-    produced = produce_many(client, "orders", 5)
-    wait_for(lambda: queue_size(amqp, queue) == 5, 30, "5 messages")
+    produced = produce_many(client, "orders", 3)
+    wait_for(lambda: queue_size(amqp, queue) == 3, 30, "3 messages")
     assert worker.stop() == 0
     channel = amqp.channel()
     try:
-        messages = [channel.basic_get(queue, no_ack=True) for _ in range(5)]
+        bridged = [channel.basic_get(queue, no_ack=True) for _ in range(3)]
+        assert [m.headers["redis_stream_id"] for m in bridged] == produced
+        # The same task sent by Celery itself, with the bridge's task id and headers.
+        app = Celery("workerapp", broker=AMQP_URL, set_as_current=False)
+        first = bridged[0]
+        app.send_task(
+            "tests.record",
+            args=[{"n": "0"}],
+            task_id=first.headers["id"],
+            queue=queue,
+            headers={"redis_stream": "orders", "redis_stream_id": produced[0]},
+            **options,
+        )
+        wait_for(lambda: queue_size(amqp, queue) == 1, 10, "Celery's own message")
+        celerys = channel.basic_get(queue, no_ack=True)
+        app.close()
     finally:
         channel.close()
-    assert [m.headers["redis_stream_id"] for m in messages] == produced
-    first = messages[0]
-    assert first.headers["task"] == "tests.record"
-    assert first.headers["redis_stream"] == "orders"
-    assert first.headers["expires"] is not None
-    assert first.properties["priority"] == 3
-    assert first.delivery_info["routing_key"] == queue
+    varying = {"origin", "expires"}  # the sending process and the send time
+    assert {k: v for k, v in first.headers.items() if k not in varying} == {
+        k: v for k, v in celerys.headers.items() if k not in varying
+    }
+    assert first.body == celerys.body
+    props = {k: v for k, v in first.properties.items() if k not in ("application_headers", "reply_to")}
+    assert props == {k: v for k, v in celerys.properties.items() if k not in ("application_headers", "reply_to")}
+    assert props["priority"] == 3
+    assert first.delivery_info["routing_key"] == celerys.delivery_info["routing_key"] == queue
     assert json.loads(first.body)[0] == [{"n": "0"}]
