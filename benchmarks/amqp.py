@@ -41,7 +41,7 @@ import celery  # noqa: E402
 import kombu  # noqa: E402
 import redis  # noqa: E402
 from celery import Celery  # noqa: E402
-from kombu import Connection  # noqa: E402
+from kombu import Connection, Exchange, Queue  # noqa: E402
 
 from tests.support import RedisServer, Worker, wait_for  # noqa: E402
 
@@ -80,6 +80,13 @@ class AmqpBench:
                 channel = self.rabbit.channel()
         channel.close()
 
+    def fresh_queue(self) -> None:
+        """An empty target queue, declared as Celery declares it (a publisher that skips declaring, or
+        whose declaration cache is stale, would otherwise drop its messages unseen)."""
+        self.delete_queues()
+        with self.rabbit.channel() as channel:
+            Queue(self.queue, Exchange(self.queue, "direct"), routing_key=self.queue)(channel).declare()
+
     def queue_size(self) -> int:
         channel = self.rabbit.channel()
         try:
@@ -109,7 +116,7 @@ class AmqpBench:
 
     def bridge(self) -> float:
         n = self.args.entries
-        self.delete_queues()
+        self.fresh_queue()
         self.fill_stream(n)
         conf = {
             "stream_tasks": {STREAM: {"task": "bench.noop", "queue": self.queue}},
@@ -140,7 +147,7 @@ class AmqpBench:
 
     def send_task_loop(self, confirm: bool) -> float:
         n = self.args.loop_entries
-        self.delete_queues()
+        self.fresh_queue()
         app = Celery("amqp-bench-client", broker=AMQP_URL, set_as_current=False)
         app.conf.broker_connection_retry_on_startup = True
         if confirm:

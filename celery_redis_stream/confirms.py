@@ -30,7 +30,7 @@ def is_py_amqp(connection: Any) -> bool:
     return getattr(connection.transport, "driver_name", None) == "py-amqp"
 
 
-def transport_options(configured: dict[str, Any]) -> dict[str, Any]:
+def transport_options(configured: Mapping[str, Any]) -> dict[str, Any]:
     """Transport options for the bridge's own py-amqp connection; the user's values win, except one.
 
     ``confirm_publish`` is always off on this connection: it would make py-amqp

@@ -209,7 +209,7 @@ class Dispatcher:
             shown: dict[str, str] = {}
             with batch:
                 for (entry_id, args, kwargs), task_id in zip(calls, task_ids, strict=True):
-                    if reprs:  # on AMQP, the message is the same and Celery's saferepr takes a third of send_task
+                    if reprs:  # the same message; Celery's saferepr is about a third of a send_task on AMQP
                         shown = self._reprs(args, kwargs)
                     try:
                         send_task(
