@@ -68,7 +68,7 @@ def bridge(server: RedisServer, broker_url: str, queue: str, **conf: Any) -> Wor
         stream_start="0",
         stream_block_ms=200,
         stream_batch_size=50,
-        broker_connection_timeout=2,
+        broker_connection_timeout=5,
         **conf,
     )
     return Worker(env, queues=f"{queue}-other")
