@@ -269,6 +269,43 @@ def test_a_message_no_queue_receives_is_not_dispatched_until_a_queue_is_bound(
         channel.close()
 
 
+def test_a_missing_exchange_keeps_the_position_until_it_is_declared(
+    redis_server: RedisServer,
+    amqp: Connection,  # noqa: F811
+    queue: str,
+    workers: list[Worker],
+) -> None:
+    # RabbitMQ closes the channel (404 NOT_FOUND): the batch is retried, not dead-lettered or acknowledged.
+    exchange = f"{queue}-x"
+    worker = bridge(redis_server, AMQP_URL, queue, stream={"options": {"exchange": exchange, "routing_key": "orders"}})
+    workers.append(worker)
+    channel = amqp.channel()
+    try:
+        worker.start()
+        client = redis_server.client()
+        produced = produce_many(client, "orders", 10)
+        worker.wait_log("NOT_FOUND", 30)
+        time.sleep(1)
+        assert acked_ids(client, produced) == set()
+        assert client.xlen("orders:dead") == 0
+        line = next(line for line in worker.output().splitlines() if "NOT_FOUND" in line)
+        assert "WARNING" in line and "position kept" in line, line
+        print(line.split("] ", 1)[-1])
+
+        channel.exchange_declare(exchange, "topic", durable=True, auto_delete=False)
+        channel.queue_declare(queue, durable=True, auto_delete=False)
+        channel.queue_bind(queue, exchange, "orders")
+        wait_for(lambda: acked_ids(client, produced) == set(produced), 60, "every entry acknowledged")
+        assert worker.stop() == 0
+        assert Counter(queued_stream_ids(amqp, queue)) == Counter(produced)
+    finally:
+        try:
+            channel.exchange_delete(exchange)
+        except amqp.channel_errors:
+            pass
+        channel.close()
+
+
 def test_amqp_task_messages_are_the_ones_celery_send_task_publishes(
     redis_server: RedisServer,
     amqp: Connection,  # noqa: F811
