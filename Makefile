@@ -1,9 +1,13 @@
 # One command each on a fresh machine: `make demo`, `make test`.
 # The first target that needs it creates .venv and installs the package with its test extras.
+# The demo has a venv of its own, .venv-demo: the package's runtime dependencies and
+# example_project/requirements.txt only, as a user's project would have.
 
 PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
+DEMO_VENV := .venv-demo
+DEMO_STAMP := $(DEMO_VENV)/.installed
 
 .PHONY: install test demo lint bench
 
@@ -17,8 +21,13 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest
 
-demo: $(STAMP)
-	$(VENV)/bin/python example_project/demo.py
+$(DEMO_STAMP): pyproject.toml example_project/requirements.txt
+	test -x $(DEMO_VENV)/bin/python || $(PYTHON) -m venv $(DEMO_VENV)
+	$(DEMO_VENV)/bin/python -m pip install -q -e . -r example_project/requirements.txt
+	touch $@
+
+demo: $(DEMO_STAMP)
+	$(DEMO_VENV)/bin/python example_project/demo.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check celery_redis_stream tests example_project

@@ -12,10 +12,11 @@ from celery.worker import state as worker_state
 from kombu import exceptions as kombu_exceptions
 from kombu.exceptions import OperationalError
 
+from . import confirms as amqp_confirms
 from .config import StreamConfig
 from .entry import RawEntry, build_call, decode
 from .exceptions import EntryError, StreamError
-from .fastpath import FastPath
+from .fastpath import FastPath, argument_repr
 from .position import DeadLetter
 from .tracing import NO_TRACE, attach_trace, detach_trace, split_trace
 
@@ -107,6 +108,12 @@ class Dispatcher:
         self._bound: dict[str, Any] = {}
         self._executed = worker_state.all_total_count[0]
         self._retryable: tuple[type[BaseException], ...] = (OperationalError, OSError, *BATCH_PUBLISH_ERRORS)
+        self._confirms: amqp_confirms.Confirms | None = None
+        self._amqp = False
+        # Task ids RabbitMQ confirmed in a batch that was then retried as a
+        # whole: a retry sends only the rest, so a queue that rejects publishes
+        # when full does not receive the confirmed part again and again.
+        self._confirmed: set[str] = set()
 
     @property
     def producer(self) -> Any:
@@ -117,9 +124,20 @@ class Dispatcher:
             configured = self.app.conf.broker_transport_options or {}
             timeouts = {k: v for k, v in PUBLISH_TIMEOUTS.items() if k not in configured}
             connection = self.app.connection_for_write(transport_options=timeouts)
+            amqp = amqp_confirms.is_py_amqp(connection)
+            if amqp:  # RabbitMQ: publisher confirms and socket timeouts of the bridge's own
+                connection = self.app.connection_for_write(
+                    transport_options=amqp_confirms.transport_options(configured)
+                )
             self._retryable = (OperationalError, OSError, *BATCH_PUBLISH_ERRORS, *connection.connection_errors)
             self._connection = connection
-            self._producer = self.app.amqp.Producer(connection, auto_declare=False)
+            producer = self.app.amqp.Producer(connection, auto_declare=False)
+            if amqp:
+                # A channel error closes the channel: nothing after it is published.
+                self._retryable = (*self._retryable, *connection.channel_errors, amqp_confirms.NotConfirmed)
+                self._amqp = True
+                self._confirms = amqp_confirms.Confirms(producer.channel, key_header="redis_stream_id")
+            self._producer = producer
         return self._producer
 
     def _bound_queue(self, producer: Any, name: str | None) -> Any:
@@ -140,13 +158,17 @@ class Dispatcher:
                 return name
         return queue
 
-    def close(self) -> None:
+    def close(self, *, failed: bool = False) -> None:
         """Drop the broker connection; the next batch opens a new one."""
         connection, self._connection, self._producer = self._connection, None, None
+        abandon, self._amqp, self._confirms = failed and self._amqp, False, None
         self._bound = {}
         if connection is not None:
             with contextlib.suppress(Exception):  # a dead connection may fail to close; it is dropped anyway
-                connection.release()
+                if abandon:  # AMQP's close handshake would wait for a broker that stopped answering
+                    connection.collect()
+                else:
+                    connection.release()
 
     def send(
         self,
@@ -202,8 +224,18 @@ class Dispatcher:
         options, extra_headers = send_options(sc)
         by_id = {raw.id: raw for raw in entries}
         task_ids = task_ids_for(sc, [call[0] for call in calls])
+        batch_ids = task_ids
+        if self._confirmed:
+            kept = [i for i, task_id in enumerate(task_ids) if task_id not in self._confirmed]
+            calls, task_ids = [calls[i] for i in kept], [task_ids[i] for i in kept]
+            if not calls:
+                self._confirmed.difference_update(batch_ids)
+                return dead
         try:
             producer = self.producer
+            confirms = self._confirms
+            if confirms is not None:
+                confirms.begin()
             if sc.fast_path:
                 built = self.fast_path.build(
                     producer,
@@ -220,10 +252,14 @@ class Dispatcher:
                     return dead
             batch = producer.batch(max_size=len(calls)) if hasattr(producer, "batch") else contextlib.nullcontext()
             queue = self._bound_queue(producer, sc.queue)
+            reprs = confirms is not None and not {"argsrepr", "kwargsrepr"} & set(options)
+            shown: dict[str, str] = {}
             with batch:
                 for (entry_id, args, kwargs), task_id in zip(calls, task_ids, strict=True):
                     trace = traces.get(entry_id, NO_TRACE)
                     token = attach_trace(trace)
+                    if reprs:  # the same message; Celery's saferepr is about a third of a send_task on AMQP
+                        shown = self._reprs(args, kwargs)
                     try:
                         send_task(
                             sc.task,
@@ -233,6 +269,7 @@ class Dispatcher:
                             producer=producer,
                             queue=queue,
                             headers=message_headers(sc, entry_id, extra_headers, trace),
+                            **shown,
                             **options,
                         )
                     except self._retryable:
@@ -241,7 +278,46 @@ class Dispatcher:
                         dead.append(DeadLetter(by_id[entry_id], "publish_error", f"{type(exc).__name__}: {exc}"))
                     finally:
                         detach_trace(token)
+            if confirms is not None:
+                self._settle(confirms, sc, calls, task_ids)
+                self._confirmed.difference_update(batch_ids)
         except self._retryable as exc:
-            self.close()
+            self.close(failed=True)
             raise BrokerUnavailable(f"{type(exc).__name__}: {exc}") from exc
         return dead
+
+    def _reprs(self, args: Any, kwargs: Any) -> dict[str, str]:
+        """The ``argsrepr``/``kwargsrepr`` that Celery's ``as_task_v2`` would compute, faster (fastpath.argument_repr).
+
+        Passed to ``send_task`` as its own options; on AMQP they only fill
+        those two headers (a Redis-broker message would also keep them as
+        properties, so the Redis standard path leaves them to Celery).
+        """
+        amqp = self.app.amqp
+        maxlevels = self.app.conf.get("task_repr_maxlevels") or 3  # Celery < 5.5: saferepr's default, 3
+        return {
+            "argsrepr": argument_repr(args or (), amqp.argsrepr_maxsize, maxlevels),
+            "kwargsrepr": argument_repr(kwargs or {}, amqp.kwargsrepr_maxsize, maxlevels),
+        }
+
+    def _settle(
+        self, confirms: amqp_confirms.Confirms, sc: StreamConfig, calls: Sequence[Any], task_ids: list[str]
+    ) -> None:
+        """Wait once for RabbitMQ's confirms of the batch; raise NotConfirmed unless every message is in a queue.
+
+        A nack (a queue that rejects publishes when full, a broker error), a
+        message returned as unroutable (no queue bound to its routing key) and
+        a confirm that does not come within the timeout all mean the same: the
+        batch is not dispatched, its position stays, the reader retries it
+        with backoff. The messages confirmed meanwhile are not sent again.
+        """
+        configured = self.app.conf.broker_transport_options or {}
+        timeout = amqp_confirms.confirm_timeout(configured, sc.options)
+        outcome = confirms.settle(timeout)
+        if outcome.complete:
+            return
+        confirmed = set(outcome.confirmed)
+        if len(self._confirmed) > 100_000:  # never an unbounded set; forgetting only costs duplicates
+            self._confirmed.clear()
+        self._confirmed.update(t for call, t in zip(calls, task_ids, strict=True) if call[0] in confirmed)
+        raise amqp_confirms.NotConfirmed(outcome.describe(timeout))
