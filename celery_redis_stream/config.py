@@ -48,7 +48,7 @@ DEFAULTS: dict[str, Any] = {
     "stream_discovery_interval": 30.0,
     "stream_metrics_port": None,
     "stream_metrics_addr": "0.0.0.0",  # noqa: S104 - Prometheus scrapes from outside the host
-    "stream_fast_path": False,
+    "stream_fast_path": True,
 }
 
 
@@ -71,7 +71,7 @@ class StreamConfig:
     options: Mapping[str, Any] = field(default_factory=dict)
     registered: bool = True
     max_queue_length: int | None = None
-    fast_path: bool = False
+    fast_path: bool = True
 
     dead_letter_template: str = "{stream}:dead"
     tracker_prefix: str = "stream_tracker:"

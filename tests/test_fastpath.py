@@ -249,3 +249,14 @@ def _config_app(tasks: dict[str, Any], group: str) -> Celery:
     streams = {s: {**spec, "registered": False} for s, spec in sorted(tasks.items())}
     app.conf.update(stream_tasks=streams, stream_group=group)
     return app
+
+
+def test_fast_path_is_on_by_default_and_can_be_turned_off(server: RedisServer) -> None:
+    app = Celery("fastpath-default", broker=server.url_db(1), set_as_current=False)
+    app.task(name="tests.record", shared=False)(record)
+    app.conf.update(stream_url=server.url, stream_tasks={"orders": "tests.record"})
+    (sc,) = load_config(app).streams
+    assert sc.fast_path is True
+    app.conf.stream_fast_path = False
+    (sc,) = load_config(app).streams
+    assert sc.fast_path is False
