@@ -21,7 +21,6 @@ from .exceptions import StreamConfigError
 from .position import Lease, LeaseLost, commit
 from .reader import (
     autoclaim,
-    connect,
     delivery_counts,
     ensure_group,
     read_group,
@@ -119,7 +118,7 @@ class _Loop(threading.Thread):
             while not self.stopping:
                 try:
                     if self.client is None:
-                        self.client = connect(self.service.config)
+                        self.client = self.service.connect()
                     self.adopt_incoming()
                     self.step()
                     if self.failures:
@@ -207,7 +206,7 @@ class _Loop(threading.Thread):
         client, self.client = self.client, None
         if client is not None:
             with contextlib.suppress(Exception):  # closing a broken connection may fail; it is discarded anyway
-                client.close()
+                self.service.release(client)
 
     def handle(
         self,
