@@ -14,6 +14,8 @@ from celery.utils.saferepr import saferepr
 from kombu import serialization
 from kombu.utils import json as kombu_json
 
+from .envelope import Envelope, uuid4_strings
+from .envelope import build as build_envelope
 from .exceptions import StreamError
 
 __all__ = ["Call", "FastPath"]
@@ -45,6 +47,8 @@ def argument_repr(value: Any, maxsize: int, maxlevels: int) -> str:
     ``maxsize``, it is exactly ``repr()``. Anything else goes to saferepr.
     """
     t = type(value)
+    if maxlevels >= 3 and not value and t in (dict, list, tuple):
+        return repr(value)  # "{}", "[]", "()": what saferepr shows for any maxsize
     if maxlevels >= 3 and value:
         if t is dict:
             simple = all(_plain(k) and _plain(v) for k, v in value.items())
@@ -59,6 +63,22 @@ def argument_repr(value: Any, maxsize: int, maxlevels: int) -> str:
             if len(text) <= maxsize:
                 return text
     return str(saferepr(value, maxsize, maxlevels=maxlevels))
+
+
+def _body(args: Any, kwargs: Any, embed: Any, serializer: str, tail: str | None) -> str | bytes:
+    """The serialized body ``(args, kwargs, embed)``; with ``tail`` (``", <embed>]"``), spliced from its parts.
+
+    JSON joins array items with ", ", so encoding ``(args, kwargs)`` and
+    appending the batch's pre-encoded embed gives the same text. Anything the
+    splice cannot encode goes to kombu, which raises its own error for it.
+    """
+    if tail is not None:
+        try:
+            return json_dumps((args, kwargs))[:-1] + tail
+        except Exception:  # noqa: S110 - kombu's serializer below reports it the way send_task would
+            pass
+    payload: str | bytes = serialize((args, kwargs, embed), serializer=serializer)[2]
+    return payload
 
 
 class Unsupported(StreamError):
@@ -246,26 +266,51 @@ class FastPath:
         ctype, cenc, serializer = tpl.content_type, tpl.content_encoding, tpl.serializer
         uuid4, b64encode = self._uuid4, base64.b64encode
         payloads = []
-        for entry_id, task_id, args, kwargs in calls:
+        # Per batch, once: the delivery tags, the body's constant tail and the
+        # envelope text around the per-entry values (envelope.py).
+        tags = uuid4_strings(len(calls)) if uuid4 is uuid.uuid4 else [str(uuid4()) for _ in calls]
+        body_tail = ", " + json_dumps(embed) + "]"
+        envelope: Envelope | None = None
+        spliced, checked = True, False  # the batch's first message decides how the others are made
+        for i, (entry_id, task_id, args, kwargs) in enumerate(calls):
             # as as_task_v2 does: an empty argument list is shown as "()"
             shown_args: list[Any] | tuple[()] = args or ()
             kwargs = kwargs or {}
             try:
-                body = serialize((shown_args, kwargs, embed), serializer=serializer)[2]
+                if checked:
+                    body = _body(shown_args, kwargs, embed, serializer, body_tail if spliced else None)
+                else:
+                    body = serialize((shown_args, kwargs, embed), serializer=serializer)[2]
+                    spliced = _body(shown_args, kwargs, embed, serializer, body_tail) == body
+                body64 = b64encode(body if isinstance(body, bytes) else body.encode(cenc)).decode()
+                argsrepr = argument_repr(shown_args, args_max, maxlevels)
+                kwargsrepr = argument_repr(kwargs, kwargs_max, maxlevels)
+                if not checked:
+                    checked = True
+                    envelope = build_envelope(
+                        json_dumps, content_type=ctype, content_encoding=cenc, headers=headers_tpl,
+                        properties=props_tpl, id_header_keys=id_headers, id_property_keys=id_props,
+                        sample=(body64, task_id, entry_id, argsrepr, kwargsrepr, tags[i]),
+                    )  # fmt: skip
+                if envelope is not None:
+                    payloads.append(envelope.fill(body64, task_id, entry_id, argsrepr, kwargsrepr, tags[i]))
+                    if on_task_call is not None:
+                        on_task_call(producer, task_id)
+                    continue
                 headers = dict(headers_tpl)
                 for k in id_headers:
                     headers[k] = task_id
                 headers["redis_stream_id"] = entry_id
-                headers["argsrepr"] = argument_repr(shown_args, args_max, maxlevels)
-                headers["kwargsrepr"] = argument_repr(kwargs, kwargs_max, maxlevels)
+                headers["argsrepr"] = argsrepr
+                headers["kwargsrepr"] = kwargsrepr
                 props = dict(props_tpl)
                 for k in id_props:
                     props[k] = task_id
-                props["delivery_tag"] = str(uuid4())
+                props["delivery_tag"] = tags[i]
                 payloads.append(
                     json_dumps(
                         {
-                            "body": b64encode(body if isinstance(body, bytes) else body.encode(cenc)).decode(),
+                            "body": body64,
                             "content-encoding": cenc,
                             "content-type": ctype,
                             "headers": headers,

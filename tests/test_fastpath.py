@@ -260,3 +260,76 @@ def test_fast_path_is_on_by_default_and_can_be_turned_off(server: RedisServer) -
     app.conf.stream_fast_path = False
     (sc,) = load_config(app).streams
     assert sc.fast_path is False
+
+
+BATCH = [
+    ENTRY,
+    RawEntry("orders", "1700000000000-8", (b"pct", b"100%s %d %%", b"uni", "ü ☃ \U0001f600 \x01".encode())),
+    RawEntry("orders", "1700000000001-0", ()),
+]
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"task": "tests.record"},
+        {"task": "tests.record", "call": "kwargs", "queue": "orders-q"},
+        {"task": "tests.record", "call": "entry", "options": {"priority": 7, "headers": {"tenant": "50%s off"}}},
+        {"task": "tests.record", "converter": "tests.test_fastpath:to_pair", "mode": "tracker"},
+    ],
+    ids=["fields", "kwargs-queue", "entry-priority-percent-header", "converter-tracker"],
+)
+def test_fast_path_batch_is_byte_identical_to_send_task(
+    server: RedisServer, spec: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The whole stored text of every message of a batch, not only its decoded fields, but the delivery tag."""
+    from celery_redis_stream import fastpath
+
+    built: list[bool] = []
+
+    def recording_build(*args: Any, **kwargs: Any) -> Any:
+        envelope = build(*args, **kwargs)
+        built.append(envelope is not None)
+        return envelope
+
+    build = fastpath.build_envelope
+    monkeypatch.setattr(fastpath, "build_envelope", recording_build)
+    app = make_app(server, {"orders": spec})
+    sc = load_config(app).streams[0]
+    dispatcher = Dispatcher(app, max_entry_bytes=1 << 20)
+    client = server.client(1)
+    sent = []
+    try:
+        for fast in (True, False):
+            assert dispatcher.send(dataclasses.replace(sc, fast_path=fast), BATCH) == []
+            (key,) = [k for k in client.keys("*") if client.type(k) == b"list"]
+            sent.append(client.lrange(key, 0, -1))
+            client.delete(key)
+    finally:
+        dispatcher.close()
+    fast, std = sent
+    assert built == [True], "the per-batch envelope made these messages"
+    assert len(fast) == len(std) == len(BATCH)
+    for mine, theirs in zip(fast, std, strict=True):
+        tags = [json.loads(m)["properties"]["delivery_tag"].encode() for m in (mine, theirs)]
+        assert mine.count(tags[0]) == 1
+        assert mine.replace(tags[0], tags[1]) == theirs
+
+
+def test_delivery_tags_drawn_per_batch_are_uuid4_strings() -> None:
+    import uuid
+
+    from celery_redis_stream.envelope import uuid4_strings
+
+    tags = uuid4_strings(1000)
+    assert len(set(tags)) == 1000
+    for tag in tags:
+        parsed = uuid.UUID(tag)
+        assert (parsed.version, parsed.variant, str(parsed)) == (4, uuid.RFC_4122, tag)
+    assert uuid4_strings(0) == []
+
+
+def test_empty_arguments_are_shown_as_saferepr_shows_them() -> None:
+    for value in ((), [], {}):
+        for size in (1, 1024):
+            assert argument_repr(value, size, 3) == saferepr(value, size, maxlevels=3)
