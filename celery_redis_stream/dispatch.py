@@ -53,11 +53,18 @@ def task_ids_for(sc: StreamConfig, entry_ids: Sequence[str]) -> list[str]:
     name = f"{sc.stream}\x00{sc.position_name}\x00".encode()
     prefix = hashlib.sha1(TASK_ID_NAMESPACE.bytes + name, usedforsecurity=False)
     out = []
+    variant = _VARIANT
     for entry_id in entry_ids:
         digest = prefix.copy()
         digest.update(entry_id.encode())
-        out.append(str(uuid.UUID(bytes=digest.digest()[:16], version=5)))
+        # str(uuid.UUID(bytes=digest[:16], version=5)), formatted from the hex digest directly
+        h = digest.hexdigest()
+        out.append(f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{variant[h[16]]}{h[17:20]}-{h[20:32]}")
     return out
+
+
+# The RFC 4122 variant bits (10xx) set in a uuid's 17th hex digit.
+_VARIANT = {f"{n:x}": f"{(n & 0x3) | 0x8:x}" for n in range(16)}
 
 
 class Dispatcher:

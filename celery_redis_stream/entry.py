@@ -49,7 +49,13 @@ def decode(raw: RawEntry, *, max_bytes: int, delivery_count: int = 1) -> StreamE
     pairs = raw.pairs or ()
     if raw.size > max_bytes:
         raise EntryError("too_large", f"entry is {raw.size} bytes, stream_max_entry_bytes is {max_bytes}")
-    fields: dict[str, str] = {}
+    try:  # the common case in one pass; any problem is found and reported by the loop below
+        fields = dict(zip([n.decode() for n in pairs[0::2]], [v.decode() for v in pairs[1::2]], strict=True))
+        if 2 * len(fields) == len(pairs):
+            return StreamEntry(raw.stream, raw.id, fields, delivery_count)
+    except (UnicodeDecodeError, ValueError):
+        pass
+    fields = {}
     try:
         for i in range(0, len(pairs), 2):
             name = pairs[i].decode("utf-8")

@@ -333,3 +333,13 @@ def test_empty_arguments_are_shown_as_saferepr_shows_them() -> None:
     for value in ((), [], {}):
         for size in (1, 1024):
             assert argument_repr(value, size, 3) == saferepr(value, size, maxlevels=3)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(st.from_regex(r"\A[0-9]{1,13}-[0-9]{1,5}\Z"), text), max_size=20), text)
+def test_batch_task_ids_are_the_uuid5_task_ids(entry_ids: list[str], stream: str) -> None:
+    from celery_redis_stream.dispatch import task_ids_for
+
+    sc = StreamConfig(stream=stream or "s", task="t", mode="group", group="g", start="$", tracker_key="k",
+                      batch_size=10, dead_letter="d")  # fmt: skip
+    assert task_ids_for(sc, entry_ids) == [task_id_for(sc, i) for i in entry_ids]
