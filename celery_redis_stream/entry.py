@@ -27,7 +27,7 @@ class RawEntry:
 
     @property
     def size(self) -> int:
-        return sum(len(p) for p in self.pairs) if self.pairs else 0
+        return sum(map(len, self.pairs)) if self.pairs else 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,10 +50,12 @@ def decode(raw: RawEntry, *, max_bytes: int, delivery_count: int = 1) -> StreamE
     if raw.size > max_bytes:
         raise EntryError("too_large", f"entry is {raw.size} bytes, stream_max_entry_bytes is {max_bytes}")
     try:  # the common case in one pass; any problem is found and reported by the loop below
-        fields = dict(zip([n.decode() for n in pairs[0::2]], [v.decode() for v in pairs[1::2]], strict=True))
+        it = iter(pairs)
+        # zip(it, it) pairs names with values; an odd count fails the length check below
+        fields = {name.decode(): value.decode() for name, value in zip(it, it, strict=False)}
         if 2 * len(fields) == len(pairs):
             return StreamEntry(raw.stream, raw.id, fields, delivery_count)
-    except (UnicodeDecodeError, ValueError):
+    except UnicodeDecodeError:
         pass
     fields = {}
     try:

@@ -343,3 +343,36 @@ def test_batch_task_ids_are_the_uuid5_task_ids(entry_ids: list[str], stream: str
     sc = StreamConfig(stream=stream or "s", task="t", mode="group", group="g", start="$", tracker_key="k",
                       batch_size=10, dead_letter="d")  # fmt: skip
     assert task_ids_for(sc, entry_ids) == [task_id_for(sc, i) for i in entry_ids]
+
+
+@pytest.mark.parametrize(("options", "builds"), [({}, 1), ({"expires": 60}, 3)], ids=["static", "expires"])
+def test_a_batch_template_is_reused_unless_it_holds_a_time(
+    server: RedisServer, monkeypatch: pytest.MonkeyPatch, options: dict[str, Any], builds: int
+) -> None:
+    from celery_redis_stream.fastpath import FastPath
+
+    made: list[str] = []
+    template = FastPath.template
+
+    def counting(self: Any, *args: Any, **kwargs: Any) -> Any:
+        made.append("template")
+        return template(self, *args, **kwargs)
+
+    monkeypatch.setattr(FastPath, "template", counting)
+    app = make_app(server, {"orders": {"task": "tests.record", "options": options}})
+    sc = load_config(app).streams[0]
+    dispatcher = Dispatcher(app, max_entry_bytes=1 << 20)
+    try:
+        for i in range(3):
+            assert dispatcher.send(sc, [RawEntry("orders", f"1-{i}", (b"n", str(i).encode()))]) == []
+        assert len(made) == builds
+        dispatcher.close()  # a new producer: a new template
+        assert dispatcher.send(sc, [RawEntry("orders", "2-0", (b"n", b"x"))]) == []
+        assert len(made) == builds + 1
+    finally:
+        dispatcher.close()
+    messages = [decoded(m) for m in reversed(server.client(1).lrange("celery", 0, -1))]  # consumed from the right
+    server.client(1).delete("celery")
+    assert [m["headers"]["redis_stream_id"] for m in messages] == ["1-0", "1-1", "1-2", "2-0"]
+    assert len({m["headers"]["id"] for m in messages}) == 4
+    assert len({m["properties"]["delivery_tag"] for m in messages}) == 4
