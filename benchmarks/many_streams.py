@@ -6,7 +6,7 @@ On one redis-server (streams db 0, broker db 1) and on a private 3-master
 Redis Cluster holding the streams (broker on the plain server), real
 `celery worker --pool solo` processes consume an unused queue, so what is
 measured is the bridge alone: stream entry -> task message accepted by the
-broker. Writes benchmarks/results/many_streams.json.
+broker. Writes benchmarks/results/many_streams.json and .md.
 """
 
 from __future__ import annotations
@@ -196,13 +196,36 @@ def markdown(results: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def write(results: list[dict[str, Any]], when: str) -> None:
+    """benchmarks/results/many_streams.json and .md."""
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "many_streams.json").write_text(json.dumps(results, indent=2) + "\n")
+    text = [
+        "# Many streams",
+        "",
+        f"Produced by `benchmarks/many_streams.py` (also part of `make bench`) on {when}: one local redis-server "
+        "(streams db 0, broker db 1) and, for the cluster rows, a local 3-master Redis Cluster holding the streams. "
+        "Workers: `celery worker --pool solo` consuming an unused queue, default settings, so the figures are the "
+        "bridge alone (stream entry -> task message accepted by the broker). Start-up: from launching the "
+        "worker(s) to every stream having its group, then to every worker being a consumer of every group. "
+        "Threads: the whole worker process (Celery's main thread included). Idle CPU: over 5 s with every stream "
+        f"empty. Trickle latency: one entry at a time to a random stream, {TRICKLE_SAMPLES} samples with random "
+        f"gaps of 0-{TRICKLE_MAX_GAP_S:g} s, XADD -> message in the broker queue.",
+        "",
+        *markdown(results),
+        "",
+    ]
+    (RESULTS / "many_streams.md").write_text("\n".join(text))
+
+
 def main() -> None:
+    from datetime import datetime
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--entries", type=int, default=20_000)
     args = parser.parse_args()
     results = run(args.entries)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "many_streams.json").write_text(json.dumps(results, indent=2) + "\n")
+    write(results, datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"))
     log("\n".join(markdown(results)))
 
 

@@ -114,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         bench.close()
     log("  many streams (single Redis and a 3-master cluster)")
     out["many_streams"] = many_streams.run(args.many_entries)
+    many_streams.write(out["many_streams"], out["machine"]["date"])
     out["elapsed_s"] = time.monotonic() - began
     out["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     out["targets"] = [

@@ -30,7 +30,7 @@ BATCH_PUBLISH_ERRORS: tuple[type[BaseException], ...] = tuple(
 
 # While the worker runs tasks of its own, a batch that took at least
 # YIELD_MIN_SECONDS is followed by a pause of its time x YIELD_SHARE, capped.
-YIELD_MIN_SECONDS = 0.005
+YIELD_MIN_SECONDS = 0.002
 YIELD_SHARE = 4.0
 YIELD_MAX_SECONDS = 0.5
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -41,6 +42,17 @@ def _plain(s: Any) -> bool:
     return type(s) is str and s.isprintable() and "'" not in s and "\\" not in s
 
 
+def _plain_dict(d: dict[Any, Any]) -> bool:
+    """``all(_plain(k) and _plain(v) for k, v in d.items())``, checked on all its strings at once."""
+    parts = [*d, *d.values()]
+    if not parts:
+        return True
+    if set(map(type, parts)) != {str}:
+        return False
+    text = "".join(parts)
+    return text.isprintable() and "'" not in text and "\\" not in text
+
+
 def argument_repr(value: Any, maxsize: int, maxlevels: int) -> str:
     """``saferepr(value, maxsize, maxlevels=maxlevels)``, faster for flat lists and dicts of plain strings.
 
@@ -53,11 +65,9 @@ def argument_repr(value: Any, maxsize: int, maxlevels: int) -> str:
         return repr(value)  # "{}", "[]", "()": what saferepr shows for any maxsize
     if maxlevels >= 3 and value:
         if t is dict:
-            simple = all(_plain(k) and _plain(v) for k, v in value.items())
+            simple = _plain_dict(value)
         elif t is list:
-            simple = all(
-                all(_plain(k) and _plain(v) for k, v in x.items()) if type(x) is dict else _plain(x) for x in value
-            )
+            simple = all(_plain_dict(x) if type(x) is dict else _plain(x) for x in value)
         else:
             simple = False
         if simple:
@@ -136,6 +146,7 @@ class FastPath:
         self.app = app
         self._told: set[str] = set()
         self._uuid4 = uuid.uuid4
+        self._client: tuple[Any, Any] | None = None
         self._templates: dict[str, tuple[float, Any, Any, dict[str, Any], dict[str, Any], _Template]] = {}
 
     def _skip(self, reason: str) -> None:
@@ -229,6 +240,14 @@ class FastPath:
             id_property_keys=tuple(k for k, v in props.items() if v == TEMPLATE_ID),
             embed=body[2],
         )
+
+    def _client_for(self, channel: Any) -> Any:
+        """``channel.conn_or_acquire()``, whose new Redis client per call (~0.4 ms) is made once per channel."""
+        cached = self._client
+        if cached is None or cached[0] is not channel:
+            with channel.conn_or_acquire() as client:
+                self._client = cached = (channel, client)
+        return contextlib.nullcontext(cached[1])
 
     def _recent_template(
         self, producer: Any, sc: Any, extra_headers: Mapping[str, Any], options: Mapping[str, Any]
@@ -352,7 +371,7 @@ class FastPath:
             if on_task_call is not None:
                 on_task_call(producer, task_id)
         if payloads:
-            with producer.channel.conn_or_acquire() as client:
+            with self._client_for(producer.channel) as client:
                 pipe = client.pipeline(transaction=False)
                 # LPUSH k a b c leaves the list exactly as LPUSH k a; LPUSH k b;
                 # LPUSH k c would (consumers pop from the other end: a first),
