@@ -77,7 +77,9 @@ def argument_repr(value: Any, maxsize: int, maxlevels: int) -> str:
     return str(saferepr(value, maxsize, maxlevels=maxlevels))
 
 
-def _body(args: Any, kwargs: Any, embed: Any, serializer: str, tail: str | None) -> str | bytes:
+def _body(
+    args: Any, kwargs: Any, embed: Any, serializer: str, tail: str | None, encode: Callable[[Any], str] = json_dumps
+) -> str | bytes:
     """The serialized body ``(args, kwargs, embed)``; with ``tail`` (``", <embed>]"``), spliced from its parts.
 
     JSON joins array items with ", ", so encoding ``(args, kwargs)`` and
@@ -86,7 +88,7 @@ def _body(args: Any, kwargs: Any, embed: Any, serializer: str, tail: str | None)
     """
     if tail is not None:
         try:
-            return json_dumps((args, kwargs))[:-1] + tail
+            return encode((args, kwargs))[:-1] + tail
         except Exception:  # noqa: S110 - kombu's serializer below reports it the way send_task would
             pass
     payload: str | bytes = serialize((args, kwargs, embed), serializer=serializer)[2]
@@ -317,6 +319,8 @@ class FastPath:
         # envelope text around the per-entry values (envelope.py).
         tags = uuid4_strings(len(calls)) if uuid4 is uuid.uuid4 else [str(uuid4()) for _ in calls]
         body_tail = ", " + json_dumps(embed) + "]"
+        # kombu's dumps makes an encoder per call; one per batch encodes the same (checked on the first entry)
+        encode = kombu_json.JSONEncoder().encode
         envelope: Envelope | None = None
         spliced, checked = True, False  # the batch's first message decides how the others are made
         for i, (entry_id, task_id, args, kwargs) in enumerate(calls):
@@ -325,10 +329,10 @@ class FastPath:
             kwargs = kwargs or {}
             try:
                 if checked:
-                    body = _body(shown_args, kwargs, embed, serializer, body_tail if spliced else None)
+                    body = _body(shown_args, kwargs, embed, serializer, body_tail if spliced else None, encode)
                 else:
                     body = serialize((shown_args, kwargs, embed), serializer=serializer)[2]
-                    spliced = _body(shown_args, kwargs, embed, serializer, body_tail) == body
+                    spliced = _body(shown_args, kwargs, embed, serializer, body_tail, encode) == body
                 body64 = b64encode(body if isinstance(body, bytes) else body.encode(cenc)).decode()
                 argsrepr = argument_repr(shown_args, args_max, maxlevels)
                 kwargsrepr = argument_repr(kwargs, kwargs_max, maxlevels)
