@@ -62,12 +62,12 @@ def throughput_all(bench: Bench, app: Any, args: argparse.Namespace) -> dict[str
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--entries", type=int, default=None, help="entries per bridge throughput run (40,000)")
-    parser.add_argument("--runs", type=int, default=None, help="runs per throughput figure; the median is kept (3)")
+    parser.add_argument("--runs", type=int, default=None, help="runs per throughput figure; the median is kept (5)")
     parser.add_argument("--quick", action="store_true", help="smaller everything: about two minutes")
     args = parser.parse_args(argv)
     quick = args.quick
     args.entries = args.entries or (15_000 if quick else 40_000)
-    args.runs = args.runs or (1 if quick else 3)
+    args.runs = args.runs or (1 if quick else 5)
     args.loop_entries = 3_000 if quick else 8_000
     args.naive_entries = 1_500 if quick else 3_000
     args.latency_seconds = 4 if quick else 8

@@ -29,8 +29,11 @@ BATCH_PUBLISH_ERRORS: tuple[type[BaseException], ...] = tuple(
 )
 
 # While the worker runs tasks of its own, a batch that took at least
-# YIELD_MIN_SECONDS is followed by a pause of its time x YIELD_SHARE, capped.
-YIELD_MIN_SECONDS = 0.002
+# YIELD_MIN_SECONDS, or held at least YIELD_MIN_ENTRIES entries (a backlog:
+# the fast path sends 100 in about 4 ms), is followed by a pause of its time
+# x YIELD_SHARE, capped.
+YIELD_MIN_SECONDS = 0.005
+YIELD_MIN_ENTRIES = 50
 YIELD_SHARE = 4.0
 YIELD_MAX_SECONDS = 0.5
 
@@ -130,7 +133,7 @@ class Dispatcher:
         """
         return self._send(sc, entries, counts)
 
-    def pace(self, elapsed: float, wait: Callable[[float], Any]) -> None:
+    def pace(self, elapsed: float, wait: Callable[[float], Any], entries: int = 0) -> None:
         """After a large batch, pause for four times its time if this worker runs tasks of its own.
 
         The reader thread and the worker's consumer share one GIL; a reader
@@ -143,7 +146,7 @@ class Dispatcher:
         executed = worker_state.all_total_count[0]
         busy = bool(worker_state.reserved_requests) or executed != self._executed
         self._executed = executed
-        if busy and elapsed >= YIELD_MIN_SECONDS:
+        if busy and (elapsed >= YIELD_MIN_SECONDS or entries >= YIELD_MIN_ENTRIES):
             wait(min(elapsed * YIELD_SHARE, YIELD_MAX_SECONDS))
 
     def _send(self, sc: StreamConfig, entries: Sequence[RawEntry], counts: dict[str, int] | None) -> list[DeadLetter]:

@@ -240,7 +240,7 @@ class _Loop(threading.Thread):
         stats.trimmed += len(trimmed)
         if ids:
             stats.last_id = ids[-1]
-        self.dispatcher.pace(elapsed, self.service.stop_event.wait)
+        self.dispatcher.pace(elapsed, self.service.stop_event.wait, len(entries))
 
 
 class GroupLoop(_Loop):

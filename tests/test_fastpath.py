@@ -208,6 +208,12 @@ def test_reader_pauses_between_batches_only_while_the_worker_runs_its_own_tasks(
     monkeypatch.setattr(worker_state, "all_total_count", [worker_state.all_total_count[0] + 1])
     dispatcher.pace(10.0, pauses.append)  # capped
     assert pauses[-1] == dispatch.YIELD_MAX_SECONDS
+    monkeypatch.setattr(worker_state, "all_total_count", [worker_state.all_total_count[0] + 1])
+    dispatcher.pace(0.001, pauses.append, dispatch.YIELD_MIN_ENTRIES)  # a quick batch, but a full one: a backlog
+    assert pauses[-1] == 0.001 * dispatch.YIELD_SHARE
+    monkeypatch.setattr(worker_state, "all_total_count", [worker_state.all_total_count[0] + 1])
+    dispatcher.pace(0.001, pauses.append, 3)  # a quick small batch: a trickle, latency first
+    assert len(pauses) == 3
 
 
 def test_worker_executes_fast_path_messages_like_send_task_messages(
