@@ -137,7 +137,7 @@ class _Template:
 class FastPath:
     """Builds Celery protocol-2 messages for the Redis broker and LPUSHes a batch in one pipeline.
 
-    Opt-in (``stream_fast_path``). The messages are what ``send_task`` and
+    On by default (``stream_fast_path``). The messages are what ``send_task`` and
     kombu's Redis transport would write; whenever that cannot be guaranteed
     (another broker, publish signal receivers, non-JSON serializer, compression,
     protocol 1, exchange routing, custom priority steps, queue expiry) the
