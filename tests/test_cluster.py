@@ -417,3 +417,30 @@ def test_master_failover_with_one_reader_polling_many_slots(broker_server: Redis
         assert written_after and set(written_after) <= set(dispatched(ledger))
     finally:
         cluster.stop()
+
+
+def test_a_read_over_many_slots_reads_every_slot_in_one_round_and_waits_longer_while_idle(cluster: Cluster) -> None:
+    from celery_redis_stream import slots
+    from celery_redis_stream.reader import connect, read_group
+
+    cluster.flush()
+    streams = one_stream_per_master(cluster, "poll-")
+    client = connect(_config(cluster.url, dict.fromkeys(streams, "t")))
+    try:
+        for s in streams:
+            client.xgroup_create(s, "g", id="0", mkstream=True)
+        positions = dict.fromkeys(streams, ">")
+        head = ("XREADGROUP", "GROUP", "g", "c", "COUNT", 10)
+        waits = []
+        for _ in range(6):
+            assert read_group(client, "g", "c", positions, count=10, block_ms=1000) == {}
+            waits.append(slots._idle.wait[head])
+        assert waits == [20, 40, 80, 160, 200, 200]  # doubling from IDLE_WAIT_MIN_MS up to IDLE_WAIT_MAX_MS
+        for s in streams:
+            client.xadd(s, {"n": s})
+        got = read_group(client, "g", "c", positions, count=10, block_ms=1000)
+        assert sorted(got) == sorted(streams)  # one round reads every slot, on every master
+        assert all(len(entries) == 1 for entries in got.values())
+        assert slots._idle.wait[head] == slots.IDLE_WAIT_MIN_MS
+    finally:
+        client.close()
