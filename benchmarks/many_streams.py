@@ -1,51 +1,54 @@
-"""Many streams: start-up time, memory and throughput of 1 worker x 100 streams and 4 workers x 20 streams.
+"""Many streams: start-up, threads, memory, throughput, idle CPU and trickle latency of workers reading 100 streams.
 
-    .venv/bin/python benchmarks/many_streams.py [--entries 20000] [--runs 2]
+    .venv/bin/python benchmarks/many_streams.py [--entries 20000]
 
-Starts its own redis-server on a free loopback port (streams db 0, broker
-db 1) and real `celery worker` processes (tests/workerapp.py, solo pool).
-The workers consume an unused queue, so what is measured is the bridge alone:
-stream entry -> task message accepted by the broker. Writes
-benchmarks/results/many_streams.md and many_streams.json.
+On one redis-server (streams db 0, broker db 1) and on a private 3-master
+Redis Cluster holding the streams (broker on the plain server), real
+`celery worker --pool solo` processes consume an unused queue, so what is
+measured is the bridge alone: stream entry -> task message accepted by the
+broker. Writes benchmarks/results/many_streams.json and .md.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
+import random
 import statistics
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import celery  # noqa: E402
-import psutil  # noqa: E402
-import redis  # noqa: E402
+import psutil
+import redis
 
-from tests.cluster import Cluster  # noqa: E402
-from tests.support import RedisServer, Worker, wait_for, worker_env  # noqa: E402
+from benchmarks.common import (
+    RESULTS,
+    Cluster,
+    RedisServer,
+    Worker,
+    bench_env,
+    log,
+    rss_mb,
+    wait_for,
+)
+from benchmarks.idle_cpu import cpu_percent
 
-RESULTS = Path(__file__).resolve().parent / "results"
-# (workers, streams, where, stream name template)
+# (workers, streams, where, stream name template, measure idle CPU and trickle latency)
 SCENARIOS = [
-    (1, 100, "single", "bench:{i}"),
-    (4, 20, "single", "bench:{i}"),
-    (1, 100, "cluster", "bench:{i}"),
-    (1, 100, "cluster", "{{bench}}:{i}"),
+    (1, 100, "single", "bench:{i}", True),
+    (4, 20, "single", "bench:{i}", False),
+    (1, 100, "cluster", "bench:{i}", True),
+    (1, 100, "cluster", "{{bench}}:{i}", True),
 ]
+TRICKLE_SAMPLES = 40
+TRICKLE_MAX_GAP_S = 0.4
 
 
-def log(text: str) -> None:
-    print(text, flush=True)
-
-
-def groups_ready(client: redis.Redis, streams: list[str], consumers: int) -> bool:
+def groups_ready(client: Any, streams: list[str], consumers: int) -> bool:
     """Every stream has the group, and (once they read) every worker is a consumer of it."""
     pipe = client.pipeline(transaction=False)
     for s in streams:
@@ -59,29 +62,43 @@ def groups_ready(client: redis.Redis, streams: list[str], consumers: int) -> boo
     return all(r and r[0]["consumers"] >= consumers for r in replies)
 
 
-def rss_mb(worker: Worker) -> float:
-    assert worker.proc is not None
-    proc = psutil.Process(worker.proc.pid)
-    return sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)]) / 2**20
+def trickle_latency(client: Any, broker: redis.Redis, streams: list[str]) -> dict[str, float]:
+    """XADD one entry to a random stream, time until its message is in the broker queue; random gaps between."""
+    rng = random.Random(7)
+    samples = []
+    for i in range(TRICKLE_SAMPLES):
+        time.sleep(rng.uniform(0, TRICKLE_MAX_GAP_S))
+        started = time.perf_counter()
+        client.xadd(rng.choice(streams), {"n": str(i)})
+        if broker.brpop(["celery"], timeout=10) is None:
+            raise RuntimeError("a trickled entry was not dispatched within 10 s")
+        samples.append((time.perf_counter() - started) * 1000)
+    samples.sort()
+    return {
+        "p50_ms": statistics.median(samples),
+        "p90_ms": samples[int(0.9 * len(samples)) - 1],
+        "max_ms": samples[-1],
+    }
 
 
-def run(
-    server: RedisServer, cluster: Cluster | None, n_workers: int, n_streams: int, name: str, entries: int
-) -> dict[str, Any]:
+def scenario(
+    server: RedisServer, cluster: Cluster | None, n_workers: int, n_streams: int, name: str, entries: int,
+    extras: bool,
+) -> dict[str, Any]:  # fmt: skip
     server.client().flushall()
     streams = [name.format(i=i) for i in range(n_streams)]
     broker = server.client(1)
     if cluster is not None:
         cluster.flush()
         c: Any = cluster.client()
-        nodes = cluster.masters_now()
+        nodes = cluster.nodes
     else:
         c, nodes = server.client(), [server]
-    env = worker_env(
+    env = bench_env(
         cluster.url if cluster is not None else server.url_db(0), server.url_db(1), server.url_db(2),
-        dict.fromkeys(streams, "tests.record"), stream_block_ms=1000,
+        stream_tasks=dict.fromkeys(streams, "bench.noop"), stream_block_ms=1000,
     )  # fmt: skip
-    workers = [Worker(env, name=f"bench{n}", queues="idle") for n in range(n_workers)]
+    workers = [Worker(env, f"many{n}", queues="idle") for n in range(n_workers)]
     try:
         t0 = time.monotonic()
         for w in workers:
@@ -90,9 +107,15 @@ def run(
         t_groups = time.monotonic() - t0
         wait_for(lambda: groups_ready(c, streams, n_workers), 120, "every worker reading", interval=0.01)
         t_reading = time.monotonic() - t0
-        rss_start = [rss_mb(w) for w in workers]
-        threads = [psutil.Process(w.proc.pid).num_threads() for w in workers if w.proc is not None]
+        time.sleep(0.5)
+        rss_start = [rss_mb(w.pid) for w in workers]
+        threads = [psutil.Process(w.pid).num_threads() for w in workers]
         connections = sum(1 for n in nodes for x in n.client().client_list() if x.get("name") == "celery-redis-stream")
+        out: dict[str, Any] = {}
+        if extras:
+            out["idle_cpu_percent"] = round(cpu_percent(workers[0].pid, 5.0), 2)
+            out["trickle_latency"] = {k: round(v, 1) for k, v in trickle_latency(c, broker, streams).items()}
+            broker.delete("celery")
 
         per_stream = entries // n_streams
         total = per_stream * n_streams
@@ -106,7 +129,7 @@ def run(
         t_written = time.monotonic() - t1
         wait_for(lambda: broker.llen("celery") >= total, 300, f"{total} task messages", interval=0.02)
         elapsed = time.monotonic() - t1
-        rss_end = [rss_mb(w) for w in workers]
+        rss_end = [rss_mb(w.pid) for w in workers]
         origins: dict[str, int] = {}
         for raw in broker.lrange("celery", 0, -1):
             origin = json.loads(raw)["headers"]["origin"]
@@ -127,86 +150,83 @@ def run(
             "threads": threads,
             "reader_connections": connections,
             "dispatched_per_worker": sorted(origins.values()),
+            **out,
         }
     finally:
         for w in workers:
             w.stop()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--entries", type=int, default=20000)
-    parser.add_argument("--runs", type=int, default=2)
-    args = parser.parse_args()
+def run(entries: int) -> list[dict[str, Any]]:
     server = RedisServer().start()
     cluster = Cluster(masters=3).start()
     results: list[dict[str, Any]] = []
     try:
-        for n_workers, n_streams, where, name in SCENARIOS:
-            runs = []
-            for r in range(args.runs):
-                result = run(server, cluster if where == "cluster" else None, n_workers, n_streams, name, args.entries)
-                log(f"{n_workers} worker(s) x {n_streams} streams ({where} {name}), run {r + 1}: {json.dumps(result)}")
-                runs.append(result)
-            best = max(runs, key=lambda x: x["entries_per_s"])
-            best["entries_per_s_median"] = round(statistics.median(x["entries_per_s"] for x in runs))
-            best["startup_groups_s_median"] = round(statistics.median(x["startup_groups_s"] for x in runs), 2)
-            results.append(best)
+        for n_workers, n_streams, where, name, extras in SCENARIOS:
+            result = scenario(
+                server, cluster if where == "cluster" else None, n_workers, n_streams, name, entries, extras
+            )  # fmt: skip
+            log(f"  {n_workers} worker(s) x {n_streams} streams ({where} {name}): {json.dumps(result)}")
+            results.append(result)
     finally:
         cluster.stop()
         server.stop()
-    write(results, args)
+    return results
 
 
-def write(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
-    RESULTS.mkdir(exist_ok=True)
-    machine = {
-        "python": platform.python_version(),
-        "celery": celery.__version__,
-        "redis_py": redis.__version__,
-        "cpus": psutil.cpu_count(),
-        "platform": platform.platform(),
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-    }
-    (RESULTS / "many_streams.json").write_text(json.dumps({"machine": machine, "results": results}, indent=2) + "\n")
+def markdown(results: list[dict[str, Any]]) -> list[str]:
     lines = [
-        "# Many streams",
-        "",
-        "Produced by `benchmarks/many_streams.py` "
-        f"(`--entries {args.entries} --runs {args.runs}`) on {machine['date']}: "
-        f"{machine['cpus']} CPUs shared with other work, Python {machine['python']}, Celery {machine['celery']}, "
-        f"redis-py {machine['redis_py']}, one local redis-server (streams db 0, broker db 1) "
-        "and, for the cluster rows, a local 3-master Redis Cluster holding the streams. "
-        "Workers: `celery worker --pool solo` consuming an unused queue, so the figures are the bridge alone "
-        "(stream entry -> task message accepted by the broker). Best run shown, median in brackets.",
-        "",
         "| where | stream names | workers x streams | start-up: all groups created | every worker reading "
-        "| RSS per worker (start -> end) "
-        "| threads per worker | reader connections | entries | dispatch rate | dispatched per worker |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| RSS per worker (start -> end) | threads per worker | reader connections | dispatch rate "
+        "| dispatched per worker | idle CPU | trickle latency p50 / p90 / max |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         rss = ", ".join(f"{a:.0f} -> {b:.0f} MB" for a, b in zip(r["rss_mb_start"], r["rss_mb_end"], strict=True))
+        lat = r.get("trickle_latency")
+        latency = f"{lat['p50_ms']} / {lat['p90_ms']} / {lat['max_ms']} ms" if lat else ""
+        idle = f"{r['idle_cpu_percent']}%" if "idle_cpu_percent" in r else ""
         lines.append(
-            f"| {r['where']} | `{r['names']}` | {r['workers']} x {r['streams']} "
-            f"| {r['startup_groups_s']} s ({r['startup_groups_s_median']} s) "
+            f"| {r['where']} | `{r['names']}` | {r['workers']} x {r['streams']} | {r['startup_groups_s']} s "
             f"| {r['startup_all_reading_s']} s | {rss} | {', '.join(map(str, r['threads']))} "
-            f"| {r['reader_connections']} | {r['entries']} "
-            f"| {r['entries_per_s']}/s ({r['entries_per_s_median']}/s) "
-            f"| {', '.join(map(str, r['dispatched_per_worker']))} |"
+            f"| {r['reader_connections']} | {r['entries_per_s']:,}/s ({r['entries']:,} entries) "
+            f"| {', '.join(map(str, r['dispatched_per_worker']))} "
+            f"| {idle} | {latency} |"
         )
-    lines += [
+    return lines
+
+
+def write(results: list[dict[str, Any]], when: str) -> None:
+    """benchmarks/results/many_streams.json and .md."""
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "many_streams.json").write_text(json.dumps(results, indent=2) + "\n")
+    text = [
+        "# Many streams",
         "",
-        "Start-up is measured from launching the worker process(es) to every stream having its group "
-        "(XGROUP CREATE MKSTREAM), then to every worker being a consumer of every group; it is dominated by "
-        "Celery's own start-up. Threads are the whole worker process (Celery's own included): the bridge "
-        "adds one reader thread per group on a single Redis, whatever the number of streams, and one per "
-        "hash slot on a cluster (one XREADGROUP cannot span slots): 100 untagged names occupy ~100 slots, "
-        "while names sharing a hash tag (`{bench}:N`) share one slot, one thread and one connection.",
+        f"Produced by `benchmarks/many_streams.py` (also part of `make bench`) on {when}: one local redis-server "
+        "(streams db 0, broker db 1) and, for the cluster rows, a local 3-master Redis Cluster holding the streams. "
+        "Workers: `celery worker --pool solo` consuming an unused queue, default settings, so the figures are the "
+        "bridge alone (stream entry -> task message accepted by the broker). Start-up: from launching the "
+        "worker(s) to every stream having its group, then to every worker being a consumer of every group. "
+        "Threads: the whole worker process (Celery's main thread included). Idle CPU: over 5 s with every stream "
+        f"empty. Trickle latency: one entry at a time to a random stream, {TRICKLE_SAMPLES} samples with random "
+        f"gaps of 0-{TRICKLE_MAX_GAP_S:g} s, XADD -> message in the broker queue.",
+        "",
+        *markdown(results),
         "",
     ]
-    (RESULTS / "many_streams.md").write_text("\n".join(lines))
-    log("\n".join(lines))
+    (RESULTS / "many_streams.md").write_text("\n".join(text))
+
+
+def main() -> None:
+    from datetime import datetime
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--entries", type=int, default=20_000)
+    args = parser.parse_args()
+    results = run(args.entries)
+    write(results, datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"))
+    log("\n".join(markdown(results)))
 
 
 if __name__ == "__main__":

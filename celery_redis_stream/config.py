@@ -50,7 +50,7 @@ DEFAULTS: dict[str, Any] = {
     "stream_discovery_interval": 30.0,
     "stream_metrics_port": None,
     "stream_metrics_addr": "127.0.0.1",  # loopback unless configured: metrics name streams and groups
-    "stream_fast_path": False,
+    "stream_fast_path": True,
     "stream_reap_idle_ms": 3600000,
     "stream_retention_ms": None,
     "stream_max_deliveries": 5,
@@ -88,7 +88,7 @@ class StreamConfig:
     options: Mapping[str, Any] = field(default_factory=dict)
     registered: bool = True
     max_queue_length: int | None = None
-    fast_path: bool = False
+    fast_path: bool = True
 
     dead_letter_template: str = "{stream}:dead"
     tracker_prefix: str = "stream_tracker:"

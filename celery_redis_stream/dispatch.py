@@ -34,8 +34,11 @@ BATCH_PUBLISH_ERRORS: tuple[type[BaseException], ...] = tuple(
 )
 
 # While the worker runs tasks of its own, a batch that took at least
-# YIELD_MIN_SECONDS is followed by a pause of its time x YIELD_SHARE, capped.
+# YIELD_MIN_SECONDS, or held at least YIELD_MIN_ENTRIES entries (a backlog:
+# the fast path sends 100 in about 4 ms), is followed by a pause of its time
+# x YIELD_SHARE, capped.
 YIELD_MIN_SECONDS = 0.005
+YIELD_MIN_ENTRIES = 50
 YIELD_SHARE = 4.0
 YIELD_MAX_SECONDS = 0.5
 
@@ -58,10 +61,13 @@ def task_ids_for(sc: StreamConfig, entry_ids: Sequence[str]) -> list[str]:
     name = f"{sc.stream}\x00{sc.position_name}\x00".encode()
     prefix = hashlib.sha1(TASK_ID_NAMESPACE.bytes + name, usedforsecurity=False)
     out = []
+    variant = _VARIANT
     for entry_id in entry_ids:
         digest = prefix.copy()
         digest.update(entry_id.encode())
-        out.append(str(uuid.UUID(bytes=digest.digest()[:16], version=5)))
+        # str(uuid.UUID(bytes=digest[:16], version=5)), formatted from the hex digest directly
+        h = digest.hexdigest()
+        out.append(f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{variant[h[16]]}{h[17:20]}-{h[20:32]}")
     return out
 
 
@@ -94,6 +100,10 @@ def message_headers(
 ) -> dict[str, Any]:
     """The headers the bridge adds to a task message (the fast path writes them in the same order)."""
     return {**extra_headers, "redis_stream": sc.stream, "redis_stream_id": entry_id, **trace}
+
+
+# The RFC 4122 variant bits (10xx) set in a uuid's 17th hex digit.
+_VARIANT = {f"{n:x}": f"{(n & 0x3) | 0x8:x}" for n in range(16)}
 
 
 class Dispatcher:
@@ -187,7 +197,7 @@ class Dispatcher:
         """
         return self._send(sc, entries, counts, step)
 
-    def pace(self, elapsed: float, wait: Callable[[float], Any]) -> None:
+    def pace(self, elapsed: float, wait: Callable[[float], Any], entries: int = 0) -> None:
         """After a large batch, pause for four times its time if this worker runs tasks of its own.
 
         The reader thread and the worker's consumer share one GIL; a reader
@@ -200,7 +210,7 @@ class Dispatcher:
         executed = worker_state.all_total_count[0]
         busy = bool(worker_state.reserved_requests) or executed != self._executed
         self._executed = executed
-        if busy and elapsed >= YIELD_MIN_SECONDS:
+        if busy and (elapsed >= YIELD_MIN_SECONDS or entries >= YIELD_MIN_ENTRIES):
             wait(min(elapsed * YIELD_SHARE, YIELD_MAX_SECONDS))
 
     def _send(

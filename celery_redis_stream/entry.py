@@ -27,7 +27,7 @@ class RawEntry:
 
     @property
     def size(self) -> int:
-        return sum(len(p) for p in self.pairs) if self.pairs else 0
+        return sum(map(len, self.pairs)) if self.pairs else 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +49,15 @@ def decode(raw: RawEntry, *, max_bytes: int, delivery_count: int = 1) -> StreamE
     pairs = raw.pairs or ()
     if raw.size > max_bytes:
         raise EntryError("too_large", f"entry is {raw.size} bytes, stream_max_entry_bytes is {max_bytes}")
-    fields: dict[str, str] = {}
+    try:  # the common case in one pass; any problem is found and reported by the loop below
+        it = iter(pairs)
+        # zip(it, it) pairs names with values; an odd count fails the length check below
+        fields = {name.decode(): value.decode() for name, value in zip(it, it, strict=False)}
+        if 2 * len(fields) == len(pairs):
+            return StreamEntry(raw.stream, raw.id, fields, delivery_count)
+    except UnicodeDecodeError:
+        pass
+    fields = {}
     try:
         for i in range(0, len(pairs), 2):
             name = pairs[i].decode("utf-8")

@@ -23,7 +23,6 @@ from .exceptions import StreamConfigError
 from .position import Lease, LeaseLost, commit
 from .reader import (
     autoclaim,
-    connect,
     ensure_group,
     read_group,
     read_tracked,
@@ -130,7 +129,7 @@ class _Loop(threading.Thread):
             while not self.stopping:
                 try:
                     if self.client is None:
-                        self.client = connect(self.service.config)
+                        self.client = self.service.connect()
                     self.adopt_incoming()
                     self.step()
                     if self.failures:
@@ -221,7 +220,7 @@ class _Loop(threading.Thread):
         client, self.client = self.client, None
         if client is not None:
             with contextlib.suppress(Exception):  # closing a broken connection may fail; it is discarded anyway
-                client.close()
+                self.service.release(client)
 
     def handle(
         self,
@@ -289,7 +288,7 @@ class _Loop(threading.Thread):
         stats.trimmed += len(trimmed)
         if ids:
             stats.last_id = ids[-1]
-        self.dispatcher.pace(elapsed, self.service.stop_event.wait)
+        self.dispatcher.pace(elapsed, self.service.stop_event.wait, len(entries))
 
 
 class GroupLoop(_Loop):

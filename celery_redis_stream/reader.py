@@ -11,6 +11,7 @@ from redis.exceptions import ResponseError
 
 from .config import BridgeConfig, StreamConfig
 from .entry import RawEntry, parse_entries, parse_read_reply
+from .slots import is_cluster, read_slots
 
 __all__ = [
     "as_entry_id",
@@ -144,6 +145,8 @@ def read_group(
 ) -> dict[str, list[RawEntry]]:
     """XREADGROUP: ``">"`` reads new entries, an id re-reads this consumer's own pending ones."""
     args: list[Any] = ["XREADGROUP", "GROUP", group, consumer, "COUNT", count]
+    if is_cluster(client):  # streams may span hash slots
+        return parse_read_reply(read_slots(client, args, positions, block_ms))
     if block_ms is not None:
         args += ["BLOCK", block_ms]
     args += ["STREAMS", *positions.keys(), *positions.values()]
@@ -185,6 +188,8 @@ def read_tracked(
 ) -> dict[str, list[RawEntry]]:
     """XREAD after each tracked stream's position."""
     args: list[Any] = ["XREAD", "COUNT", count]
+    if is_cluster(client):  # streams may span hash slots
+        return parse_read_reply(read_slots(client, args, positions, block_ms))
     if block_ms is not None:
         args += ["BLOCK", block_ms]
     args += ["STREAMS", *positions.keys(), *positions.values()]

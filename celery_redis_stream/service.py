@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import re
 import threading
@@ -9,10 +10,9 @@ import time
 from dataclasses import asdict
 from typing import Any
 
-from redis.crc import key_slot
-
 from .config import BridgeConfig, StreamConfig, check_slots
 from .loops import Discovery, GroupLoop, StreamStats, TrackerLoop, _Loop
+from .reader import connect
 
 __all__ = ["Service", "StreamStats"]
 
@@ -20,9 +20,11 @@ __all__ = ["Service", "StreamStats"]
 class Service:
     """All readers of one worker: start() returns at once, stop() is idempotent and prompt.
 
-    Streams are read by as few threads as possible: one blocking read per
-    group (per hash slot on a cluster, where one command cannot span slots)
-    and one for the tracked streams.
+    Streams are read by as few threads as possible: one per group (and batch
+    size) and one for the tracked streams. On a single Redis each is one
+    blocking read for all its streams; on a cluster, where one read cannot
+    span hash slots, each polls its slots per master (slots.py), and all
+    readers of the worker share one cluster client.
     """
 
     def __init__(self, app: Any, config: BridgeConfig, *, consumer: str) -> None:
@@ -35,6 +37,7 @@ class Service:
         self._loops: dict[tuple[Any, ...], _Loop] = {}
         self._lock = threading.Lock()
         self._started = False
+        self._shared_client: Any = None
         patterns = [sc for sc in config.streams if sc.is_pattern]
         for sc in config.streams:
             if not sc.is_pattern:
@@ -52,8 +55,27 @@ class Service:
         return [*loops, self.discovery] if self.discovery is not None else loops
 
     def _loop_key(self, sc: StreamConfig) -> tuple[Any, ...]:
-        slot = key_slot(sc.stream.encode()) if self.config.cluster else None
-        return (sc.mode, sc.group if sc.mode == "group" else None, sc.batch_size, slot)
+        return (sc.mode, sc.group if sc.mode == "group" else None, sc.batch_size)
+
+    def connect(self) -> Any:
+        """A reader's Redis client: its own on a single Redis, the worker's one shared client on a cluster.
+
+        A cluster client holds a connection pool per node, the slot map and
+        the command table; one per reader made 100 untagged streams cost 100
+        clients. It is thread-safe, and the readers' blocking reads each take
+        a connection of their own from the node's pool.
+        """
+        if not self.config.cluster:
+            return connect(self.config)
+        with self._lock:
+            if self._shared_client is None:
+                self._shared_client = connect(self.config)
+            return self._shared_client
+
+    def release(self, client: Any) -> None:
+        """A reader is done with ``client``; the shared cluster client is closed by :meth:`stop`."""
+        if client is not self._shared_client:
+            client.close()
 
     def add(self, sc: StreamConfig) -> None:
         """Read ``sc``: join the loop that reads its group (or trackers), or start one."""
@@ -108,6 +130,12 @@ class Service:
         for loop in self.loops:
             if loop.is_alive() and loop is not threading.current_thread():
                 loop.join(max(0.0, deadline - time.monotonic()))
+        if not self.alive:
+            with self._lock:
+                shared, self._shared_client = self._shared_client, None
+            if shared is not None:
+                with contextlib.suppress(Exception):  # a broken connection may fail to close; it is dropped anyway
+                    shared.close()
 
     @property
     def alive(self) -> bool:

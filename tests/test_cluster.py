@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import psutil
 import pytest
 import redis
 from celery import Celery
@@ -266,17 +267,16 @@ def test_master_failover_dispatches_everything_the_cluster_kept(
         cluster.stop()
 
 
-def test_one_read_per_hash_slot_streams_sharing_a_hash_tag_share_a_reader() -> None:
+def test_one_reader_per_group_on_a_cluster_whatever_the_hash_slots() -> None:
     from celery_redis_stream.service import Service
 
     tagged = [f"{{tenant}}:s{i}" for i in range(10)]
     spread = ["orders", "payments", "events"]
+    assert len({key_slot(s.encode()) for s in [*spread, tagged[0]]}) == 4
     config = _config("redis+cluster://127.0.0.1:7000", dict.fromkeys([*tagged, *spread], "t"))
     service = Service(Celery(broker="memory://", set_as_current=False), config, consumer="c")
     readers = [sorted(sc.stream for sc in loop._incoming) for loop in service.loops]
-    slots = {key_slot(s.encode()) for s in spread}
-    assert len(readers) == 1 + len(slots)
-    assert sorted(tagged) in readers
+    assert readers == [sorted([*tagged, *spread])]
     # On a single Redis one read covers every stream of a group.
     single = _config("redis://127.0.0.1:7000/0", dict.fromkeys([*tagged, *spread], "t"))
     assert len(Service(Celery(broker="memory://", set_as_current=False), single, consumer="c").loops) == 1
@@ -346,3 +346,107 @@ def test_least_privilege_acl_user_on_a_cluster(cluster: Cluster, broker: RedisSe
         for node in cluster.masters_now():
             node.client().execute_command("ACL", "DELUSER", "stream-group")
             node.client().execute_command("ACL", "LOG", "RESET")
+
+
+def bridge_streams(
+    cluster: Cluster, broker: RedisServer, workers: list[Worker], grouped: list[str], tracked: list[str]
+) -> tuple[Worker, redis.Redis]:
+    """A worker reading ``grouped`` (one group) and ``tracked`` streams, 5 entries of each already executed."""
+    tasks: dict[str, Any] = dict.fromkeys(grouped, "tests.record")
+    tasks.update({s: {"task": "tests.record", "mode": "tracker"} for s in tracked})
+    env = worker_env(cluster.url, broker.url_db(1), broker.url_db(2), tasks, stream_start="0", stream_block_ms=200)
+    c = cluster.client()
+    for s in tasks:
+        produce_many(c, s, 5)
+    worker = Worker(env)
+    workers.append(worker)
+    worker.start()
+    ledger = broker.client(2)
+    wait_logged(workers, lambda: len(executed(ledger)) >= 5 * len(tasks), 60, "the first tasks")
+    return worker, ledger
+
+
+def test_reshard_under_load_with_one_reader_polling_many_slots_loses_nothing(
+    cluster: Cluster, broker: RedisServer, workers: list[Worker]
+) -> None:
+    grouped, tracked = one_stream_per_master(cluster, "rs-g"), one_stream_per_master(cluster, "rs-t")[:2]
+    worker, ledger = bridge_streams(cluster, broker, workers, grouped, tracked)
+    assert worker.proc is not None
+    # One reader thread per mode, all slots: the main thread, the group reader, the tracker reader.
+    assert psutil.Process(worker.proc.pid).num_threads() <= 4
+    producer = Producer(cluster.client(), [*grouped, *tracked])
+    producer.start()
+    try:
+        time.sleep(1.0)
+        for s in (grouped[0], tracked[0]):
+            slot = key_slot(s.encode())
+            source = cluster.owner(slot)
+            target = next(m for m in cluster.masters_now() if m.port != source.port)
+            assert cluster.migrate_slot(slot, target, hold=0.5) >= 1  # ASK while half-migrated, then MOVED
+            assert cluster.owner(slot).port == target.port
+            time.sleep(0.5)
+    finally:
+        producer.stop()
+    c = cluster.client()
+    expected = all_entries(c, [*grouped, *tracked])
+    assert set(producer.acked) <= set(expected)
+    wait_logged(workers, lambda: set(dispatched(ledger)) >= set(expected), 60, f"all {len(expected)} dispatched")
+    assert set(dispatched(ledger)) == set(expected)
+    assert worker.proc.poll() is None, "the worker survives the reshard"
+    # The redirections are followed inside the round: no failed round, no backoff.
+    problems = [line for line in worker.output().splitlines() if "WARNING" in line or "ERROR" in line]
+    assert problems == []
+
+
+def test_master_failover_with_one_reader_polling_many_slots(broker_server: RedisServer, workers: list[Worker]) -> None:
+    broker_server.client().flushall()
+    cluster = Cluster(masters=3, replicas=1).start()
+    try:
+        grouped, tracked = one_stream_per_master(cluster, "fo-g"), one_stream_per_master(cluster, "fo-t")
+        worker, ledger = bridge_streams(cluster, broker_server, workers, grouped, tracked)
+        producer = Producer(cluster.client(), [*grouped, *tracked], pause=0.01)
+        producer.start()
+        try:
+            time.sleep(1.0)
+            slot = key_slot(grouped[0].encode())
+            old = cluster.owner(slot)
+            cluster.kill(old)
+            cluster.wait_promoted(old, slot)
+            time.sleep(1.5)  # writes continue on the promoted replica
+        finally:
+            producer.stop()
+        c = cluster.client()
+        kept = all_entries(c, [*grouped, *tracked])
+        wait_logged(workers, lambda: set(dispatched(ledger)) >= set(kept), 60, f"all {len(kept)} kept dispatched")
+        assert worker.proc is not None and worker.proc.poll() is None, "the worker survives the failover"
+        written_after = [e for e in producer.acked if e in set(kept)][-5:]
+        assert written_after and set(written_after) <= set(dispatched(ledger))
+    finally:
+        cluster.stop()
+
+
+def test_a_read_over_many_slots_reads_every_slot_in_one_round_and_waits_longer_while_idle(cluster: Cluster) -> None:
+    from celery_redis_stream import slots
+    from celery_redis_stream.reader import connect, read_group
+
+    cluster.flush()
+    streams = one_stream_per_master(cluster, "poll-")
+    client = connect(_config(cluster.url, dict.fromkeys(streams, "t")))
+    try:
+        for s in streams:
+            client.xgroup_create(s, "g", id="0", mkstream=True)
+        positions = dict.fromkeys(streams, ">")
+        head = ("XREADGROUP", "GROUP", "g", "c", "COUNT", 10)
+        waits = []
+        for _ in range(6):
+            assert read_group(client, "g", "c", positions, count=10, block_ms=1000) == {}
+            waits.append(slots._idle.wait[head])
+        assert waits == [20, 40, 80, 160, 200, 200]  # doubling from IDLE_WAIT_MIN_MS up to IDLE_WAIT_MAX_MS
+        for s in streams:
+            client.xadd(s, {"n": s})
+        got = read_group(client, "g", "c", positions, count=10, block_ms=1000)
+        assert sorted(got) == sorted(streams)  # one round reads every slot, on every master
+        assert all(len(entries) == 1 for entries in got.values())
+        assert slots._idle.wait[head] == slots.IDLE_WAIT_MIN_MS
+    finally:
+        client.close()

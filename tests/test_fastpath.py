@@ -208,6 +208,12 @@ def test_reader_pauses_between_batches_only_while_the_worker_runs_its_own_tasks(
     monkeypatch.setattr(worker_state, "all_total_count", [worker_state.all_total_count[0] + 1])
     dispatcher.pace(10.0, pauses.append)  # capped
     assert pauses[-1] == dispatch.YIELD_MAX_SECONDS
+    monkeypatch.setattr(worker_state, "all_total_count", [worker_state.all_total_count[0] + 1])
+    dispatcher.pace(0.001, pauses.append, dispatch.YIELD_MIN_ENTRIES)  # a quick batch, but a full one: a backlog
+    assert pauses[-1] == 0.001 * dispatch.YIELD_SHARE
+    monkeypatch.setattr(worker_state, "all_total_count", [worker_state.all_total_count[0] + 1])
+    dispatcher.pace(0.001, pauses.append, 3)  # a quick small batch: a trickle, latency first
+    assert len(pauses) == 3
 
 
 def test_worker_executes_fast_path_messages_like_send_task_messages(
@@ -249,3 +255,130 @@ def _config_app(tasks: dict[str, Any], group: str) -> Celery:
     streams = {s: {**spec, "registered": False} for s, spec in sorted(tasks.items())}
     app.conf.update(stream_tasks=streams, stream_group=group)
     return app
+
+
+def test_fast_path_is_on_by_default_and_can_be_turned_off(server: RedisServer) -> None:
+    app = Celery("fastpath-default", broker=server.url_db(1), set_as_current=False)
+    app.task(name="tests.record", shared=False)(record)
+    app.conf.update(stream_url=server.url, stream_tasks={"orders": "tests.record"})
+    (sc,) = load_config(app).streams
+    assert sc.fast_path is True
+    app.conf.stream_fast_path = False
+    (sc,) = load_config(app).streams
+    assert sc.fast_path is False
+
+
+BATCH = [
+    ENTRY,
+    RawEntry("orders", "1700000000000-8", (b"pct", b"100%s %d %%", b"uni", "ü ☃ \U0001f600 \x01".encode())),
+    RawEntry("orders", "1700000000001-0", ()),
+]
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"task": "tests.record"},
+        {"task": "tests.record", "call": "kwargs", "queue": "orders-q"},
+        {"task": "tests.record", "call": "entry", "options": {"priority": 7, "headers": {"tenant": "50%s off"}}},
+        {"task": "tests.record", "converter": "tests.test_fastpath:to_pair", "mode": "tracker"},
+    ],
+    ids=["fields", "kwargs-queue", "entry-priority-percent-header", "converter-tracker"],
+)
+def test_fast_path_batch_is_byte_identical_to_send_task(
+    server: RedisServer, spec: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The whole stored text of every message of a batch, not only its decoded fields, but the delivery tag."""
+    from celery_redis_stream import fastpath
+
+    built: list[bool] = []
+
+    def recording_build(*args: Any, **kwargs: Any) -> Any:
+        envelope = build(*args, **kwargs)
+        built.append(envelope is not None)
+        return envelope
+
+    build = fastpath.build_envelope
+    monkeypatch.setattr(fastpath, "build_envelope", recording_build)
+    app = make_app(server, {"orders": spec})
+    sc = load_config(app).streams[0]
+    dispatcher = Dispatcher(app, max_entry_bytes=1 << 20)
+    client = server.client(1)
+    sent = []
+    try:
+        for fast in (True, False):
+            assert dispatcher.send(dataclasses.replace(sc, fast_path=fast), BATCH) == []
+            (key,) = [k for k in client.keys("*") if client.type(k) == b"list"]
+            sent.append(client.lrange(key, 0, -1))
+            client.delete(key)
+    finally:
+        dispatcher.close()
+    fast, std = sent
+    assert built == [True], "the per-batch envelope made these messages"
+    assert len(fast) == len(std) == len(BATCH)
+    for mine, theirs in zip(fast, std, strict=True):
+        tags = [json.loads(m)["properties"]["delivery_tag"].encode() for m in (mine, theirs)]
+        assert mine.count(tags[0]) == 1
+        assert mine.replace(tags[0], tags[1]) == theirs
+
+
+def test_delivery_tags_drawn_per_batch_are_uuid4_strings() -> None:
+    import uuid
+
+    from celery_redis_stream.envelope import uuid4_strings
+
+    tags = uuid4_strings(1000)
+    assert len(set(tags)) == 1000
+    for tag in tags:
+        parsed = uuid.UUID(tag)
+        assert (parsed.version, parsed.variant, str(parsed)) == (4, uuid.RFC_4122, tag)
+    assert uuid4_strings(0) == []
+
+
+def test_empty_arguments_are_shown_as_saferepr_shows_them() -> None:
+    for value in ((), [], {}):
+        for size in (1, 1024):
+            assert argument_repr(value, size, 3) == saferepr(value, size, maxlevels=3)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(st.from_regex(r"\A[0-9]{1,13}-[0-9]{1,5}\Z"), text), max_size=20), text)
+def test_batch_task_ids_are_the_uuid5_task_ids(entry_ids: list[str], stream: str) -> None:
+    from celery_redis_stream.dispatch import task_ids_for
+
+    sc = StreamConfig(stream=stream or "s", task="t", mode="group", group="g", start="$", tracker_key="k",
+                      batch_size=10, dead_letter="d")  # fmt: skip
+    assert task_ids_for(sc, entry_ids) == [task_id_for(sc, i) for i in entry_ids]
+
+
+@pytest.mark.parametrize(("options", "builds"), [({}, 1), ({"expires": 60}, 3)], ids=["static", "expires"])
+def test_a_batch_template_is_reused_unless_it_holds_a_time(
+    server: RedisServer, monkeypatch: pytest.MonkeyPatch, options: dict[str, Any], builds: int
+) -> None:
+    from celery_redis_stream.fastpath import FastPath
+
+    made: list[str] = []
+    template = FastPath.template
+
+    def counting(self: Any, *args: Any, **kwargs: Any) -> Any:
+        made.append("template")
+        return template(self, *args, **kwargs)
+
+    monkeypatch.setattr(FastPath, "template", counting)
+    app = make_app(server, {"orders": {"task": "tests.record", "options": options}})
+    sc = load_config(app).streams[0]
+    dispatcher = Dispatcher(app, max_entry_bytes=1 << 20)
+    try:
+        for i in range(3):
+            assert dispatcher.send(sc, [RawEntry("orders", f"1-{i}", (b"n", str(i).encode()))]) == []
+        assert len(made) == builds
+        dispatcher.close()  # a new producer: a new template
+        assert dispatcher.send(sc, [RawEntry("orders", "2-0", (b"n", b"x"))]) == []
+        assert len(made) == builds + 1
+    finally:
+        dispatcher.close()
+    messages = [decoded(m) for m in reversed(server.client(1).lrange("celery", 0, -1))]  # consumed from the right
+    server.client(1).delete("celery")
+    assert [m["headers"]["redis_stream_id"] for m in messages] == ["1-0", "1-1", "1-2", "2-0"]
+    assert len({m["headers"]["id"] for m in messages}) == 4
+    assert len({m["properties"]["delivery_tag"] for m in messages}) == 4

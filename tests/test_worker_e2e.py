@@ -201,7 +201,8 @@ def test_kill_9_and_restart_loses_nothing_and_duplicates_at_most_a_batch_per_kil
 def test_sigterm_mid_stream_then_restart_dispatches_everything_exactly_once(
     redis_server: RedisServer, mode: str, workers: list[Worker]
 ) -> None:
-    env = env_for(redis_server, {"orders": "tests.record"}, stream_batch_size=50, stream_mode=mode)
+    # Small batches keep the default (fast) path busy for seconds, so the SIGTERM lands mid-stream.
+    env = env_for(redis_server, {"orders": "tests.record"}, stream_batch_size=10, stream_mode=mode)
     total = 20000
     produced = produce_many(redis_server.client(), "orders", total)
     worker = Worker(env, queues="other").start()

@@ -1,0 +1,380 @@
+"""What every benchmark scenario shares: private redis-server processes, real `celery worker` processes, helpers.
+
+Self-contained (no import of the test package): a benchmark must not depend on
+test fixtures, and the tests must be free to change theirs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import psutil
+import redis
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = Path(__file__).resolve().parent / "results"
+STREAM = "bench"
+FIELDS = {"a": "1", "b": "hello"}  # plus "n": the entry number; 3 small fields
+
+
+def log(text: str) -> None:
+    print(text, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def median_of(runs: int, what: str, fn: Callable[[], float], unit: str = "entries/s") -> dict[str, Any]:
+    values = []
+    for i in range(runs):
+        values.append(fn())
+        log(f"  {what} run {i + 1}/{runs}: {values[-1]:,.0f} {unit}")
+    return {"median": statistics.median(values), "runs": values}
+
+
+# ---------------------------------------------------------------- redis-server
+
+
+class RedisServer:
+    """A private redis-server on a free loopback port, stopped by its pid."""
+
+    def __init__(self, *args: str, port: int | None = None) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not on the PATH: the benchmarks need the real server")
+        self.binary = binary
+        self.args = list(args)
+        self.port = port or free_port()
+        self.dir = tempfile.mkdtemp(prefix="crs-bench-redis-")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def url_db(self, db: int) -> str:
+        return f"redis://127.0.0.1:{self.port}/{db}"
+
+    def start(self) -> RedisServer:
+        cmd = [
+            self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir, "--save", "",
+            "--appendonly", "no", "--daemonize", "no", "--logfile", os.path.join(self.dir, "redis.log"), *self.args,
+        ]  # fmt: skip
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(self._ping, 10, f"redis-server on port {self.port}")
+        return self
+
+    def _ping(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(f"redis-server on port {self.port} exited; see {self.dir}/redis.log")
+        try:
+            return bool(redis.Redis(port=self.port, socket_timeout=1).ping())
+        except (redis.ConnectionError, redis.TimeoutError):
+            return False
+
+    def client(self, db: int = 0, **kwargs: Any) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port, db=db, **kwargs)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Cluster:
+    """A private Redis Cluster of ``masters`` masters (no replicas) on free loopback ports."""
+
+    def __init__(self, masters: int = 3) -> None:
+        if shutil.which("redis-cli") is None:
+            raise RuntimeError("redis-cli is not on the PATH: the cluster benchmark needs it")
+        self.masters = masters
+        self.nodes: list[RedisServer] = []
+
+    def start(self) -> Cluster:
+        try:
+            for _ in range(self.masters):
+                port = self._port()
+                self.nodes.append(
+                    RedisServer("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", port=port).start()
+                )
+            subprocess.run(
+                ["redis-cli", "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in self.nodes),
+                 "--cluster-replicas", "0", "--cluster-yes"],
+                check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60,
+            )  # fmt: skip
+            wait_for(self._ok, 30, "the cluster to be ok")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    @staticmethod
+    def _port() -> int:
+        for _ in range(200):  # the cluster bus port (port + 10000) must be free too
+            port = free_port()
+            if port > 55535:
+                continue
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port + 10000))
+                except OSError:
+                    continue
+            return port
+        raise RuntimeError("no free port pair for a cluster node")
+
+    def _ok(self) -> bool:
+        for node in self.nodes:
+            info = node.client().execute_command("CLUSTER", "INFO")
+            text = info.decode() if isinstance(info, bytes) else str(info)
+            if "cluster_state:ok" not in text:
+                return False
+        try:
+            self.client().ping()
+        except redis.RedisError:
+            return False
+        return True
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes[:2])
+
+    def client(self) -> Any:
+        from redis.cluster import RedisCluster
+
+        return RedisCluster(host="127.0.0.1", port=self.nodes[0].port)
+
+    def flush(self) -> None:
+        for node in self.nodes:
+            node.client().flushall()
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+
+# ---------------------------------------------------------------- celery worker
+
+
+class Worker:
+    """A real `celery worker` subprocess on benchmarks/benchapp.py (settings from BENCH_* variables)."""
+
+    def __init__(self, env: dict[str, str], name: str, *, queues: str, extra: Iterable[str] = ()) -> None:
+        self.name = name
+        self.env = {**os.environ, **env, "PYTHONPATH": str(ROOT)}
+        self.dir = tempfile.mkdtemp(prefix="crs-bench-worker-")
+        self.log = Path(self.dir) / f"{name}.log"
+        self.cmd = [
+            sys.executable, "-m", "celery", "-A", "benchmarks.benchapp", "worker", "-n", f"{name}@%h",
+            "--pool", "solo", "--loglevel", "INFO", "--without-gossip", "--without-mingle", "--without-heartbeat",
+            "-Q", queues, *extra,
+        ]  # fmt: skip
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._logfile: Any = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self, wait: str | None = "redis-stream: reading") -> Worker:
+        self._logfile = open(self.log, "ab")
+        self.proc = subprocess.Popen(
+            self.cmd, cwd=ROOT, env=self.env, stdout=self._logfile, stderr=subprocess.STDOUT
+        )  # fmt: skip
+        if wait:
+            wait_for(lambda: self._seen(wait), 60, f"{wait!r} in the log of worker {self.name}")
+        return self
+
+    def _seen(self, text: str) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(f"worker {self.name} exited ({self.proc.returncode}):\n{self.output()[-3000:]}")
+        return text in self.output()
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def log_time(self, text: str) -> float:
+        """Wall time of the first log line containing ``text`` (Celery's asctime: local time, ms)."""
+        for line in self.output().splitlines():
+            if text in line and line.startswith("["):
+                return datetime.strptime(line[1:24], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        raise RuntimeError(f"no {text!r} in the log of worker {self.name}")
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        if self._logfile is not None:
+            self._logfile.close()
+            self._logfile = None
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def bench_env(stream_url: str, broker_url: str, results_url: str, **conf: Any) -> dict[str, str]:
+    return {
+        "BENCH_STREAM_URL": stream_url,
+        "BENCH_BROKER_URL": broker_url,
+        "BENCH_RESULTS_URL": results_url,
+        "BENCH_CONF": json.dumps(conf),
+    }
+
+
+# ---------------------------------------------------------------- one server for the single-Redis scenarios
+
+
+class Bench:
+    """One redis-server (streams db 0, broker db 1, results db 2) and the workers started on it."""
+
+    def __init__(self) -> None:
+        self.server = RedisServer().start()
+        self.streams = self.server.client(0)
+        self.broker = self.server.client(1)
+        self.results = self.server.client(2)
+        self.workers = 0
+
+    def close(self) -> None:
+        self.server.stop()
+
+    def reset(self) -> None:
+        for client in (self.streams, self.broker, self.results):
+            client.flushdb()
+
+    @contextmanager
+    def worker(
+        self,
+        queues: str,
+        wait: str = "redis-stream: reading",
+        extra: tuple[str, ...] = (),
+        quiet: bool = False,
+        **conf: Any,
+    ) -> Iterator[Worker]:
+        """A `celery worker`; ``quiet`` runs it at Celery's default log level (WARNING), as workers that
+        execute tasks usually run: INFO adds two log lines per task to the measured path."""
+        self.workers += 1
+        if quiet:
+            extra = (*extra, "--loglevel", "WARNING")
+        env = bench_env(self.server.url_db(0), self.server.url_db(1), self.server.url_db(2), **conf)
+        worker = Worker(env, f"bench{self.workers}", queues=queues, extra=extra)
+        try:
+            worker.start(wait=None if quiet else wait)
+            if quiet:
+                wait_for(self.bridge_reading, 60, "the bridge to read")
+                time.sleep(1.5)  # and the worker's own consumer to be on its queue
+            yield worker
+        finally:
+            worker.stop()
+
+    def bridge_reading(self) -> bool:
+        try:
+            return bool(self.streams.xinfo_consumers(STREAM, "celery"))
+        except redis.ResponseError:  # no stream or group yet
+            return False
+
+
+def stream_conf(batch: int, *, fast: bool | None = None, queue: str = "sink", task: str = "bench.noop",
+                start: str = "0") -> dict[str, Any]:  # fmt: skip
+    """The bridge's settings for the one benchmark stream; ``fast=None`` leaves stream_fast_path at its default."""
+    conf: dict[str, Any] = {
+        "stream_tasks": {STREAM: {"task": task, "queue": queue}},
+        "stream_start": start,
+        "stream_batch_size": batch,
+    }
+    if fast is not None:
+        conf["stream_fast_path"] = fast
+    return conf
+
+
+def fill_stream(client: redis.Redis, stream: str, n: int, start: int = 0) -> None:
+    pipe = client.pipeline(transaction=False)
+    for i in range(start, start + n):
+        pipe.xadd(stream, {**FIELDS, "n": str(i)})
+        if (i - start) % 2000 == 1999:
+            pipe.execute()
+    pipe.execute()
+
+
+def group_done(client: redis.Redis, stream: str, group: str = "celery") -> tuple[int, int]:
+    """(lag, pending) of the group; a large lag while the group does not exist yet."""
+    for info in client.xinfo_groups(stream):
+        if info["name"] in (group, group.encode()):
+            lag = info.get("lag")
+            return (10**9 if lag is None else int(lag)), int(info["pending"])
+    return 10**9, 0
+
+
+def rss_mb(pid: int) -> float:
+    proc = psutil.Process(pid)
+    return sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)]) / 2**20
+
+
+def peak_rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def machine(server: RedisServer) -> dict[str, Any]:
+    import celery
+    import kombu
+
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "celery": celery.__version__,
+        "kombu": kombu.__version__,
+        "redis_py": redis.__version__,
+        "redis_server": server.client().info("server")["redis_version"],
+        "date": datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+    }
