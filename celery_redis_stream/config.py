@@ -128,10 +128,10 @@ def _fail(setting: str, problem: str, stream: str | None = None) -> StreamConfig
 
 # The checks: each takes the value, the setting's name as the message shows it and
 # the stream (None for a global setting), and returns the parsed value or raises.
-Check = Callable[[Any, str, str | None], Any]
+Check = Callable[[object, str, str | None], Any]
 
 
-def _int(value: Any, setting: str, stream: str | None = None, *, minimum: int = 0) -> int:
+def _int(value: object, setting: str, stream: str | None = None, *, minimum: int = 0) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise _fail(setting, f"expected an integer, got {value!r}", stream)
     if value < minimum:
@@ -139,39 +139,39 @@ def _int(value: Any, setting: str, stream: str | None = None, *, minimum: int = 
     return value
 
 
-def _positive(value: Any, setting: str, stream: str | None = None) -> int:
+def _positive(value: object, setting: str, stream: str | None = None) -> int:
     return _int(value, setting, stream, minimum=1)
 
 
-def _count(value: Any, setting: str, stream: str | None = None) -> int:
+def _count(value: object, setting: str, stream: str | None = None) -> int:
     return _int(value, setting, stream, minimum=0)
 
 
-def _str(value: Any, setting: str, stream: str | None = None) -> str:
+def _str(value: object, setting: str, stream: str | None = None) -> str:
     if not isinstance(value, str) or not value:
         raise _fail(setting, f"expected a non-empty string, got {value!r}", stream)
     return value
 
 
-def _flag(value: Any, setting: str, stream: str | None = None) -> bool:
+def _flag(value: object, setting: str, stream: str | None = None) -> bool:
     if not isinstance(value, bool):
         raise _fail(setting, f"expected True or False, got {value!r}", stream)
     return value
 
 
-def _mode(value: Any, setting: str, stream: str | None = None) -> Mode:
+def _mode(value: object, setting: str, stream: str | None = None) -> Mode:
     if value not in MODES:
         raise _fail(setting, f"expected one of {MODES}, got {value!r}", stream)
     return cast(Mode, value)
 
 
-def _call(value: Any, setting: str, stream: str | None = None) -> CallShape:
+def _call(value: object, setting: str, stream: str | None = None) -> CallShape:
     if value not in CALLS:
         raise _fail(setting, f"expected one of {CALLS}, got {value!r}", stream)
     return cast(CallShape, value)
 
 
-def _start(value: Any, setting: str, stream: str | None = None) -> str:
+def _start(value: object, setting: str, stream: str | None = None) -> str:
     text = _str(str(value) if isinstance(value, int) and not isinstance(value, bool) else value, setting, stream)
     if text in ("$", "0"):
         return text
@@ -181,20 +181,20 @@ def _start(value: Any, setting: str, stream: str | None = None) -> str:
     return text
 
 
-def _tasks(value: Any, setting: str, stream: str | None = None) -> Mapping[Any, Any]:
+def _tasks(value: object, setting: str, stream: str | None = None) -> Mapping[object, object]:
     if not isinstance(value, Mapping):
         raise _fail(setting, f"expected a mapping of stream name to task, got {type(value).__name__}")
     return value
 
 
-def _dead_letter(value: Any, setting: str, stream: str | None = None) -> str:
+def _dead_letter(value: object, setting: str, stream: str | None = None) -> str:
     template = _str(value, setting)
     if "{stream}" not in template:
         raise _fail(setting, f"must contain '{{stream}}', got {template!r}")
     return template
 
 
-def _url(value: Any, setting: str, stream: str | None = None) -> str:
+def _url(value: object, setting: str, stream: str | None = None) -> str:
     if not isinstance(value, str):
         raise _fail(setting, "expected a URL string")
     if not value.startswith(STREAM_SCHEMES):
@@ -205,19 +205,19 @@ def _url(value: Any, setting: str, stream: str | None = None) -> str:
     return value
 
 
-def _transport_options(value: Any, setting: str, stream: str | None = None) -> dict[str, Any]:
+def _transport_options(value: object, setting: str, stream: str | None = None) -> dict[str, Any]:
     if not isinstance(value, Mapping):
         raise _fail(setting, f"expected a dict of redis-py client options, got {value!r}")
     return dict(value)
 
 
-def _seconds(value: Any, setting: str, stream: str | None = None) -> float:
+def _seconds(value: object, setting: str, stream: str | None = None) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
         raise _fail(setting, f"expected a positive number of seconds, got {value!r}")
     return float(value)
 
 
-def _trace_fields(value: Any, setting: str, stream: str | None = None) -> tuple[str, ...]:
+def _trace_fields(value: object, setting: str, stream: str | None = None) -> tuple[str, ...]:
     if isinstance(value, str) or not isinstance(value, (list, tuple)):
         raise _fail(setting, f"expected a list of entry field names, got {value!r}")
     names = tuple(_str(name, setting) for name in value)
@@ -229,18 +229,18 @@ def _trace_fields(value: Any, setting: str, stream: str | None = None) -> tuple[
     return names
 
 
-def _task_name(value: Any, setting: str, stream: str | None = None) -> str:
+def _task_name(value: object, setting: str, stream: str | None = None) -> str:
     task = _str(value, setting, stream).strip()
     if not task:
         raise _fail("stream_tasks", "the task name is empty", stream)
     return task
 
 
-def _converter(value: Any, setting: str, stream: str | None = None) -> Converter:
+def _converter(value: object, setting: str, stream: str | None = None) -> Converter:
     return import_converter(_str(value, setting, stream), cast(str, stream))
 
 
-def _send_options(value: Any, setting: str, stream: str | None = None) -> dict[str, Any]:
+def _send_options(value: object, setting: str, stream: str | None = None) -> dict[str, Any]:
     if not isinstance(value, Mapping):
         raise _fail(setting, f"expected a dict of send_task options, got {value!r}", stream)
     reserved = sorted({"task_id", "args", "kwargs", "producer", "name"} & set(value))
@@ -260,12 +260,12 @@ class Option:
     takes it too). ``doc``: the README's default, where it is not a plain value.
     """
 
-    default: Any
+    default: object
     type: str
     check: Check
     nullable: bool = False
     inherits: str | None = None
-    computed: Callable[[Any], Any] | None = None
+    computed: Callable[[Any], str] | None = None
     doc: str | None = None
 
 
@@ -424,7 +424,10 @@ STREAM_OPTIONS: dict[str, Option] = {
     "retention_ms": Option(None, "int >= 1 | None", _positive, nullable=True, inherits="stream_retention_ms"),
 }
 
-DEFAULTS: dict[str, Any] = {name: option.default for name, option in OPTIONS.items()}
+DEFAULTS: dict[str, object] = {name: option.default for name, option in OPTIONS.items()}
+
+# The global settings' checked values, by name, as _load_config hands them on.
+Settings = dict[str, Any]
 STREAM_KEYS = frozenset(STREAM_OPTIONS)
 
 
@@ -522,9 +525,9 @@ def _sentinel_options(conf: Any, url: str, options: dict[str, Any]) -> dict[str,
 
 
 def _stream_configs(
-    app: Any, settings: dict[str, Any], *, only: tuple[str, ...] | None, check_registered: bool
+    app: Any, settings: Settings, *, only: tuple[str, ...] | None, check_registered: bool
 ) -> list[StreamConfig]:
-    tasks: Mapping[Any, Any] = settings["stream_tasks"]
+    tasks: Mapping[object, object] = settings["stream_tasks"]
     if only is not None:
         unknown = sorted(set(only) - set(tasks))
         if unknown:
@@ -538,7 +541,7 @@ def _stream_configs(
     return streams
 
 
-def _stream_spec(stream: str, spec: Any) -> Mapping[str, Any]:
+def _stream_spec(stream: str, spec: object) -> Mapping[str, object]:
     """A stream's value in stream_tasks as a dict of known keys, with its task."""
     if isinstance(spec, str):
         return {"task": spec}
@@ -556,7 +559,7 @@ def _stream_spec(stream: str, spec: Any) -> Mapping[str, Any]:
     return spec
 
 
-def _read_key(spec: Mapping[str, Any], key: str, settings: dict[str, Any], stream: str) -> Any:
+def _read_key(spec: Mapping[str, object], key: str, settings: Settings, stream: str) -> Any:
     """One per-stream key, checked; unset, it is its global setting (or its own default)."""
     option = STREAM_OPTIONS[key]
     value = spec.get(key, settings[option.inherits] if option.inherits else option.default)
@@ -574,9 +577,7 @@ def _queue(queue: str | None, options: dict[str, Any], stream: str) -> str | Non
     return _str(options.pop("queue"), "stream_tasks 'options' 'queue'", stream)
 
 
-def _stream_config(
-    app: Any, stream: str, raw: Any, settings: dict[str, Any], *, check_registered: bool
-) -> StreamConfig:
+def _stream_config(app: Any, stream: str, raw: object, settings: Settings, *, check_registered: bool) -> StreamConfig:
     spec = _stream_spec(stream, raw)
     keys = {key: _read_key(spec, key, settings, stream) for key in STREAM_OPTIONS}
     task = keys["task"]
@@ -604,7 +605,7 @@ def _stream_config(
         tracker_option=keys["tracker"],
         call=keys["call"],
         converter=keys["converter"],
-        converter_path=spec.get("converter"),
+        converter_path=cast("str | None", spec.get("converter")),  # checked above, as the converter
         queue=queue,
         options=options,
         registered=keys["registered"],
