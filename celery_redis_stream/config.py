@@ -105,7 +105,7 @@ class BridgeConfig:
 
     @property
     def cluster(self) -> bool:
-        return self.url.split("://", 1)[0].endswith("+cluster")
+        return _is_cluster(self.url)
 
     @property
     def sentinel(self) -> bool:
