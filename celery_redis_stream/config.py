@@ -471,9 +471,8 @@ def load_config(app: Any, *, only: tuple[str, ...] | None = None, check_register
 def _load_config(app: Any, *, only: tuple[str, ...] | None, check_registered: bool) -> BridgeConfig:
     conf = app.conf
     _refuse_unknown_settings(app)
-    settings = {name: _read_setting(conf, name, option) for name, option in OPTIONS.items()}
+    settings = _read_settings(conf)
     url: str = settings["stream_url"]
-    transport_options = _sentinel_options(conf, url, settings["stream_transport_options"])
     streams = _stream_configs(app, settings, only=only, check_registered=check_registered)
     _check_queue_names(conf, url, streams)
     cluster = _is_cluster(url)
@@ -488,7 +487,7 @@ def _load_config(app: Any, *, only: tuple[str, ...] | None, check_registered: bo
         claim_idle_ms=settings["stream_claim_idle_ms"],
         max_entry_bytes=settings["stream_max_entry_bytes"],
         streams=tuple(streams),
-        transport_options=transport_options,
+        transport_options=settings["stream_transport_options"],
         discovery_interval=settings["stream_discovery_interval"],
         metrics_port=settings["stream_metrics_port"],
         metrics_addr=settings["stream_metrics_addr"],
@@ -498,6 +497,16 @@ def _load_config(app: Any, *, only: tuple[str, ...] | None, check_registered: bo
 
 def _is_cluster(url: str) -> bool:
     return url.split("://", 1)[0].endswith("+cluster")
+
+
+def _read_settings(conf: Any) -> Settings:
+    settings: Settings = {}
+    for name, option in OPTIONS.items():
+        settings[name] = _read_setting(conf, name, option)
+        if name == "stream_transport_options":
+            # The one check of two settings (the URL is read before); here, so the first bad setting is reported.
+            settings[name] = _sentinel_options(conf, settings["stream_url"], settings[name])
+    return settings
 
 
 def _read_setting(conf: Any, name: str, option: Option) -> Any:
@@ -577,23 +586,30 @@ def _queue(queue: str | None, options: dict[str, Any], stream: str) -> str | Non
     return _str(options.pop("queue"), "stream_tasks 'options' 'queue'", stream)
 
 
+def _read_keys(app: Any, stream: str, spec: Mapping[str, object], settings: Settings, *, check: bool) -> Settings:
+    """A stream's keys, checked in the table's order, each with what depends on it right after it."""
+    keys: Settings = {}
+    for key in STREAM_OPTIONS:
+        keys[key] = _read_key(spec, key, settings, stream)
+        if key == "registered" and keys[key] and check and keys["task"] not in app.tasks:
+            raise _fail(
+                "stream_tasks",
+                f"task {keys['task']!r} is not registered in this app (import it, or set 'registered': False "
+                "if another worker runs it)",
+                stream,
+            )
+        if key == "options":
+            keys["queue"] = _queue(keys["queue"], keys[key], stream)  # may move a queue out of options
+    return keys
+
+
 def _stream_config(app: Any, stream: str, raw: object, settings: Settings, *, check_registered: bool) -> StreamConfig:
     spec = _stream_spec(stream, raw)
-    keys = {key: _read_key(spec, key, settings, stream) for key in STREAM_OPTIONS}
-    task = keys["task"]
-    if keys["registered"] and check_registered and task not in app.tasks:
-        raise _fail(
-            "stream_tasks",
-            f"task {task!r} is not registered in this app (import it, or set 'registered': False "
-            "if another worker runs it)",
-            stream,
-        )
+    keys = _read_keys(app, stream, spec, settings, check=check_registered)
     prefix, dead_letter = settings["stream_tracker_prefix"], settings["stream_dead_letter"]
-    options = keys["options"]
-    queue = _queue(keys["queue"], options, stream)  # may move a queue out of options
     return StreamConfig(
         stream=stream,
-        task=task,
+        task=keys["task"],
         mode=keys["mode"],
         group=keys["group"],
         start=keys["start"],
@@ -606,8 +622,8 @@ def _stream_config(app: Any, stream: str, raw: object, settings: Settings, *, ch
         call=keys["call"],
         converter=keys["converter"],
         converter_path=cast("str | None", spec.get("converter")),  # checked above, as the converter
-        queue=queue,
-        options=options,
+        queue=keys["queue"],
+        options=keys["options"],
         registered=keys["registered"],
         max_queue_length=keys["max_queue_length"],
         fast_path=settings["stream_fast_path"],
