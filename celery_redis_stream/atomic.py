@@ -353,7 +353,7 @@ class Step:
             self.guarantee.show(self.stats)
         return True
 
-    def _run(self, dead: Sequence[DeadLetter]) -> None:
+    def _run(self, dead: Sequence[DeadLetter]) -> None:  # noqa: C901 -- one atomic script, built in order
         sc = self.sc
         streams_db = str(int(self.client.connection_pool.connection_kwargs.get("db") or 0))
         broker_db, prefix = self.target

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, cast
 from urllib.parse import urlparse
@@ -14,7 +14,7 @@ from .entry import CallShape, Converter
 from .exceptions import StreamConfigError
 from .redact import redact
 
-__all__ = ["BridgeConfig", "Mode", "StreamConfig", "load_config"]
+__all__ = ["OPTIONS", "STREAM_OPTIONS", "BridgeConfig", "Mode", "Option", "StreamConfig", "load_config"]
 
 Mode = Literal["group", "tracker"]
 MODES = ("group", "tracker")
@@ -22,41 +22,6 @@ CALLS = ("fields", "kwargs", "entry")
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 STREAM_SCHEMES = (*REDIS_SCHEMES, "redis+cluster://", "rediss+cluster://", "sentinel://")
 GLOB_CHARS = frozenset("*?[")
-
-STREAM_KEYS = frozenset(
-    {
-        "task", "queue", "options", "call", "converter", "mode", "group", "start",
-        "tracker", "batch_size", "registered", "max_queue_length",
-        "retention_ms",
-        "max_deliveries", "dead_letter_failed_tasks",
-    }
-)  # fmt: skip
-
-DEFAULTS: dict[str, Any] = {
-    "stream_tasks": {},
-    "stream_url": None,
-    "stream_mode": "group",
-    "stream_group": "celery",
-    "stream_consumer": None,
-    "stream_start": "$",
-    "stream_batch_size": 100,
-    "stream_block_ms": 1000,
-    "stream_claim_idle_ms": 60000,
-    "stream_dead_letter": "{stream}:dead",
-    "stream_max_entry_bytes": 1048576,
-    "stream_max_queue_length": None,
-    "stream_tracker_prefix": "stream_tracker:",
-    "stream_transport_options": {},
-    "stream_discovery_interval": 30.0,
-    "stream_metrics_port": None,
-    "stream_metrics_addr": "127.0.0.1",  # loopback unless configured: metrics name streams and groups
-    "stream_fast_path": True,
-    "stream_reap_idle_ms": 3600000,
-    "stream_retention_ms": None,
-    "stream_max_deliveries": 5,
-    "stream_dead_letter_failed_tasks": False,
-    "stream_trace_fields": ["traceparent", "tracestate"],
-}
 
 # Celery's own protocol-2 message headers and the bridge's: an entry field
 # cannot replace them.
@@ -140,7 +105,7 @@ class BridgeConfig:
 
     @property
     def cluster(self) -> bool:
-        return self.url.split("://", 1)[0].endswith("+cluster")
+        return _is_cluster(self.url)
 
     @property
     def sentinel(self) -> bool:
@@ -158,11 +123,15 @@ class BridgeConfig:
 
 
 def _fail(setting: str, problem: str, stream: str | None = None) -> StreamConfigError:
-    where = f" for stream {stream!r}" if stream is not None else ""
-    return StreamConfigError(f"celery-redis-stream: setting {setting}{where}: {problem}")
+    return StreamConfigError(setting=setting, stream=stream, problem=problem)
 
 
-def _int(value: Any, setting: str, stream: str | None = None, *, minimum: int = 0) -> int:
+# The checks: each takes the value, the setting's name as the message shows it and
+# the stream (None for a global setting), and returns the parsed value or raises.
+Check = Callable[[object, str, str | None], Any]
+
+
+def _int(value: object, setting: str, stream: str | None = None, *, minimum: int = 0) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise _fail(setting, f"expected an integer, got {value!r}", stream)
     if value < minimum:
@@ -170,13 +139,39 @@ def _int(value: Any, setting: str, stream: str | None = None, *, minimum: int = 
     return value
 
 
-def _str(value: Any, setting: str, stream: str | None = None) -> str:
+def _positive(value: object, setting: str, stream: str | None = None) -> int:
+    return _int(value, setting, stream, minimum=1)
+
+
+def _count(value: object, setting: str, stream: str | None = None) -> int:
+    return _int(value, setting, stream, minimum=0)
+
+
+def _str(value: object, setting: str, stream: str | None = None) -> str:
     if not isinstance(value, str) or not value:
         raise _fail(setting, f"expected a non-empty string, got {value!r}", stream)
     return value
 
 
-def _start(value: Any, setting: str, stream: str | None = None) -> str:
+def _flag(value: object, setting: str, stream: str | None = None) -> bool:
+    if not isinstance(value, bool):
+        raise _fail(setting, f"expected True or False, got {value!r}", stream)
+    return value
+
+
+def _mode(value: object, setting: str, stream: str | None = None) -> Mode:
+    if value not in MODES:
+        raise _fail(setting, f"expected one of {MODES}, got {value!r}", stream)
+    return cast(Mode, value)
+
+
+def _call(value: object, setting: str, stream: str | None = None) -> CallShape:
+    if value not in CALLS:
+        raise _fail(setting, f"expected one of {CALLS}, got {value!r}", stream)
+    return cast(CallShape, value)
+
+
+def _start(value: object, setting: str, stream: str | None = None) -> str:
     text = _str(str(value) if isinstance(value, int) and not isinstance(value, bool) else value, setting, stream)
     if text in ("$", "0"):
         return text
@@ -186,8 +181,92 @@ def _start(value: Any, setting: str, stream: str | None = None) -> str:
     return text
 
 
-def _retention(value: Any, stream: str) -> int | None:
-    return None if value is None else _int(value, "stream_tasks 'retention_ms'", stream, minimum=1)
+def _tasks(value: object, setting: str, stream: str | None = None) -> Mapping[object, object]:
+    if not isinstance(value, Mapping):
+        raise _fail(setting, f"expected a mapping of stream name to task, got {type(value).__name__}")
+    return value
+
+
+def _dead_letter(value: object, setting: str, stream: str | None = None) -> str:
+    template = _str(value, setting)
+    if "{stream}" not in template:
+        raise _fail(setting, f"must contain '{{stream}}', got {template!r}")
+    return template
+
+
+def _url(value: object, setting: str, stream: str | None = None) -> str:
+    if not isinstance(value, str):
+        raise _fail(setting, "expected a URL string")
+    if not value.startswith(STREAM_SCHEMES):
+        raise _fail(
+            setting,
+            f"expected a redis://, rediss://, unix://, redis+cluster:// or sentinel:// URL, got {redact(value)!r}",
+        )
+    return value
+
+
+def _transport_options(value: object, setting: str, stream: str | None = None) -> dict[str, Any]:
+    if not isinstance(value, Mapping):
+        raise _fail(setting, f"expected a dict of redis-py client options, got {value!r}")
+    return dict(value)
+
+
+def _seconds(value: object, setting: str, stream: str | None = None) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise _fail(setting, f"expected a positive number of seconds, got {value!r}")
+    return float(value)
+
+
+def _trace_fields(value: object, setting: str, stream: str | None = None) -> tuple[str, ...]:
+    if isinstance(value, str) or not isinstance(value, (list, tuple)):
+        raise _fail(setting, f"expected a list of entry field names, got {value!r}")
+    names = tuple(_str(name, setting) for name in value)
+    if len(set(names)) != len(names):
+        raise _fail(setting, f"names a field twice: {list(names)!r}")
+    reserved = sorted(RESERVED_HEADERS.intersection(names))
+    if reserved:
+        raise _fail(setting, f"{', '.join(map(repr, reserved))} would replace a Celery or bridge message header")
+    return names
+
+
+def _task_name(value: object, setting: str, stream: str | None = None) -> str:
+    task = _str(value, setting, stream).strip()
+    if not task:
+        raise _fail("stream_tasks", "the task name is empty", stream)
+    return task
+
+
+def _converter(value: object, setting: str, stream: str | None = None) -> Converter:
+    return import_converter(_str(value, setting, stream), cast(str, stream))
+
+
+def _send_options(value: object, setting: str, stream: str | None = None) -> dict[str, Any]:
+    if not isinstance(value, Mapping):
+        raise _fail(setting, f"expected a dict of send_task options, got {value!r}", stream)
+    reserved = sorted({"task_id", "args", "kwargs", "producer", "name"} & set(value))
+    if reserved:
+        raise _fail(setting, f"{', '.join(reserved)} cannot be set per stream", stream)
+    return dict(value)
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """One setting, as Celery's ``app/defaults.py`` declares its own: default, type, check.
+
+    ``type`` is what the README's settings table says (a test holds them to it).
+    ``nullable``: None is a value of its own ("no limit", "never"), not "the
+    default". ``inherits``: a per-stream key whose default is that global
+    setting. ``computed``: a default derived from ``app.conf`` (an empty value
+    takes it too). ``doc``: the README's default, where it is not a plain value.
+    """
+
+    default: object
+    type: str
+    check: Check
+    nullable: bool = False
+    inherits: str | None = None
+    computed: Callable[[Any], str] | None = None
+    doc: str | None = None
 
 
 def import_converter(path: str, stream: str) -> Converter:
@@ -291,22 +370,65 @@ def _check_queue_names(conf: Any, url: str, streams: list[StreamConfig]) -> None
             )
 
 
-def _trace_fields(value: Any) -> tuple[str, ...]:
-    setting = "stream_trace_fields"
-    if isinstance(value, str) or not isinstance(value, (list, tuple)):
-        raise _fail(setting, f"expected a list of entry field names, got {value!r}")
-    names = tuple(_str(name, setting) for name in value)
-    if len(set(names)) != len(names):
-        raise _fail(setting, f"names a field twice: {list(names)!r}")
-    reserved = sorted(RESERVED_HEADERS.intersection(names))
-    if reserved:
-        raise _fail(setting, f"{', '.join(map(repr, reserved))} would replace a Celery or bridge message header")
-    return names
+# The README's default where it is not a plain value.
+_URL_DEFAULT = (
+    "the broker URL when it is `redis://`, `rediss://`, `unix://` or `sentinel://` "
+    "(then with the broker's `master_name`), else `redis://localhost:6379/0`"
+)
+_TRACKER_DEFAULT = '`"{<stream>}"` (the stream name itself when it already has a hash tag, e.g. `{t1}:orders`)'
 
+# The global settings, in the order they are checked (the first bad one is reported).
+OPTIONS: dict[str, Option] = {
+    "stream_tasks": Option({}, "dict[str, str | dict]", _tasks),
+    "stream_mode": Option("group", '"group" | "tracker"', _mode),
+    "stream_group": Option("celery", "str", _str),
+    "stream_start": Option("$", "str", _start),
+    "stream_batch_size": Option(100, "int >= 1", _positive),
+    "stream_block_ms": Option(1000, "int >= 1", _positive),
+    "stream_claim_idle_ms": Option(60000, "int >= 1", _positive),
+    "stream_max_entry_bytes": Option(1048576, "int >= 1", _positive),
+    "stream_dead_letter": Option("{stream}:dead", "str containing {stream}", _dead_letter),
+    "stream_tracker_prefix": Option("stream_tracker:", "str", _str),
+    "stream_max_queue_length": Option(None, "int >= 0 | None", _count, nullable=True),
+    "stream_url": Option(None, "str", _url, computed=default_url, doc=_URL_DEFAULT),
+    "stream_transport_options": Option({}, "dict", _transport_options),
+    "stream_discovery_interval": Option(30.0, "seconds", _seconds),
+    "stream_metrics_port": Option(None, "int | None", _positive, nullable=True),
+    # loopback unless configured: metrics name streams and groups
+    "stream_metrics_addr": Option("127.0.0.1", "str", _str),
+    "stream_fast_path": Option(True, "bool", _flag),
+    "stream_trace_fields": Option(["traceparent", "tracestate"], "list[str]", _trace_fields),
+    "stream_consumer": Option(None, "str | None", _str, doc="the worker's nodename (`-n`)"),
+    "stream_reap_idle_ms": Option(3600000, "int >= 1", _positive),
+    "stream_retention_ms": Option(None, "int >= 1 | None", _positive, nullable=True),
+    "stream_max_deliveries": Option(5, "int >= 1 | None", _positive, nullable=True),
+    "stream_dead_letter_failed_tasks": Option(False, "bool", _flag),
+}
 
-def _setting(conf: Any, name: str) -> Any:
-    value = conf.get(name)
-    return DEFAULTS[name] if value is None else value
+# The keys of a stream's dict in stream_tasks, in the order they are checked.
+STREAM_OPTIONS: dict[str, Option] = {
+    "task": Option(None, "str", _task_name, doc="required"),
+    "registered": Option(True, "bool", _flag),
+    "call": Option("fields", '"fields" | "kwargs" | "entry"', _call),
+    "converter": Option(None, '"package.module:function"', _converter, nullable=True, doc="none"),
+    "mode": Option(None, '"group" | "tracker"', _mode, inherits="stream_mode"),
+    "queue": Option(None, "str", _str, nullable=True, doc="the task's routing"),
+    "options": Option({}, "dict", _send_options),
+    "tracker": Option(None, "str", _str, nullable=True, doc=_TRACKER_DEFAULT),
+    "max_queue_length": Option(None, "int >= 0 | None", _count, nullable=True, inherits="stream_max_queue_length"),
+    "max_deliveries": Option(None, "int >= 1 | None", _positive, nullable=True, inherits="stream_max_deliveries"),
+    "dead_letter_failed_tasks": Option(None, "bool", _flag, inherits="stream_dead_letter_failed_tasks"),
+    "group": Option(None, "str", _str, inherits="stream_group"),
+    "start": Option(None, "str", _start, inherits="stream_start"),
+    "batch_size": Option(None, "int >= 1", _positive, inherits="stream_batch_size"),
+    "retention_ms": Option(None, "int >= 1 | None", _positive, nullable=True, inherits="stream_retention_ms"),
+}
+
+DEFAULTS: dict[str, object] = {name: option.default for name, option in OPTIONS.items()}
+
+# The global settings' checked values, by name, as _load_config hands them on.
+Settings = dict[str, Any]
+STREAM_KEYS = frozenset(STREAM_OPTIONS)
 
 
 def _refuse_unknown_settings(app: Any) -> None:
@@ -324,8 +446,8 @@ def _refuse_unknown_settings(app: Any) -> None:
             name = key
         else:
             continue
-        if name not in DEFAULTS:
-            known = ", ".join(sorted(DEFAULTS))
+        if name not in OPTIONS:
+            known = ", ".join(sorted(OPTIONS))
             raise _fail(key, f"is not a celery-redis-stream setting (known: {known})")
 
 
@@ -341,209 +463,172 @@ def load_config(app: Any, *, only: tuple[str, ...] | None = None, check_register
         return _load_config(app, only=only, check_registered=check_registered)
     except StreamConfigError as exc:
         tasks = app.conf.get("stream_tasks")
-        if " for stream " in str(exc) or not isinstance(tasks, Mapping) or not tasks:
+        if exc.stream is not None or not isinstance(tasks, Mapping) or not tasks:
             raise
-        names = ", ".join(repr(name) for name in tasks)
-        raise StreamConfigError(f"{exc} (affects streams {names})") from None
+        raise exc.affecting(tuple(tasks)) from None
 
 
 def _load_config(app: Any, *, only: tuple[str, ...] | None, check_registered: bool) -> BridgeConfig:
     conf = app.conf
     _refuse_unknown_settings(app)
-    tasks = _setting(conf, "stream_tasks")
-    if not isinstance(tasks, Mapping):
-        raise _fail("stream_tasks", f"expected a mapping of stream name to task, got {type(tasks).__name__}")
-    mode = _setting(conf, "stream_mode")
-    if mode not in MODES:
-        raise _fail("stream_mode", f"expected one of {MODES}, got {mode!r}")
-    group = _str(_setting(conf, "stream_group"), "stream_group")
-    start = _start(_setting(conf, "stream_start"), "stream_start")
-    batch_size = _int(_setting(conf, "stream_batch_size"), "stream_batch_size", minimum=1)
-    block_ms = _int(_setting(conf, "stream_block_ms"), "stream_block_ms", minimum=1)
-    claim_idle_ms = _int(_setting(conf, "stream_claim_idle_ms"), "stream_claim_idle_ms", minimum=1)
-    max_entry_bytes = _int(_setting(conf, "stream_max_entry_bytes"), "stream_max_entry_bytes", minimum=1)
-    dead_letter = _str(_setting(conf, "stream_dead_letter"), "stream_dead_letter")
-    if "{stream}" not in dead_letter:
-        raise _fail("stream_dead_letter", f"must contain '{{stream}}', got {dead_letter!r}")
-    prefix = _str(_setting(conf, "stream_tracker_prefix"), "stream_tracker_prefix")
-    max_queue = conf.get("stream_max_queue_length")
-    if max_queue is not None:
-        max_queue = _int(max_queue, "stream_max_queue_length", minimum=0)
-    url = conf.get("stream_url") or default_url(conf)
-    if not isinstance(url, str):
-        raise _fail("stream_url", "expected a URL string")
-    if not url.startswith(STREAM_SCHEMES):
-        raise _fail(
-            "stream_url",
-            f"expected a redis://, rediss://, unix://, redis+cluster:// or sentinel:// URL, got {redact(url)!r}",
-        )
-    transport_options = _setting(conf, "stream_transport_options")
-    if not isinstance(transport_options, Mapping):
-        raise _fail(
-            "stream_transport_options", f"expected a dict of redis-py client options, got {transport_options!r}"
-        )
-    transport_options = dict(transport_options)
-    if url.startswith("sentinel://") and "master_name" not in transport_options and "master_name=" not in url:
-        broker_options = conf.get("broker_transport_options") or {}
-        if conf.get("stream_url") is None and broker_options.get("master_name"):
-            transport_options["master_name"] = broker_options["master_name"]
-            if broker_options.get("sentinel_kwargs") and "sentinel_kwargs" not in transport_options:
-                transport_options["sentinel_kwargs"] = broker_options["sentinel_kwargs"]
-        else:
-            raise _fail(
-                "stream_transport_options", "a sentinel:// URL needs a master_name (option or URL ?master_name=)"
-            )
-    cluster = url.split("://", 1)[0].endswith("+cluster")
-    discovery_interval = _setting(conf, "stream_discovery_interval")
-    if (
-        isinstance(discovery_interval, bool)
-        or not isinstance(discovery_interval, (int, float))
-        or discovery_interval <= 0
-    ):
-        raise _fail("stream_discovery_interval", f"expected a positive number of seconds, got {discovery_interval!r}")
-    metrics_port = conf.get("stream_metrics_port")
-    if metrics_port is not None:
-        metrics_port = _int(metrics_port, "stream_metrics_port", minimum=1)
-    metrics_addr = _str(_setting(conf, "stream_metrics_addr"), "stream_metrics_addr")
-    fast_path = _setting(conf, "stream_fast_path")
-    if not isinstance(fast_path, bool):
-        raise _fail("stream_fast_path", f"expected True or False, got {fast_path!r}")
-    trace_fields = _trace_fields(_setting(conf, "stream_trace_fields"))
-    consumer = conf.get("stream_consumer")
-    if consumer is not None:
-        consumer = _str(consumer, "stream_consumer")
-    reap_idle_ms = _int(_setting(conf, "stream_reap_idle_ms"), "stream_reap_idle_ms", minimum=1)
-    retention_ms = conf.get("stream_retention_ms")
-    if retention_ms is not None:
-        retention_ms = _int(retention_ms, "stream_retention_ms", minimum=1)
-    # None is a value here (never give up), so a missing setting is told apart from it.
-    max_deliveries = conf.get("stream_max_deliveries", DEFAULTS["stream_max_deliveries"])
-    if max_deliveries is not None:
-        max_deliveries = _int(max_deliveries, "stream_max_deliveries", minimum=1)
-    dead_letter_failed = _setting(conf, "stream_dead_letter_failed_tasks")
-    if not isinstance(dead_letter_failed, bool):
-        raise _fail("stream_dead_letter_failed_tasks", f"expected True or False, got {dead_letter_failed!r}")
-
-    if only is not None:
-        unknown = sorted(set(only) - set(tasks))
-        if unknown:
-            raise _fail("--redis-streams", f"names streams that stream_tasks does not map: {', '.join(unknown)}")
-
-    streams = []
-    for stream, spec in tasks.items():
-        if not isinstance(stream, str) or not stream:
-            raise _fail("stream_tasks", f"stream names must be non-empty strings, got {stream!r}")
-        if only is not None and stream not in only:
-            continue
-        if isinstance(spec, str):
-            spec = {"task": spec}
-        elif not isinstance(spec, Mapping):
-            raise _fail("stream_tasks", f"expected a task name or a dict of options, got {spec!r}", stream)
-        unknown_keys = sorted(set(spec) - STREAM_KEYS)
-        if unknown_keys:
-            raise _fail(
-                "stream_tasks",
-                f"unknown option(s) {', '.join(map(repr, unknown_keys))}; allowed: {', '.join(sorted(STREAM_KEYS))}",
-                stream,
-            )
-        if "task" not in spec:
-            raise _fail("stream_tasks", "the 'task' option is required", stream)
-        task = _str(spec["task"], "stream_tasks 'task'", stream).strip()
-        if not task:
-            raise _fail("stream_tasks", "the task name is empty", stream)
-        registered = spec.get("registered", True)
-        if not isinstance(registered, bool):
-            raise _fail("stream_tasks 'registered'", f"expected True or False, got {registered!r}", stream)
-        if registered and check_registered and task not in app.tasks:
-            raise _fail(
-                "stream_tasks",
-                f"task {task!r} is not registered in this app (import it, or set 'registered': False "
-                "if another worker runs it)",
-                stream,
-            )
-        call = spec.get("call", "fields")
-        if call not in CALLS:
-            raise _fail("stream_tasks 'call'", f"expected one of {CALLS}, got {call!r}", stream)
-        converter_path = spec.get("converter")
-        converter = None
-        if converter_path is not None:
-            converter = import_converter(_str(converter_path, "stream_tasks 'converter'", stream), stream)
-        stream_mode = spec.get("mode", mode)
-        if stream_mode not in MODES:
-            raise _fail("stream_tasks 'mode'", f"expected one of {MODES}, got {stream_mode!r}", stream)
-        queue = spec.get("queue")
-        if queue is not None:
-            queue = _str(queue, "stream_tasks 'queue'", stream)
-        options = spec.get("options", {})
-        if not isinstance(options, Mapping):
-            raise _fail("stream_tasks 'options'", f"expected a dict of send_task options, got {options!r}", stream)
-        reserved = sorted({"task_id", "args", "kwargs", "producer", "name"} & set(options))
-        if reserved:
-            raise _fail("stream_tasks 'options'", f"{', '.join(reserved)} cannot be set per stream", stream)
-        options = dict(options)
-        if "queue" in options:
-            # send_task's own queue argument: the same as the stream's queue option.
-            if queue is not None and options["queue"] != queue:
-                raise _fail("stream_tasks 'options'", "'queue' is given twice, as an option and in options", stream)
-            queue = _str(options.pop("queue"), "stream_tasks 'options' 'queue'", stream)
-        tracker_option = spec.get("tracker")
-        if tracker_option is not None:
-            tracker_option = _str(tracker_option, "stream_tasks 'tracker'", stream)
-        stream_max_queue = spec.get("max_queue_length", max_queue)
-        if stream_max_queue is not None:
-            stream_max_queue = _int(stream_max_queue, "stream_tasks 'max_queue_length'", stream, minimum=0)
-        stream_max_deliveries = spec.get("max_deliveries", max_deliveries)
-        if stream_max_deliveries is not None:
-            stream_max_deliveries = _int(stream_max_deliveries, "stream_tasks 'max_deliveries'", stream, minimum=1)
-        stream_dead_letter_failed = spec.get("dead_letter_failed_tasks", dead_letter_failed)
-        if not isinstance(stream_dead_letter_failed, bool):
-            raise _fail(
-                "stream_tasks 'dead_letter_failed_tasks'",
-                f"expected True or False, got {stream_dead_letter_failed!r}",
-                stream,
-            )
-        streams.append(
-            StreamConfig(
-                stream=stream,
-                task=task,
-                mode=stream_mode,
-                group=_str(spec.get("group", group), "stream_tasks 'group'", stream),
-                start=_start(spec.get("start", start), "stream_tasks 'start'", stream),
-                tracker_key=tracker_key_for(stream, prefix, tracker_option),
-                batch_size=_int(spec.get("batch_size", batch_size), "stream_tasks 'batch_size'", stream, minimum=1),
-                dead_letter=dead_letter_for(stream, dead_letter, cluster=cluster),
-                dead_letter_template=dead_letter,
-                tracker_prefix=prefix,
-                tracker_option=tracker_option,
-                call=call,
-                converter=converter,
-                converter_path=converter_path,
-                queue=queue,
-                options=options,
-                registered=registered,
-                max_queue_length=stream_max_queue,
-                fast_path=fast_path,
-                retention_ms=_retention(spec.get("retention_ms", retention_ms), stream),
-                max_deliveries=stream_max_deliveries,
-                dead_letter_failed_tasks=stream_dead_letter_failed,
-                trace_fields=trace_fields,
-            )
-        )
+    settings = _read_settings(conf)
+    url: str = settings["stream_url"]
+    streams = _stream_configs(app, settings, only=only, check_registered=check_registered)
     _check_queue_names(conf, url, streams)
+    cluster = _is_cluster(url)
     if cluster:
         for sc in streams:
             if not sc.is_pattern:
                 check_slots(sc)
     return BridgeConfig(
         url=url,
-        consumer=consumer,
-        block_ms=block_ms,
-        claim_idle_ms=claim_idle_ms,
-        max_entry_bytes=max_entry_bytes,
+        consumer=settings["stream_consumer"],
+        block_ms=settings["stream_block_ms"],
+        claim_idle_ms=settings["stream_claim_idle_ms"],
+        max_entry_bytes=settings["stream_max_entry_bytes"],
         streams=tuple(streams),
-        transport_options=transport_options,
-        discovery_interval=float(discovery_interval),
-        metrics_port=metrics_port,
-        metrics_addr=metrics_addr,
-        reap_idle_ms=reap_idle_ms,
+        transport_options=settings["stream_transport_options"],
+        discovery_interval=settings["stream_discovery_interval"],
+        metrics_port=settings["stream_metrics_port"],
+        metrics_addr=settings["stream_metrics_addr"],
+        reap_idle_ms=settings["stream_reap_idle_ms"],
+    )
+
+
+def _is_cluster(url: str) -> bool:
+    return url.split("://", 1)[0].endswith("+cluster")
+
+
+def _read_settings(conf: Any) -> Settings:
+    settings: Settings = {}
+    for name, option in OPTIONS.items():
+        settings[name] = _read_setting(conf, name, option)
+        if name == "stream_transport_options":
+            # The one check of two settings (the URL is read before); here, so the first bad setting is reported.
+            settings[name] = _sentinel_options(conf, settings["stream_url"], settings[name])
+    return settings
+
+
+def _read_setting(conf: Any, name: str, option: Option) -> Any:
+    """One global setting, checked; unset (or None) is its default, unless None is a value of its own."""
+    # For a nullable setting, a missing one is told apart from None ("never").
+    value = conf.get(name, option.default) if option.nullable else conf.get(name)
+    if option.computed is not None and not value:
+        value = option.computed(conf)
+    elif value is None and not option.nullable:
+        value = option.default
+    return None if value is None else option.check(value, name, None)
+
+
+def _sentinel_options(conf: Any, url: str, options: dict[str, Any]) -> dict[str, Any]:
+    """A sentinel:// URL needs a master_name: its own, or the broker's when the streams follow the broker."""
+    if not url.startswith("sentinel://") or "master_name" in options or "master_name=" in url:
+        return options
+    broker_options = conf.get("broker_transport_options") or {}
+    if conf.get("stream_url") is not None or not broker_options.get("master_name"):
+        raise _fail("stream_transport_options", "a sentinel:// URL needs a master_name (option or URL ?master_name=)")
+    options["master_name"] = broker_options["master_name"]
+    if broker_options.get("sentinel_kwargs") and "sentinel_kwargs" not in options:
+        options["sentinel_kwargs"] = broker_options["sentinel_kwargs"]
+    return options
+
+
+def _stream_configs(
+    app: Any, settings: Settings, *, only: tuple[str, ...] | None, check_registered: bool
+) -> list[StreamConfig]:
+    tasks: Mapping[object, object] = settings["stream_tasks"]
+    if only is not None:
+        unknown = sorted(set(only) - set(tasks))
+        if unknown:
+            raise _fail("--redis-streams", f"names streams that stream_tasks does not map: {', '.join(unknown)}")
+    streams = []
+    for stream, spec in tasks.items():
+        if not isinstance(stream, str) or not stream:
+            raise _fail("stream_tasks", f"stream names must be non-empty strings, got {stream!r}")
+        if only is None or stream in only:
+            streams.append(_stream_config(app, stream, spec, settings, check_registered=check_registered))
+    return streams
+
+
+def _stream_spec(stream: str, spec: object) -> Mapping[str, object]:
+    """A stream's value in stream_tasks as a dict of known keys, with its task."""
+    if isinstance(spec, str):
+        return {"task": spec}
+    if not isinstance(spec, Mapping):
+        raise _fail("stream_tasks", f"expected a task name or a dict of options, got {spec!r}", stream)
+    unknown_keys = sorted(set(spec) - STREAM_KEYS)
+    if unknown_keys:
+        raise _fail(
+            "stream_tasks",
+            f"unknown option(s) {', '.join(map(repr, unknown_keys))}; allowed: {', '.join(sorted(STREAM_KEYS))}",
+            stream,
+        )
+    if "task" not in spec:
+        raise _fail("stream_tasks", "the 'task' option is required", stream)
+    return spec
+
+
+def _read_key(spec: Mapping[str, object], key: str, settings: Settings, stream: str) -> Any:
+    """One per-stream key, checked; unset, it is its global setting (or its own default)."""
+    option = STREAM_OPTIONS[key]
+    value = spec.get(key, settings[option.inherits] if option.inherits else option.default)
+    if value is None and option.nullable:
+        return None
+    return option.check(value, f"stream_tasks {key!r}", stream)
+
+
+def _queue(queue: str | None, options: dict[str, Any], stream: str) -> str | None:
+    """send_task's own queue argument in ``options`` is the same as the stream's queue key."""
+    if "queue" not in options:
+        return queue
+    if queue is not None and options["queue"] != queue:
+        raise _fail("stream_tasks 'options'", "'queue' is given twice, as an option and in options", stream)
+    return _str(options.pop("queue"), "stream_tasks 'options' 'queue'", stream)
+
+
+def _read_keys(app: Any, stream: str, spec: Mapping[str, object], settings: Settings, *, check: bool) -> Settings:
+    """A stream's keys, checked in the table's order, each with what depends on it right after it."""
+    keys: Settings = {}
+    for key in STREAM_OPTIONS:
+        keys[key] = _read_key(spec, key, settings, stream)
+        if key == "registered" and keys[key] and check and keys["task"] not in app.tasks:
+            raise _fail(
+                "stream_tasks",
+                f"task {keys['task']!r} is not registered in this app (import it, or set 'registered': False "
+                "if another worker runs it)",
+                stream,
+            )
+        if key == "options":
+            keys["queue"] = _queue(keys["queue"], keys[key], stream)  # may move a queue out of options
+    return keys
+
+
+def _stream_config(app: Any, stream: str, raw: object, settings: Settings, *, check_registered: bool) -> StreamConfig:
+    spec = _stream_spec(stream, raw)
+    keys = _read_keys(app, stream, spec, settings, check=check_registered)
+    prefix, dead_letter = settings["stream_tracker_prefix"], settings["stream_dead_letter"]
+    return StreamConfig(
+        stream=stream,
+        task=keys["task"],
+        mode=keys["mode"],
+        group=keys["group"],
+        start=keys["start"],
+        tracker_key=tracker_key_for(stream, prefix, keys["tracker"]),
+        batch_size=keys["batch_size"],
+        dead_letter=dead_letter_for(stream, dead_letter, cluster=_is_cluster(settings["stream_url"])),
+        dead_letter_template=dead_letter,
+        tracker_prefix=prefix,
+        tracker_option=keys["tracker"],
+        call=keys["call"],
+        converter=keys["converter"],
+        converter_path=cast("str | None", spec.get("converter")),  # checked above, as the converter
+        queue=keys["queue"],
+        options=keys["options"],
+        registered=keys["registered"],
+        max_queue_length=keys["max_queue_length"],
+        fast_path=settings["stream_fast_path"],
+        retention_ms=keys["retention_ms"],
+        max_deliveries=keys["max_deliveries"],
+        dead_letter_failed_tasks=keys["dead_letter_failed_tasks"],
+        trace_fields=settings["stream_trace_fields"],
     )

@@ -213,7 +213,7 @@ class Dispatcher:
         if busy and (elapsed >= YIELD_MIN_SECONDS or entries >= YIELD_MIN_ENTRIES):
             wait(min(elapsed * YIELD_SHARE, YIELD_MAX_SECONDS))
 
-    def _send(
+    def _send(  # noqa: C901 -- prepare, fast path or send_task, and each failure kind, in one batch
         self, sc: StreamConfig, entries: Sequence[RawEntry], counts: dict[str, int] | None, step: Step | None = None
     ) -> list[DeadLetter]:
         dead: list[DeadLetter] = []

@@ -313,7 +313,7 @@ class FastPath:
         self.push(producer, built)
         return built.failed
 
-    def build(
+    def build(  # noqa: C901 -- every case where the template cannot give send_task's bytes steps aside here
         self,
         producer: Any,
         sc: Any,

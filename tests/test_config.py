@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ast
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -9,7 +12,10 @@ from celery import Celery
 from celery.exceptions import ImproperlyConfigured
 
 from celery_redis_stream import StreamConfigError, StreamError
-from celery_redis_stream.config import load_config
+from celery_redis_stream import config as config_module
+from celery_redis_stream.config import OPTIONS, STREAM_OPTIONS, Option, load_config
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def make_app(**conf: Any) -> Celery:
@@ -252,3 +258,138 @@ def test_django_style_max_deliveries_none_is_read_as_never(tmp_path: Any, monkey
     app.config_from_object("djpoison", namespace="CELERY")
     (sc,) = load_config(app).streams
     assert (sc.max_deliveries, sc.dead_letter_failed_tasks) == (None, True)
+
+
+def test_a_config_error_carries_setting_stream_and_problem_apart_from_its_message() -> None:
+    app = make_app(stream_tasks={"orders": {"task": "shop.handle", "batch_size": 0}})
+    with pytest.raises(StreamConfigError) as info:
+        load_config(app)
+    error = info.value
+    assert (error.setting, error.stream, error.problem) == (
+        "stream_tasks 'batch_size'",
+        "orders",
+        "must be at least 1, got 0",
+    )
+    assert error.affects == ()
+    assert (
+        str(error)
+        == "celery-redis-stream: setting stream_tasks 'batch_size' for stream 'orders': must be at least 1, got 0"
+    )
+
+
+def test_a_global_config_error_lists_the_streams_it_affects_as_an_attribute() -> None:
+    app = make_app(stream_tasks={"a": "shop.handle", "b": "shop.handle"}, stream_block_ms=0)
+    with pytest.raises(StreamConfigError) as info:
+        load_config(app)
+    error = info.value
+    assert (error.setting, error.stream, error.problem) == ("stream_block_ms", None, "must be at least 1, got 0")
+    assert error.affects == ("a", "b")
+    assert str(error) == (
+        "celery-redis-stream: setting stream_block_ms: must be at least 1, got 0 (affects streams 'a', 'b')"
+    )
+
+
+def test_a_config_error_from_a_message_alone_keeps_it() -> None:
+    error = StreamConfigError("celery-redis-stream: something else")
+    assert (str(error), error.setting, error.stream, error.problem) == (
+        "celery-redis-stream: something else", None, None, "celery-redis-stream: something else",
+    )  # fmt: skip
+
+
+def readme_table(header: str) -> dict[str, tuple[str, str]]:
+    """The README settings table under ``header``: name -> (type, default), as the cells read."""
+    lines = (ROOT / "README.md").read_text().splitlines()
+    start = lines.index(header)
+    rows: dict[str, tuple[str, str]] = {}
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        cells = [cell.strip() for cell in re.split(r"(?<!\\)\|", line)[1:-1]]
+        name, kind, default = cells[0].strip("`"), cells[1], cells[2]
+        assert name not in rows, f"{name} is listed twice"
+        rows[name] = (kind.replace("`", "").replace("\\|", "|"), default)
+    return rows
+
+
+def shown(value: Any) -> str:
+    """A default as the README writes it: Python literals, strings in double quotes."""
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, list):
+        return f"[{', '.join(map(shown, value))}]"
+    return repr(value)
+
+
+def documented(option: Option) -> tuple[str, str]:
+    if option.doc is not None:
+        default = option.doc
+    elif option.inherits is not None:
+        default = f"`{option.inherits}`"
+    else:
+        default = f"`{shown(option.default)}`"
+    return (option.type, default)
+
+
+@pytest.mark.parametrize(
+    ("header", "table"),
+    [
+        ("| setting | type | default | meaning |", OPTIONS),
+        ("| key | type | default | meaning |", STREAM_OPTIONS),
+    ],
+    ids=["settings", "per-stream keys"],
+)
+def test_the_readme_settings_tables_list_exactly_the_options_with_their_types_and_defaults(
+    header: str, table: dict[str, Option]
+) -> None:
+    rows = readme_table(header)
+    assert sorted(rows) == sorted(table)
+    for name, option in table.items():
+        assert rows[name] == documented(option), name
+
+
+def test_every_option_default_passes_its_own_check() -> None:
+    for name, option in OPTIONS.items():
+        if option.default is not None:
+            option.check(option.default, name, None)
+    for key, option in STREAM_OPTIONS.items():
+        if option.inherits is not None:
+            assert option.inherits in OPTIONS, key
+            assert OPTIONS[option.inherits].nullable == option.nullable, key
+        elif option.default is not None:
+            option.check(option.default, f"stream_tasks {key!r}", "orders")
+
+
+def mccabe(statements: list[ast.stmt]) -> int:
+    """Decision points as ruff's C901 counts them (McCabe: boolean operators and comprehensions do not count)."""
+    n = 0
+    for s in statements:
+        if isinstance(s, (ast.If, ast.For, ast.AsyncFor, ast.While)):
+            n += 1 + mccabe(s.body) + mccabe(s.orelse)
+        elif isinstance(s, (ast.With, ast.AsyncWith, ast.ClassDef)):
+            n += mccabe(s.body)
+        elif isinstance(s, ast.Try):
+            n += mccabe(s.body) + bool(s.orelse) + mccabe(s.orelse) + mccabe(s.finalbody)
+            n += sum(1 + mccabe(handler.body) for handler in s.handlers)
+        elif isinstance(s, ast.Match):
+            last = s.cases[-1]
+            irrefutable = last.guard is None and isinstance(last.pattern, ast.MatchAs) and last.pattern.pattern is None
+            n += sum(1 + mccabe(case.body) for case in s.cases) - irrefutable
+        elif isinstance(s, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            n += 1 + mccabe(s.body)
+    return n
+
+
+def functions(source: str) -> list[ast.FunctionDef | ast.AsyncFunctionDef]:
+    tree = ast.parse(source)
+    return [node for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))]
+
+
+def test_the_settings_code_is_small_functions() -> None:
+    # The counter itself, on a known case: 1 + for + if + elif + one except handler.
+    sample = "def f(x):\n for y in x:\n  if y: pass\n  elif x: pass\n  else: pass\n try: pass\n except E: pass\n"
+    assert [mccabe(f.body) + 1 for f in functions(sample)] == [5]
+    source = Path(config_module.__file__).read_text()
+    sizes = {f.name: (mccabe(f.body) + 1, (f.end_lineno or f.lineno) - f.lineno + 1) for f in functions(source)}
+    assert "_load_config" in sizes
+    too_big = {name: size for name, size in sizes.items() if size[0] > 10 or size[1] > 60}
+    assert too_big == {}, "config.py: (McCabe complexity, lines) above 10 or 60"
