@@ -55,7 +55,10 @@ class Receiver:
 
     def __call__(self, signal: Any, sender: Any, **kwargs: Any) -> None:
         if self.check is not None:
-            self.checked.append(self.check(kwargs))
+            try:
+                self.checked.append(self.check(kwargs))
+            except Exception as exc:  # shown in the test's assertion, not only in the reader's log
+                self.checked.append(exc)
         self.calls.append({"sender": sender, **kwargs})
         self.got.set()
 
