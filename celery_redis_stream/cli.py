@@ -8,14 +8,10 @@ import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from redis.exceptions import RedisError, ResponseError
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
-from rich.text import Text
 
 from . import deadletters
 from .config import BridgeConfig, StreamConfig, load_config
@@ -25,7 +21,16 @@ from .redact import redact
 from .status import collect, id_key, parse_target, text
 from .terminal import safe
 
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
 __all__ = ["redis_stream"]
+
+# rich is imported where a table or a progress bar is drawn, never at module
+# level: `celery worker` imports this module (it loads every celery.commands
+# entry point), and a worker has no use for rich and its dependencies.
 
 #: Above this many entries, requeue and purge show a progress bar.
 PROGRESS_MIN = deadletters.BATCH
@@ -62,6 +67,8 @@ def _redis_errors(config: BridgeConfig) -> Iterator[None]:
 
 
 def _console() -> Console:
+    from rich.console import Console
+
     # Piped or captured output has no terminal width; rich would fold ids and
     # names at 80 columns, which breaks grep and scripts.
     return Console(highlight=False, width=None if sys.stdout.isatty() else 240)
@@ -73,6 +80,8 @@ def _echo(message: str, err: bool = False) -> None:
 
 def _t(value: Any, style: str = "") -> Text:
     """A table cell: never rich markup, never a control character (see terminal.safe)."""
+    from rich.text import Text
+
     return Text(safe(redact(text(value))) if value is not None else "", style=style)
 
 
@@ -97,6 +106,8 @@ def _seconds(value: float | None) -> str:
 
 
 def _table(title: str, *columns: str, right: tuple[str, ...] = ()) -> Table:
+    from rich.table import Table
+
     table = Table(title=title, title_justify="left")
     for column in columns:
         table.add_column(column, justify="right" if column in right else "left", overflow="fold")
@@ -104,6 +115,8 @@ def _table(title: str, *columns: str, right: tuple[str, ...] = ()) -> Table:
 
 
 def _render_status(data: dict[str, Any], console: Console) -> None:
+    from rich.text import Text
+
     counts = ("length", "lag", "time lag", "pending", "dead letters")
     streams = _table(f"streams at {data['url']}", "stream", "mode", *counts, "lease holder", right=counts)
     positions = _table("positions", "stream", "last id", "group / tracker key", "position")
@@ -144,6 +157,8 @@ def _render_status(data: dict[str, Any], console: Console) -> None:
 
 def _render_retention(data: dict[str, Any], console: Console) -> None:
     """Streams under stream_retention_ms: the retention, what the bridge trimmed (all workers) and when."""
+    from rich.text import Text
+
     table = _table("retention", "stream", "retention", "trimmed", "last trim", "kept from", right=("trimmed",))
     for s in data["streams"]:
         if s.get("retention_ms") is None:
@@ -311,6 +326,9 @@ def _show(value: bytes | None, limit: int = 200) -> str:
 def _render_dead(
     sc: StreamConfig, total: int, entries: list[deadletters.DeadEntry], console: Console, chosen: str = ""
 ) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
     title = f"{sc.dead_letter}: {total} dead letter(s), showing {len(entries)}{chosen}"
     table = Table(title=title, title_justify="left")
     for column in ("id", "source id", "reason", "error", "fields"):
@@ -367,6 +385,9 @@ def _progress(description: str, total: int) -> Iterator[Callable[[int], None]]:
     if total <= PROGRESS_MIN:
         yield lambda n: None
         return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=Console(stderr=True)) as bar:
         task = bar.add_task(description, total=total)

@@ -29,6 +29,7 @@ from .reader import (
     start_position,
 )
 from .redact import redact
+from .signals import send_reader_ready
 from .upkeep import Upkeep
 
 if TYPE_CHECKING:
@@ -310,6 +311,7 @@ class GroupLoop(_Loop):
         self.unready.add(sc.stream)
 
     def setup(self) -> None:
+        ready: list[str] = []
         for stream in sorted(self.unready):
             sc = self.streams[stream]
             # A group missing at start follows stream_start; one that vanishes
@@ -323,6 +325,8 @@ class GroupLoop(_Loop):
             self.service.stats[stream].reading = True
             self.pending[stream] = "0"
             self.unready.discard(stream)
+            ready.append(stream)
+        send_reader_ready(self.service, ready, mode="group", consumer=self.consumer)
 
     def step(self) -> None:
         self.deliveries.tidy_all(self.client, self.streams)
@@ -419,6 +423,7 @@ class TrackerLoop(_Loop):
         sweep = time.monotonic() >= self.next_sweep
         if sweep:
             self.next_sweep = time.monotonic() + self.lease_ms / 2000
+        ready: list[str] = []
         for stream, sc in self.streams.items():
             stats = self.service.stats[stream]
             if lease.acquire(sc):
@@ -433,11 +438,14 @@ class TrackerLoop(_Loop):
                         "redis-stream: reading tracked stream=%s from %s (lease %s)",
                         stream, self.owned[stream], sc.lease_key,
                     )  # fmt: skip
+                    ready.append(stream)
                 stats.reading = True
             elif stream in self.owned or stats.reading:
                 self.owned.pop(stream, None)
                 stats.reading = False
                 logger.warning("redis-stream: lease on stream=%s taken by another worker; standing by", stream)
+        if ready:
+            send_reader_ready(self.service, ready, mode="tracker", consumer=self.service.consumer)
         # Only the lease holder trims a tracked stream.
         self.upkeep.trim(self.client, [self.streams[s] for s in self.owned], self.service.stats)
         positions = {s: p for s, p in self.owned.items() if not self.paused(self.streams[s])}

@@ -10,15 +10,21 @@ import time
 from dataclasses import asdict
 from typing import Any
 
+from celery.utils.log import get_logger
+
+from .atomic import assess
 from .config import BridgeConfig, StreamConfig, check_slots
 from .loops import Discovery, GroupLoop, StreamStats, TrackerLoop, _Loop
+from .metrics import MetricsServer
 from .reader import connect
 
 __all__ = ["Service", "StreamStats"]
 
+logger = get_logger(__name__)
+
 
 class Service:
-    """All readers of one worker: start() returns at once, stop() is idempotent and prompt.
+    """All readers of one worker: start() returns at once; stop() and terminate() are one idempotent, prompt shutdown.
 
     Streams are read by as few threads as possible: one per group (and batch
     size) and one for the tracked streams. On a single Redis each is one
@@ -37,6 +43,7 @@ class Service:
         self._loops: dict[tuple[Any, ...], _Loop] = {}
         self._lock = threading.Lock()
         self._started = False
+        self._stopped = False
         self._shared_client: Any = None
         patterns = [sc for sc in config.streams if sc.is_pattern]
         for sc in config.streams:
@@ -47,6 +54,12 @@ class Service:
             re.compile(re.escape(t).replace(re.escape("{stream}"), r"\{?(.+?)\}?") + "$")
             for t in {sc.dead_letter_template for sc in config.streams}
         ]
+        # Built here, not in start(): a missing prometheus_client is a configuration error before the pool starts.
+        self.metrics = (
+            MetricsServer(self, port=config.metrics_port, addr=config.metrics_addr)
+            if config.metrics_port is not None
+            else None
+        )
 
     @property
     def loops(self) -> list[_Loop]:
@@ -116,13 +129,34 @@ class Service:
         return False
 
     def start(self) -> None:
+        """Log what is read and with which guarantee, start the readers and the metrics endpoint; returns at once."""
+        self._announce()
         with self._lock:
             self._started = True
         for loop in self.loops:
             loop.start()
+        if self.metrics is not None:
+            self.metrics.start()
+
+    def _announce(self) -> None:
+        guarantees = assess(self.app, self.config)
+        for stream, guarantee in guarantees.items():
+            if stream in self.stats:
+                guarantee.show(self.stats[stream])
+        described = ", ".join(
+            f"{sc.stream}->{sc.task} ({sc.mode} {sc.group if sc.mode == 'group' else sc.tracker_key}; "
+            f"{guarantees[sc.stream].kind}: {guarantees[sc.stream].reason})"
+            for sc in self.config.streams
+        )
+        logger.info("redis-stream: reading %s from %s as consumer %s", described, self.config.safe_url, self.consumer)
 
     def stop(self, timeout: float | None = None) -> None:
-        """Finish the batch in flight, then stop; waits at most about one read."""
+        """Finish the batch in flight, then stop; waits at most about one read. Idempotent."""
+        with self._lock:
+            first, self._stopped = not self._stopped, True
+        metrics, self.metrics = self.metrics, None
+        if metrics is not None:
+            metrics.stop()
         self.stop_event.set()
         if timeout is None:
             timeout = self.config.block_ms / 1000 + 5
@@ -136,6 +170,12 @@ class Service:
             if shared is not None:
                 with contextlib.suppress(Exception):  # a broken connection may fail to close; it is dropped anyway
                     shared.close()
+        if first:
+            logger.info("redis-stream: stopped")
+
+    def terminate(self) -> None:
+        """A cold shutdown (Celery's ``terminate``) is the same prompt stop: the batch in flight is finished."""
+        self.stop()
 
     @property
     def alive(self) -> bool:
