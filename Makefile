@@ -18,8 +18,9 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/python -m pip install -q -e '.[test,lint]'
 	touch $@
 
+# Two pytest workers: most tests wait on real servers and workers, so two run side by side on two cores.
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest
+	$(VENV)/bin/python -m pytest -n 2
 
 $(DEMO_STAMP): pyproject.toml example_project/requirements.txt
 	test -x $(DEMO_VENV)/bin/python || $(PYTHON) -m venv $(DEMO_VENV)
