@@ -1,6 +1,6 @@
 """The bridge on RabbitMQ (always confirmed) against Celery's own send_task loops, same run, same entries.
 
-    .venv/bin/python benchmarks/amqp.py [--entries 20000] [--runs 3] [--batch 100]
+    .venv/bin/python benchmarks/rabbitmq.py [--entries 20000] [--runs 3] [--batch 100]
 
 Starts a private redis-server on a free loopback port for the stream and uses
 the machine's RabbitMQ (CRS_AMQP_URL, default amqp://guest:guest@127.0.0.1:5672//)
@@ -210,7 +210,7 @@ def markdown(out: dict[str, Any]) -> str:
         f"Redis {m['redis_server']} on loopback.",
         f"Settings: {s['entries']:,} entries for the bridge and {s['loop_entries']:,} for each loop, "
         f"stream_batch_size {s['batch']}, median of {s['runs']} interleaved round(s); total {out['seconds']:.0f} s. "
-        "Command: `.venv/bin/python benchmarks/amqp.py`.",
+        "Command: `.venv/bin/python benchmarks/rabbitmq.py`.",
         "",
         "| what | entries/s (median) | runs |",
         "|---|---:|---|",
