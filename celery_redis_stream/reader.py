@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 
@@ -17,7 +17,6 @@ __all__ = [
     "as_entry_id",
     "autoclaim",
     "connect",
-    "delivery_counts",
     "ensure_group",
     "read_group",
     "read_tracked",
@@ -168,19 +167,6 @@ def autoclaim(
     # Redis 6.2 reports trimmed entries as nil data instead of a third element.
     deleted += [e.id for e in entries if e.pairs is None]
     return cursor, [e for e in entries if e.pairs is not None], deleted
-
-
-def delivery_counts(client: Any, sc: StreamConfig, consumer: str, ids: Iterable[str]) -> dict[str, int]:
-    """Delivery counts of this consumer's pending ``ids`` (one XPENDING range)."""
-    ids = list(ids)
-    if not ids:
-        return {}
-    reply = client.execute_command("XPENDING", sc.stream, sc.group, ids[0], ids[-1], len(ids) + 16, consumer)
-    counts = {}
-    for item in reply or ():
-        entry_id = item[0].decode() if isinstance(item[0], bytes) else str(item[0])
-        counts[entry_id] = int(item[3])
-    return counts
 
 
 def read_tracked(
