@@ -16,7 +16,7 @@ from . import confirms as amqp_confirms
 from .config import StreamConfig
 from .entry import RawEntry, build_call, decode
 from .exceptions import EntryError, StreamError
-from .fastpath import FastPath, argument_repr
+from .fastpath import FastPath, argument_repr, repr_limits
 from .position import DeadLetter
 from .tracing import NO_TRACE, attach_trace, detach_trace, split_trace
 
@@ -264,12 +264,13 @@ class Dispatcher:
             queue = self._bound_queue(producer, sc.queue)
             reprs = confirms is not None and not {"argsrepr", "kwargsrepr"} & set(options)
             shown: dict[str, str] = {}
+            limits = repr_limits(self.app) if reprs else (0, 0, 0)
             with batch:
                 for (entry_id, args, kwargs), task_id in zip(calls, task_ids, strict=True):
                     trace = traces.get(entry_id, NO_TRACE)
                     token = attach_trace(trace)
                     if reprs:  # the same message; Celery's saferepr is about a third of a send_task on AMQP
-                        shown = self._reprs(args, kwargs)
+                        shown = self._reprs(args, kwargs, limits)
                     try:
                         send_task(
                             sc.task,
@@ -296,18 +297,18 @@ class Dispatcher:
             raise BrokerUnavailable(f"{type(exc).__name__}: {exc}") from exc
         return dead
 
-    def _reprs(self, args: Any, kwargs: Any) -> dict[str, str]:
+    @staticmethod
+    def _reprs(args: Any, kwargs: Any, limits: tuple[int, int, int]) -> dict[str, str]:
         """The ``argsrepr``/``kwargsrepr`` that Celery's ``as_task_v2`` would compute, faster (fastpath.argument_repr).
 
         Passed to ``send_task`` as its own options; on AMQP they only fill
         those two headers (a Redis-broker message would also keep them as
         properties, so the Redis standard path leaves them to Celery).
         """
-        amqp = self.app.amqp
-        maxlevels = self.app.conf.get("task_repr_maxlevels") or 3  # Celery < 5.5: saferepr's default, 3
+        args_max, kwargs_max, maxlevels = limits
         return {
-            "argsrepr": argument_repr(args or (), amqp.argsrepr_maxsize, maxlevels),
-            "kwargsrepr": argument_repr(kwargs or {}, amqp.kwargsrepr_maxsize, maxlevels),
+            "argsrepr": argument_repr(args or (), args_max, maxlevels),
+            "kwargsrepr": argument_repr(kwargs or {}, kwargs_max, maxlevels),
         }
 
     def _settle(

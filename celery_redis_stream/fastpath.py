@@ -53,6 +53,12 @@ def _plain_dict(d: dict[Any, Any]) -> bool:
     return text.isprintable() and "'" not in text and "\\" not in text
 
 
+def repr_limits(app: Any) -> tuple[int, int, int]:
+    """``(argsrepr maxsize, kwargsrepr maxsize, maxlevels)`` as Celery's ``as_task_v2`` applies them; once per batch."""
+    # Celery < 5.5 has no task_repr_maxlevels; its saferepr default is 3 levels.
+    return app.amqp.argsrepr_maxsize, app.amqp.kwargsrepr_maxsize, app.conf.get("task_repr_maxlevels") or 3
+
+
 def argument_repr(value: Any, maxsize: int, maxlevels: int) -> str:
     """``saferepr(value, maxsize, maxlevels=maxlevels)``, faster for flat lists and dicts of plain strings.
 
@@ -343,10 +349,7 @@ class FastPath:
             self._skip(reason)
             return None
         failed: list[tuple[str, str]] = []
-        amqp = self.app.amqp
-        # Celery < 5.5 has no task_repr_maxlevels; its saferepr default is 3 levels.
-        maxlevels = self.app.conf.get("task_repr_maxlevels") or 3
-        args_max, kwargs_max = amqp.argsrepr_maxsize, amqp.kwargsrepr_maxsize
+        args_max, kwargs_max, maxlevels = repr_limits(self.app)
         on_task_call = None if tpl.ignore_result else self.app.backend.on_task_call
         headers_tpl, props_tpl, embed = tpl.headers, tpl.properties, tpl.embed
         id_headers, id_props = tpl.id_header_keys, tpl.id_property_keys

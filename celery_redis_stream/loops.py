@@ -244,7 +244,8 @@ class _Loop(threading.Thread):
         stats = self.service.stats[sc.stream]
         started = time.monotonic()
         dead = self.deliveries.given_up(sc, entries)
-        live = [e for e in entries if e.id not in {d.raw.id for d in dead}] if dead else entries
+        given_up = {d.raw.id for d in dead}
+        live = [e for e in entries if e.id not in given_up] if given_up else entries
         ids = [e.id for e in entries]
         try:
             step = (
