@@ -18,9 +18,12 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/python -m pip install -q -e '.[test,lint]'
 	touch $@
 
-# Two pytest workers: most tests wait on real servers and workers, so two run side by side on two cores.
+# Two pytest workers: most tests wait on real servers and workers, so two run side by side on two
+# cores. The RabbitMQ fault tests (hang, drop, count what arrived) failed under pytest-xdist and pass
+# in a plain run, so they run on their own afterwards.
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -n 2
+	$(VENV)/bin/python -m pytest -n 2 -m "not rabbitmq"
+	$(VENV)/bin/python -m pytest -m rabbitmq
 
 $(DEMO_STAMP): pyproject.toml example_project/requirements.txt
 	test -x $(DEMO_VENV)/bin/python || $(PYTHON) -m venv $(DEMO_VENV)

@@ -27,6 +27,9 @@ from .proxy import Proxy
 from .support import RedisServer, Worker, produce_many, wait_for, worker_env
 from .test_amqp import AMQP_URL, amqp, queue_size  # noqa: F401  (amqp is a fixture)
 
+# The machine's one RabbitMQ, hung and cut through proxies: `make test` runs these after the rest, alone.
+pytestmark = pytest.mark.rabbitmq
+
 RABBITMQ_PORT = 5672
 
 
