@@ -9,8 +9,7 @@ from typing import Any, Protocol
 from celery.utils.log import get_logger
 from redis.exceptions import NoPermissionError, ResponseError
 
-from .config import BridgeConfig, StreamConfig
-from .dispatch import PUBLISH_TIMEOUTS
+from .config import PUBLISH_TIMEOUTS, BridgeConfig, StreamConfig
 from .exceptions import StreamError
 from .fastpath import LPUSH_CHUNK, Built, FastPath
 from .position import DeadLetter, Lease, LeaseLost

@@ -23,6 +23,10 @@ REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 STREAM_SCHEMES = (*REDIS_SCHEMES, "redis+cluster://", "rediss+cluster://", "sentinel://")
 GLOB_CHARS = frozenset("*?[")
 
+# Seconds; kombu's Redis transport options for the bridge's publishing connection
+# only (the user's own broker_transport_options win).
+PUBLISH_TIMEOUTS = {"socket_timeout": 10.0, "socket_connect_timeout": 5.0}
+
 # Celery's own protocol-2 message headers and the bridge's: an entry field
 # cannot replace them.
 RESERVED_HEADERS = frozenset(

@@ -6,22 +6,20 @@ import contextlib
 import hashlib
 import uuid
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from celery.worker import state as worker_state
 from kombu import exceptions as kombu_exceptions
 from kombu.exceptions import OperationalError
 
 from . import confirms as amqp_confirms
-from .config import StreamConfig
+from .atomic import Step
+from .config import PUBLISH_TIMEOUTS, StreamConfig
 from .entry import RawEntry, build_call, decode
 from .exceptions import EntryError, StreamError
 from .fastpath import FastPath, argument_repr, repr_limits
 from .position import DeadLetter
 from .tracing import NO_TRACE, attach_trace, detach_trace, split_trace
-
-if TYPE_CHECKING:
-    from .atomic import Step
 
 __all__ = ["BrokerUnavailable", "Dispatcher", "message_headers", "prepare", "send_options", "task_id_for"]
 
@@ -41,9 +39,6 @@ YIELD_MIN_SECONDS = 0.005
 YIELD_MIN_ENTRIES = 50
 YIELD_SHARE = 4.0
 YIELD_MAX_SECONDS = 0.5
-
-# Seconds; kombu's Redis transport options for the publishing connection only.
-PUBLISH_TIMEOUTS = {"socket_timeout": 10.0, "socket_connect_timeout": 5.0}
 
 
 class BrokerUnavailable(StreamError):

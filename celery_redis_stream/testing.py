@@ -5,7 +5,7 @@ Both go through the worker's own code: the app's configuration is read by
 ``Dispatcher`` a worker uses, and ``send_task`` routes it; only the producer
 is swapped for one that keeps the message instead of publishing it. The
 standard path's message is what is shown: the fast path writes the same one
-(tests/test_fastpath.py compares them field by field).
+(tests/e2e/test_fastpath.py compares them field by field).
 """
 
 from __future__ import annotations
