@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 DEMO_VENV := .venv-demo
 DEMO_STAMP := $(DEMO_VENV)/.installed
 
-.PHONY: install test demo lint bench
+.PHONY: install test unit demo lint bench
 
 install: $(STAMP)
 
@@ -24,6 +24,10 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -n 2 -m "not rabbitmq"
 	$(VENV)/bin/python -m pytest -m rabbitmq
+
+# The unit tier alone: in-process objects against one redis-server, no worker subprocesses (< 15 s).
+unit: $(STAMP)
+	$(VENV)/bin/python -m pytest tests/unit
 
 $(DEMO_STAMP): pyproject.toml example_project/requirements.txt
 	test -x $(DEMO_VENV)/bin/python || $(PYTHON) -m venv $(DEMO_VENV)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from celery import Celery
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -218,11 +219,26 @@ def worker_env(stream_url: str, broker_url: str, ledger_url: str, tasks: dict[st
     }
 
 
+def make_app(
+    name: str = "app", *, broker: str = "memory://", tasks: Iterable[str] = ("shop.handle",), **conf: object
+) -> Celery:
+    """A Celery app object (not the current app) with no-op tasks of these names registered, and ``conf`` set."""
+    app = Celery(name, broker=broker, set_as_current=False)
+    for task in tasks:
+        app.task(name=task, shared=False)(_noop)
+    app.conf.update(conf)
+    return app
+
+
+def _noop(*args: object, **kwargs: object) -> None:
+    return None
+
+
 def produce_many(client: redis.Redis, stream: str, n: int, start: int = 0, **fields: str) -> list[str]:
     pipe = client.pipeline(transaction=False)
     for i in range(start, start + n):
         pipe.xadd(stream, {"n": str(i), **fields})
-    return [x.decode() for x in pipe.execute()]
+    return [x.decode() if isinstance(x, bytes) else str(x) for x in pipe.execute()]
 
 
 def queued_messages(client: redis.Redis, queue: str = "celery") -> list[dict[str, Any]]:

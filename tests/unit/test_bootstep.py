@@ -68,3 +68,32 @@ def test_a_bad_setting_stops_the_worker_in_create_with_a_critical_line(caplog: p
     assert [r.levelname for r in caplog.records] == ["CRITICAL"]
     assert caplog.records[0].getMessage().startswith("redis-stream: ")
     assert parent.steps == [] and parent.redis_stream is None
+
+
+def test_include_if_follows_the_worker_option() -> None:
+    parent = worker(stream_tasks={})
+    assert RedisStreamStep(parent).include_if(parent) is True
+    assert RedisStreamStep(parent, without_redis_stream=True).include_if(parent) is False
+    assert RedisStreamStep(parent, redis_streams=" a, ,b ").only == ("a", "b")
+
+
+def test_start_stop_and_terminate_drive_the_service_as_startstopstep_does() -> None:
+    parent = worker(stream_tasks={"orders": {"task": "t", "registered": False}})
+    step = RedisStreamStep(parent)
+    step.include(parent)
+    service = step.obj = Mock(spec=Service)
+    step.start(parent)
+    step.stop(parent)
+    step.terminate(parent)
+    assert service.start.call_count == 1 and service.stop.call_count == 1 and service.terminate.call_count == 1
+
+
+def test_install_is_idempotent() -> None:
+    from celery_redis_stream import install
+
+    app = Celery("install", broker="memory://", set_as_current=False)
+    install(app)
+    install(app)
+    assert list(app.steps["worker"]).count(RedisStreamStep) == 1
+    names = [o.name for o in app.user_options["worker"]]
+    assert names.count("without_redis_stream") == 1 and names.count("redis_streams") == 1

@@ -1,0 +1,45 @@
+"""produce(): XADD with trimming and the caller's trace context, against one redis-server."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+import redis
+
+from celery_redis_stream import EmptyEntryError, produce
+
+from ..support import RedisServer
+
+
+@pytest.fixture
+def client(unit_redis: RedisServer) -> redis.Redis:
+    return unit_redis.client(3)
+
+
+def test_produce_returns_the_new_id_as_text_and_writes_every_field(client: redis.Redis) -> None:
+    stream = f"p-{uuid.uuid4().hex}"
+    entry_id = produce(client, stream, {"order_id": "42", b"raw": b"\xff", "n": 7, "x": 1.5})
+    assert isinstance(entry_id, str) and "-" in entry_id
+    ((got_id, fields),) = client.xrange(stream)
+    assert got_id.decode() == entry_id
+    assert fields == {b"order_id": b"42", b"raw": b"\xff", b"n": b"7", b"x": b"1.5"}
+
+
+def test_produce_with_maxlen_trims_the_oldest_entries(client: redis.Redis) -> None:
+    stream = f"p-{uuid.uuid4().hex}"
+    ids = [produce(client, stream, {"n": str(i)}, maxlen=3, approximate=False) for i in range(6)]
+    assert [i.decode() for i, _ in client.xrange(stream)] == ids[-3:]
+
+
+def test_an_empty_entry_is_refused_before_redis_is_asked(client: redis.Redis) -> None:
+    stream = f"p-{uuid.uuid4().hex}"
+    with pytest.raises(EmptyEntryError, match="at least one field"):
+        produce(client, stream, {})
+    assert not client.exists(stream)
+
+
+def test_produce_does_not_change_the_callers_mapping(client: redis.Redis) -> None:
+    fields = {"a": "1"}
+    produce(client, f"p-{uuid.uuid4().hex}", fields)
+    assert fields == {"a": "1"}
