@@ -1,7 +1,8 @@
 """What every benchmark scenario shares: private redis-server processes, real `celery worker` processes, helpers.
 
-Self-contained (no import of the test package): a benchmark must not depend on
-test fixtures, and the tests must be free to change theirs.
+No import of the test package: a benchmark must not depend on test fixtures,
+and the tests must be free to change theirs. The processes (redis-server,
+`celery worker`) are celery_redis_stream.harness's, as the tests' are.
 """
 
 from __future__ import annotations
@@ -14,19 +15,21 @@ import signal
 import socket
 import statistics
 import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psutil
 import redis
 
+from celery_redis_stream import harness
+from celery_redis_stream.harness import Ready
+
 ROOT = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
 RESULTS = Path(__file__).resolve().parent / "results"
 STREAM = "bench"
 FIELDS = {"a": "1", "b": "hello"}  # plus "n": the entry number; 3 small fields
@@ -37,20 +40,11 @@ def log(text: str) -> None:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return harness.free_port()
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
+def wait_for(predicate: Callable[[], T | None], timeout: float, what: str, interval: float = 0.05) -> T:
+    return harness.wait_for(predicate, timeout, what, interval, error=RuntimeError)
 
 
 def median_of(runs: int, what: str, fn: Callable[[], float], unit: str = "entries/s") -> dict[str, Any]:
@@ -64,52 +58,11 @@ def median_of(runs: int, what: str, fn: Callable[[], float], unit: str = "entrie
 # ---------------------------------------------------------------- redis-server
 
 
-class RedisServer:
-    """A private redis-server on a free loopback port, stopped by its pid."""
+class RedisServer(harness.RedisServer):
+    """harness.RedisServer; stopping it removes its directory too."""
 
-    def __init__(self, *args: str, port: int | None = None) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise RuntimeError("redis-server is not on the PATH: the benchmarks need the real server")
-        self.binary = binary
-        self.args = list(args)
-        self.port = port or free_port()
-        self.dir = tempfile.mkdtemp(prefix="crs-bench-redis-")
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def url_db(self, db: int) -> str:
-        return f"redis://127.0.0.1:{self.port}/{db}"
-
-    def start(self) -> RedisServer:
-        cmd = [
-            self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir, "--save", "",
-            "--appendonly", "no", "--daemonize", "no", "--logfile", os.path.join(self.dir, "redis.log"), *self.args,
-        ]  # fmt: skip
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for(self._ping, 10, f"redis-server on port {self.port}")
-        return self
-
-    def _ping(self) -> bool:
-        if self.proc is not None and self.proc.poll() is not None:
-            raise RuntimeError(f"redis-server on port {self.port} exited; see {self.dir}/redis.log")
-        try:
-            return bool(redis.Redis(port=self.port, socket_timeout=1).ping())
-        except (redis.ConnectionError, redis.TimeoutError):
-            return False
-
-    def client(self, db: int = 0, **kwargs: Any) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port, db=db, **kwargs)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self.proc = None
-        shutil.rmtree(self.dir, ignore_errors=True)
+    def stop(self, sig: int = signal.SIGTERM, *, remove: bool = True) -> None:
+        super().stop(sig, remove=remove)
 
 
 class Cluster:
@@ -186,43 +139,22 @@ class Cluster:
 # ---------------------------------------------------------------- celery worker
 
 
-class Worker:
-    """A real `celery worker` subprocess on benchmarks/benchapp.py (settings from BENCH_* variables)."""
+class Worker(harness.WorkerProcess):
+    """A real `celery worker` subprocess on benchmarks/benchapp.py (settings from BENCH_* variables).
+
+    ``start()`` waits until the redis-stream step started its readers; ``log_time`` reads Celery's log times.
+    """
 
     def __init__(self, env: dict[str, str], name: str, *, queues: str, extra: Iterable[str] = ()) -> None:
-        self.name = name
-        self.env = {**os.environ, **env, "PYTHONPATH": str(ROOT)}
-        self.dir = tempfile.mkdtemp(prefix="crs-bench-worker-")
-        self.log = Path(self.dir) / f"{name}.log"
-        self.cmd = [
-            sys.executable, "-m", "celery", "-A", "benchmarks.benchapp", "worker", "-n", f"{name}@%h",
+        args = [
             "--pool", "solo", "--loglevel", "INFO", "--without-gossip", "--without-mingle", "--without-heartbeat",
             "-Q", queues, *extra,
         ]  # fmt: skip
-        self.proc: subprocess.Popen[bytes] | None = None
-        self._logfile: Any = None
+        super().__init__("benchmarks.benchapp", name, env={**env, "PYTHONPATH": str(ROOT)}, cwd=ROOT, args=args)
 
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def start(self, wait: str | None = "redis-stream: reading") -> Worker:
-        self._logfile = open(self.log, "ab")
-        self.proc = subprocess.Popen(
-            self.cmd, cwd=ROOT, env=self.env, stdout=self._logfile, stderr=subprocess.STDOUT
-        )  # fmt: skip
-        if wait:
-            wait_for(lambda: self._seen(wait), 60, f"{wait!r} in the log of worker {self.name}")
+    def start(self, wait: Ready | str | None = Ready.STARTED, timeout: float = 60) -> Worker:
+        super().start(wait, timeout)
         return self
-
-    def _seen(self, text: str) -> bool:
-        if self.proc is not None and self.proc.poll() is not None:
-            raise RuntimeError(f"worker {self.name} exited ({self.proc.returncode}):\n{self.output()[-3000:]}")
-        return text in self.output()
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
 
     def log_time(self, text: str) -> float:
         """Wall time of the first log line containing ``text`` (Celery's asctime: local time, ms)."""
@@ -231,20 +163,11 @@ class Worker:
                 return datetime.strptime(line[1:24], "%Y-%m-%d %H:%M:%S,%f").timestamp()
         raise RuntimeError(f"no {text!r} in the log of worker {self.name}")
 
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        if self._logfile is not None:
-            self._logfile.close()
-            self._logfile = None
-        shutil.rmtree(self.dir, ignore_errors=True)
+    def stop(self, timeout: float = 30) -> int | None:
+        try:
+            return super().stop(timeout)
+        finally:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def bench_env(stream_url: str, broker_url: str, results_url: str, **conf: Any) -> dict[str, str]:
@@ -280,7 +203,7 @@ class Bench:
     def worker(
         self,
         queues: str,
-        wait: str = "redis-stream: reading",
+        wait: Ready | str = Ready.STARTED,
         extra: tuple[str, ...] = (),
         quiet: bool = False,
         **conf: Any,

@@ -16,96 +16,55 @@ Enable it with ``pytest_plugins = ["celery_redis_stream.pytest_plugin"]`` in a
 from __future__ import annotations
 
 import dataclasses
-import os
-import shutil
 import signal
-import socket
-import subprocess
-import tempfile
 import threading
-import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
 import pytest
 import redis
-from celery import signals
+from celery import Celery, signals
 from celery.contrib.testing.worker import start_worker
+from celery.worker import WorkController
 
 from . import install
 from .config import load_config
 from .dispatch import task_id_for
+from .harness import RedisServer, wait_for
+from .lag import text
 from .producer import FieldValue, produce
 from .testing import DeadLettered, DeadLetterPreview, stream_config
 
 __all__ = ["RedisStreamServer", "StreamWorker", "TaskRun"]
 
+T = TypeVar("T")
+
 START_TIMEOUT = 20.0
 
 
-def _wait(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.02)
+def _wait(predicate: Callable[[], T | None], timeout: float, what: str) -> T:
+    return wait_for(predicate, timeout, what, interval=0.02)
 
 
-class RedisStreamServer:
-    """A private ``redis-server`` on a free loopback port, without persistence, stopped by pid."""
+class RedisStreamServer(RedisServer):
+    """A private ``redis-server`` on a free loopback port, without persistence, started at once, stopped by pid.
+
+    ``FileNotFoundError`` when the binary is missing.
+    """
 
     def __init__(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise FileNotFoundError(
-                "redis-server is not on PATH: the redis_stream_server fixture runs a real server "
-                "(install it, e.g. apt-get install redis-server or brew install redis)"
-            )
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = int(s.getsockname()[1])
-        self.dir = tempfile.mkdtemp(prefix="redis-stream-test-")
-        log = os.path.join(self.dir, "redis.log")
-        cmd = [
-            binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir, "--save", "",
-            "--appendonly", "no", "--daemonize", "no", "--logfile", log,
-        ]  # fmt: skip
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            _wait(self._up, START_TIMEOUT, f"redis-server on port {self.port}")
-        except Exception:
-            self.stop()
-            raise
-
-    def _up(self) -> bool:
-        if self.proc.poll() is not None:
-            text = Path(self.dir, "redis.log").read_text(errors="replace")[-2000:]
-            raise RuntimeError(f"redis-server exited with {self.proc.returncode}: {text}")
-        try:
-            return bool(self.client().ping())
-        except redis.RedisError:
-            return False
+        super().__init__()
+        self.start(START_TIMEOUT)
 
     def url(self, db: int = 0) -> str:
-        return f"redis://127.0.0.1:{self.port}/{db}"
+        return self.url_db(db)
 
-    def client(self, db: int = 0) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port, db=db, socket_timeout=10)
+    def client(self, db: int = 0, **kwargs: object) -> redis.Redis:
+        return super().client(db, **{"socket_timeout": 10, **kwargs})
 
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        shutil.rmtree(self.dir, ignore_errors=True)
+    def stop(self, sig: int = signal.SIGTERM, *, remove: bool = True) -> None:
+        super().stop(sig, remove=remove)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -115,21 +74,23 @@ class TaskRun:
     entry_id: str
     task_id: str
     state: str
-    result: Any
+    result: object
 
 
 class StreamWorker:
     """An in-process worker reading the app's streams from the private server."""
 
-    def __init__(self, app: Any, server: RedisStreamServer, controller: Any) -> None:
+    def __init__(self, app: Celery, server: RedisStreamServer, controller: WorkController) -> None:
         self.app = app
         self.server = server
         self.controller = controller
-        self.client: Any = server.client(0)
+        self.client: redis.Redis = server.client(0)
         self._runs: dict[str, TaskRun] = {}
         self._lock = threading.Lock()
 
-    def _task_postrun(self, task_id: str | None = None, state: str | None = None, retval: Any = None, **_: Any) -> None:
+    def _task_postrun(
+        self, task_id: str | None = None, state: str | None = None, retval: object = None, **_: object
+    ) -> None:
         if task_id is not None:
             with self._lock:
                 self._runs[task_id] = TaskRun("", task_id, state or "", retval)
@@ -149,18 +110,18 @@ class StreamWorker:
                 run = self._runs.get(task_id)
             if run is not None:
                 return dataclasses.replace(run, entry_id=entry_id)
-            for _, dead in self.client.xrange(sc.dead_letter):
-                if dead.get(b"dlq_source_id") == entry_id.encode():
-                    letter = DeadLetterPreview(dead[b"dlq_reason"].decode(), dead[b"dlq_error"].decode())
+            for _, dead in self.client.xrange(sc.dead_letter) or ():
+                fields = dead or {}
+                if fields.get(b"dlq_source_id") == entry_id.encode():
+                    letter = DeadLetterPreview(text(fields.get(b"dlq_reason")), text(fields.get(b"dlq_error")))
                     raise DeadLettered(stream, entry_id, letter)
             return None
 
-        result: TaskRun = _wait(done, timeout, f"the task of entry {entry_id} of stream {stream!r}")
-        return result
+        return _wait(done, timeout, f"the task of entry {entry_id} of stream {stream!r}")
 
 
 @contextmanager
-def _settings(app: Any, **values: Any) -> Iterator[None]:
+def _settings(app: Celery, **values: object) -> Iterator[None]:
     # With config_from_object(..., namespace="CELERY") some Celery versions
     # (5.3) read CELERY_BROKER_URL before broker_url: set both spellings.
     conf = app.conf
@@ -174,7 +135,7 @@ def _settings(app: Any, **values: Any) -> Iterator[None]:
         conf.update(saved)
 
 
-def _check_private(app: Any, server: RedisStreamServer) -> None:
+def _check_private(app: Celery, server: RedisStreamServer) -> None:
     """Never let a test's worker reach a Redis other than its own server."""
     broker = app.conf.broker_url
     streams = load_config(app).url
@@ -186,7 +147,7 @@ def _check_private(app: Any, server: RedisStreamServer) -> None:
 
 
 @pytest.fixture
-def redis_stream_app() -> Any:
+def redis_stream_app() -> Celery:
     """Override this fixture: return the Celery app whose stream mapping the test runs."""
     pytest.fail("define a redis_stream_app fixture that returns your Celery app (celery_redis_stream.pytest_plugin)")
 
@@ -205,7 +166,7 @@ def redis_stream_server() -> Iterator[RedisStreamServer]:
 
 
 @pytest.fixture
-def redis_stream_worker(redis_stream_app: Any, redis_stream_server: RedisStreamServer) -> Iterator[StreamWorker]:
+def redis_stream_worker(redis_stream_app: Celery, redis_stream_server: RedisStreamServer) -> Iterator[StreamWorker]:
     """``redis_stream_app`` as a started in-process worker on the private server, reading its streams."""
     app = redis_stream_app
     server = redis_stream_server

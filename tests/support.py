@@ -1,41 +1,36 @@
-"""Test helpers: private redis-server processes and real `celery worker` subprocesses."""
+"""Test helpers, each defined once: private redis-server processes, real `celery worker` subprocesses, app builders.
+
+The processes are celery_redis_stream.harness's (the benchmarks and the demo use the same), with the test
+suite's choices: CRS_SERVER selects the server binary, timeouts fail the test.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
-import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 from celery import Celery
+
+from celery_redis_stream import harness
+
+T = TypeVar("T")
+Ready = harness.Ready
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return harness.free_port()
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
+def wait_for(predicate: Callable[[], T | None], timeout: float, what: str, interval: float = 0.05) -> T:
+    """harness.wait_for, failing the test (AssertionError) on timeout."""
+    return harness.wait_for(predicate, timeout, what, interval, error=AssertionError)
 
 
 #: ``CRS_SERVER=valkey`` runs every test server as ``valkey-server`` (and the cluster tool as ``valkey-cli``).
@@ -66,66 +61,24 @@ def server_binary(tool: int = 0) -> str:
     return binary
 
 
-class RedisServer:
-    """A private redis-server (or valkey-server, with CRS_SERVER=valkey) on a free loopback port, stopped by pid."""
+class RedisServer(harness.RedisServer):
+    """harness.RedisServer as the server CRS_SERVER selects (redis-server, or valkey-server), with ``url``."""
 
     def __init__(self, *args: str, port: int | None = None, directory: str | None = None) -> None:
-        self.binary = server_binary()
-        self.args = list(args)
-        self.port = port or free_port()
-        self.dir = directory or tempfile.mkdtemp(prefix="crs-redis-")
-        self.proc: subprocess.Popen[bytes] | None = None
+        super().__init__(*args, port=port, directory=directory, binary=server_binary())
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def url_db(self, db: int) -> str:
-        return f"redis://127.0.0.1:{self.port}/{db}"
-
-    def start(self) -> RedisServer:
-        cmd = [
-            self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir,
-            "--save", "", "--appendonly", "no", "--daemonize", "no", "--logfile", os.path.join(self.dir, "redis.log"),
-            *self.args,
-        ]  # fmt: skip
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for(self._ping, 10, f"redis-server on port {self.port}")
-        return self
-
-    def _ping(self) -> bool:
-        if self.proc is not None and self.proc.poll() is not None:
-            log = Path(self.dir, "redis.log")
-            raise RuntimeError(f"redis-server exited: {log.read_text() if log.exists() else ''}")
-        try:
-            return bool(redis.Redis(port=self.port, socket_timeout=1).ping())
-        except redis.AuthenticationError:
-            return True  # up, but needs a password (a subclass of ConnectionError)
-        except (redis.ConnectionError, redis.TimeoutError):
-            return False
-        except redis.ResponseError:
-            return True  # up, but needs a password or TLS
-
-    def client(self, db: int = 0, **kwargs: Any) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port, db=db, **kwargs)
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self.proc = None
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
+        return self.url_db(0)
 
 
-class Worker:
-    """A real `celery worker` subprocess on tests/workerapp.py."""
+class Worker(harness.WorkerProcess):
+    """A real `celery worker` subprocess on tests/workerapp.py (or ``app``).
+
+    ``start()`` waits until the redis-stream step has started its readers
+    (``Ready.STARTED``), ``start(Ready.READERS)`` until a reader sent
+    ``reader_ready``, ``start("text")`` for a text in the log.
+    """
 
     def __init__(
         self,
@@ -138,76 +91,11 @@ class Worker:
         extra: Iterable[str] = (),
         app: str = "tests.workerapp",
     ) -> None:
-        self.name = name
-        self.env = {**os.environ, **env, "PYTHONPATH": str(ROOT)}
-        self.log = Path(tempfile.mkdtemp(prefix="crs-worker-")) / f"{name}.log"
-        self.cmd = [
-            sys.executable, "-m", "celery", "-A", app, "worker", "-n", f"{name}@%h", "--pool", pool,
-            "-c", str(concurrency), "--loglevel", "INFO", "--without-gossip", "--without-mingle",
+        args = [
+            "--pool", pool, "-c", str(concurrency), "--loglevel", "INFO", "--without-gossip", "--without-mingle",
             "--without-heartbeat", *(["-Q", queues] if queues else []), *extra,
         ]  # fmt: skip
-        self.proc: subprocess.Popen[bytes] | None = None
-        self._logfile: Any = None
-
-    def start(self, wait: str | None = "redis-stream: reading") -> Worker:
-        self._logfile = open(self.log, "ab")
-        self.proc = subprocess.Popen(self.cmd, cwd=ROOT, env=self.env, stdout=self._logfile, stderr=subprocess.STDOUT)
-        if wait:
-            self.wait_log(wait, 30)
-        return self
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-    def wait_log(self, text: str, timeout: float, count: int = 1) -> None:
-        def seen() -> bool:
-            if self.proc is not None and self.proc.poll() is not None and self.output().count(text) < count:
-                raise AssertionError(f"worker {self.name} exited ({self.proc.returncode}):\n{self.output()[-3000:]}")
-            return self.output().count(text) >= count
-
-        wait_for(seen, timeout, f"{text!r} in worker {self.name} log")
-
-    def signal(self, sig: int) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-
-    def wait(self, timeout: float = 30) -> int:
-        assert self.proc is not None
-        try:
-            return self.proc.wait(timeout)
-        finally:
-            if self._logfile is not None:
-                self._logfile.close()
-                self._logfile = None
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            # kill -9 the whole worker: the main process and its pool children
-            try:
-                import psutil
-
-                children = psutil.Process(self.proc.pid).children(recursive=True)
-            except Exception:
-                children = []
-            self.proc.kill()
-            for child in children:
-                try:
-                    child.kill()
-                except Exception:
-                    pass
-        if self.proc is not None:
-            self.wait(10)
-
-    def stop(self) -> int | None:
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                return self.wait(30)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        return self.wait(10)
+        super().__init__(app, name, env={**env, "PYTHONPATH": str(ROOT)}, cwd=ROOT, args=args)
 
 
 def worker_env(stream_url: str, broker_url: str, ledger_url: str, tasks: dict[str, Any], **conf: Any) -> dict[str, str]:
