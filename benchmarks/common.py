@@ -12,9 +12,7 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import statistics
-import subprocess
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -65,75 +63,15 @@ class RedisServer(harness.RedisServer):
         super().stop(sig, remove=remove)
 
 
-class Cluster:
-    """A private Redis Cluster of ``masters`` masters (no replicas) on free loopback ports."""
+class Cluster(harness.Cluster):
+    """harness.Cluster of ``masters`` masters (no replicas) made of this module's RedisServer nodes."""
 
     def __init__(self, masters: int = 3) -> None:
-        if shutil.which("redis-cli") is None:
-            raise RuntimeError("redis-cli is not on the PATH: the cluster benchmark needs it")
-        self.masters = masters
-        self.nodes: list[RedisServer] = []
-
-    def start(self) -> Cluster:
-        try:
-            for _ in range(self.masters):
-                port = self._port()
-                self.nodes.append(
-                    RedisServer("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", port=port).start()
-                )
-            subprocess.run(
-                ["redis-cli", "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in self.nodes),
-                 "--cluster-replicas", "0", "--cluster-yes"],
-                check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60,
-            )  # fmt: skip
-            wait_for(self._ok, 30, "the cluster to be ok")
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    @staticmethod
-    def _port() -> int:
-        for _ in range(200):  # the cluster bus port (port + 10000) must be free too
-            port = free_port()
-            if port > 55535:
-                continue
-            with socket.socket() as s:
-                try:
-                    s.bind(("127.0.0.1", port + 10000))
-                except OSError:
-                    continue
-            return port
-        raise RuntimeError("no free port pair for a cluster node")
-
-    def _ok(self) -> bool:
-        for node in self.nodes:
-            info = node.client().execute_command("CLUSTER", "INFO")
-            text = info.decode() if isinstance(info, bytes) else str(info)
-            if "cluster_state:ok" not in text:
-                return False
-        try:
-            self.client().ping()
-        except redis.RedisError:
-            return False
-        return True
-
-    @property
-    def url(self) -> str:
-        return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes[:2])
-
-    def client(self) -> Any:
-        from redis.cluster import RedisCluster
-
-        return RedisCluster(host="127.0.0.1", port=self.nodes[0].port)
+        super().__init__(masters, server=RedisServer)
 
     def flush(self) -> None:
         for node in self.nodes:
             node.client().flushall()
-
-    def stop(self) -> None:
-        for node in self.nodes:
-            node.stop()
 
 
 # ---------------------------------------------------------------- celery worker

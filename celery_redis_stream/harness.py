@@ -1,5 +1,5 @@
-"""Processes for tests, benchmarks and the demo: a private ``redis-server``, and ``celery worker`` subprocesses
-that say when the bridge started and when its readers are ready (the ``reader_ready`` signal), through a file.
+"""Processes for tests, benchmarks and the demo: a private ``redis-server`` or Redis Cluster, and ``celery worker``
+subprocesses that say when the bridge started and when its readers are ready (``reader_ready``), through a file.
 
 The one definition of each: ``tests/support.py``, ``benchmarks/common.py``,
 the pytest plugin and ``example_project/demo.py`` build on these. Nothing here
@@ -28,15 +28,19 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import IO, TypeVar
+from typing import IO, TYPE_CHECKING, TypeVar
 
 import redis
 
-__all__ = ["Ready", "RedisServer", "WorkerProcess", "free_port", "wait_for"]
+if TYPE_CHECKING:
+    from redis.cluster import RedisCluster
+
+__all__ = ["Cluster", "Ready", "RedisServer", "WorkerProcess", "cluster_admin", "cluster_port", "free_port", "wait_for"]
 
 T = TypeVar("T")
 S = TypeVar("S", bound="RedisServer")
 W = TypeVar("W", bound="WorkerProcess")
+C = TypeVar("C", bound="Cluster")
 
 READY_FILE = "CRS_READY_FILE"
 MISSING_SERVER = (
@@ -132,6 +136,140 @@ class RedisServer:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+
+def _unparsed(response: object, **options: object) -> object:
+    return response
+
+
+def cluster_admin(server: RedisServer, **kwargs: object) -> redis.Redis:
+    """A plain client of one node whose CLUSTER replies are left unparsed (bytes, as redis-cli shows them)."""
+    c = server.client(0, **kwargs)
+    for command in ("CLUSTER INFO", "CLUSTER NODES", "CLUSTER SLOTS", "CLUSTER MYID"):
+        c.set_response_callback(command, _unparsed)
+    return c
+
+
+def cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is free too, as Redis requires."""
+    for _ in range(200):
+        port = free_port()
+        if port > 55535:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port pair for a cluster node")
+
+
+class Cluster:
+    """A private Redis Cluster: ``masters`` masters with ``replicas`` replicas each, all on 127.0.0.1.
+
+    Each node is a ``server(*args, port=...)`` (:class:`RedisServer` by default) in its own
+    directory; ``cli`` (``redis-cli --cluster create``) joins them. Every node is stopped by pid.
+    """
+
+    NODE_TIMEOUT_MS = 2000
+
+    def __init__(
+        self, masters: int = 3, replicas: int = 0, *, cli: str | None = None,
+        server: Callable[..., RedisServer] = RedisServer,
+    ) -> None:  # fmt: skip
+        found = cli or shutil.which("redis-cli")
+        if found is None:
+            raise FileNotFoundError(MISSING_SERVER.format(name="redis-cli"))
+        self.cli = found
+        self.masters = masters
+        self.replicas = replicas
+        self.server = server
+        self.nodes: list[RedisServer] = []
+
+    def start(self: C) -> C:
+        try:
+            for _ in range(self.masters * (1 + self.replicas)):
+                node = self.server(
+                    "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                    "--cluster-node-timeout", str(self.NODE_TIMEOUT_MS),
+                    # A replica that never finished its first sync cannot be promoted.
+                    "--repl-diskless-sync-delay", "0",
+                    port=cluster_port(),
+                )  # fmt: skip
+                self.nodes.append(node.start())
+            subprocess.run(
+                [self.cli, "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in self.nodes),
+                 "--cluster-replicas", str(self.replicas), "--cluster-yes"],
+                check=True, capture_output=True, timeout=60,
+            )  # fmt: skip
+            self.wait_ok()
+            self.wait_replicas_synced()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop(signal.SIGKILL)
+
+    def alive(self) -> list[RedisServer]:
+        return [n for n in self.nodes if n.proc is not None and n.proc.poll() is None]
+
+    @staticmethod
+    def masters_of(c: redis.Redis) -> list[tuple[int, str]]:
+        """(port, node id) of every master that ``c``'s node sees, failed ones left out."""
+        out = []
+        nodes = _decoded(c.execute_command("CLUSTER NODES"))  # type: ignore[no-untyped-call]
+        for line in nodes.splitlines():
+            parts = line.split()
+            if "master" in parts[2] and "fail" not in parts[2]:
+                out.append((int(parts[1].split(":")[1].split("@")[0]), parts[0]))
+        return out
+
+    def wait_ok(self, timeout: float = 30) -> None:
+        """Every live node reports cluster_state:ok, all slots assigned, and they agree on the masters."""
+
+        def ok() -> bool:
+            views = set()
+            for node in self.alive():
+                try:
+                    c = cluster_admin(node, socket_timeout=2)
+                    info = _decoded(c.execute_command("CLUSTER INFO"))  # type: ignore[no-untyped-call]
+                    if "cluster_state:ok" not in info or "cluster_slots_assigned:16384" not in info:
+                        return False
+                    views.add(tuple(sorted(self.masters_of(c))))
+                except redis.RedisError:
+                    return False
+            return len(views) == 1
+
+        wait_for(ok, timeout, "cluster_state:ok on every node", interval=0.2, error=AssertionError)
+
+    def wait_replicas_synced(self, timeout: float = 30) -> None:
+        def synced() -> bool:
+            for node in self.alive():
+                info = node.client().info("replication")
+                if info["role"] == "slave" and info.get("master_link_status") != "up":
+                    return False
+            return True
+
+        wait_for(synced, timeout, "every replica in sync with its master", interval=0.2, error=AssertionError)
+
+    @property
+    def url(self) -> str:
+        """The stream_url of this cluster: two seed nodes, as a user would write it."""
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes[:2])
+
+    def client(self, **kwargs: object) -> RedisCluster:
+        from redis.cluster import ClusterNode, RedisCluster
+
+        seeds = [ClusterNode("127.0.0.1", n.port) for n in self.alive()]  # type: ignore[no-untyped-call]
+        return RedisCluster(startup_nodes=seeds, **kwargs)  # type: ignore[arg-type]
+
+
+def _decoded(reply: object) -> str:
+    return reply.decode() if isinstance(reply, bytes) else str(reply)
 
 
 class Ready(enum.Enum):

@@ -1,146 +1,44 @@
 """Test harness: a private Redis Cluster (masters, optional replicas) on free loopback ports.
 
-Each node is a tests.support.RedisServer with ``--cluster-enabled yes`` in its
-own temporary directory; ``redis-cli --cluster create`` joins them. Helpers
-move one slot (with its keys) to another master and kill a master, as an
-operator's reshard or a crash would. Every node is stopped by pid.
+The lifecycle is celery_redis_stream.harness.Cluster's (the benchmarks use it
+too), with tests.support.RedisServer nodes. Helpers here move one slot (with
+its keys) to another master and kill a master, as an operator's reshard or a
+crash would. Every node is stopped by pid.
 """
 
 from __future__ import annotations
 
 import signal
-import socket
-import subprocess
-import threading
 import time
 from typing import Any
 
 import redis
-from redis.cluster import ClusterNode, RedisCluster
 from redis.crc import key_slot
 from redis.exceptions import RedisError
 
-from .support import RedisServer, free_port, server_binary, wait_for
+from celery_redis_stream import harness
 
-NODE_TIMEOUT_MS = 2000
+from .support import ProducerThread, RedisServer, server_binary, wait_for
 
-
-def _cluster_port() -> int:
-    """A free port whose cluster bus port (port + 10000) is free too, as Redis requires."""
-    for _ in range(200):
-        port = free_port()
-        if port > 55535:
-            continue
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port + 10000))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no free port pair for a cluster node")
+NODE_TIMEOUT_MS = harness.Cluster.NODE_TIMEOUT_MS
+admin = harness.cluster_admin
 
 
-def _raw(response: Any, **options: Any) -> Any:
-    return response
+class Cluster(harness.Cluster):
+    """harness.Cluster of tests.support.RedisServer nodes (CRS_SERVER's binaries), with an operator's moves."""
 
-
-def admin(server: RedisServer, **kwargs: Any) -> redis.Redis:
-    """A plain client of one node whose CLUSTER replies are left unparsed (bytes, as redis-cli shows them)."""
-    c = server.client(**kwargs)
-    for command in ("CLUSTER INFO", "CLUSTER NODES", "CLUSTER SLOTS", "CLUSTER MYID"):
-        c.set_response_callback(command, _raw)
-    return c
-
-
-class Cluster:
-    """``masters`` masters with ``replicas`` replicas each, all on 127.0.0.1."""
+    nodes: list[RedisServer]  # type: ignore[assignment]
 
     def __init__(self, masters: int = 3, replicas: int = 0) -> None:
-        self.cli = server_binary(1)  # redis-cli, or valkey-cli with CRS_SERVER=valkey
-        self.masters = masters
-        self.replicas = replicas
-        self.nodes: list[RedisServer] = []
+        # redis-cli, or valkey-cli with CRS_SERVER=valkey
+        super().__init__(masters, replicas, cli=server_binary(1), server=RedisServer)
 
-    # ------------------------------------------------------------ lifecycle
-
-    def start(self) -> Cluster:
-        try:
-            for _ in range(self.masters * (1 + self.replicas)):
-                server = RedisServer(
-                    "--cluster-enabled", "yes",
-                    "--cluster-config-file", "nodes.conf",
-                    "--cluster-node-timeout", str(NODE_TIMEOUT_MS),
-                    # A replica that never finished its first sync cannot be promoted.
-                    "--repl-diskless-sync-delay", "0",
-                    port=_cluster_port(),
-                )  # fmt: skip
-                self.nodes.append(server.start())
-            subprocess.run(
-                [
-                    self.cli,
-                    "--cluster",
-                    "create",
-                    *(f"127.0.0.1:{n.port}" for n in self.nodes),
-                    "--cluster-replicas",
-                    str(self.replicas),
-                    "--cluster-yes",
-                ],
-                check=True,
-                capture_output=True,
-                timeout=60,
-            )
-            self.wait_ok()
-            self.wait_replicas_synced()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def stop(self) -> None:
-        for node in self.nodes:
-            node.stop(signal.SIGKILL)
-
-    def alive(self) -> list[RedisServer]:
+    def alive(self) -> list[RedisServer]:  # type: ignore[override]
         return [n for n in self.nodes if n.proc is not None and n.proc.poll() is None]
 
-    def wait_ok(self, timeout: float = 30) -> None:
-        """Every live node reports cluster_state:ok, all slots assigned, and they agree on the masters."""
-
-        def ok() -> bool:
-            views = set()
-            for node in self.alive():
-                try:
-                    c = admin(node, socket_timeout=2)
-                    info = c.execute_command("CLUSTER INFO").decode()
-                    if "cluster_state:ok" not in info or "cluster_slots_assigned:16384" not in info:
-                        return False
-                    views.add(tuple(sorted(self._masters_of(c))))
-                except redis.RedisError:
-                    return False
-            return len(views) == 1
-
-        wait_for(ok, timeout, "cluster_state:ok on every node", interval=0.2)
-
-    def wait_replicas_synced(self, timeout: float = 30) -> None:
-        def synced() -> bool:
-            for node in self.alive():
-                info = node.client().info("replication")
-                if info["role"] == "slave" and info.get("master_link_status") != "up":
-                    return False
-            return True
-
-        wait_for(synced, timeout, "every replica in sync with its master", interval=0.2)
-
-    # ------------------------------------------------------------ clients
-
-    @property
-    def url(self) -> str:
-        """The stream_url of this cluster: two seed nodes, as a user would write it."""
-        return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes[:2])
-
-    def client(self, **kwargs: Any) -> RedisCluster:
-        seeds = [ClusterNode("127.0.0.1", n.port) for n in self.alive()]
-        return RedisCluster(startup_nodes=seeds, **kwargs)
+    @staticmethod
+    def _masters_of(c: redis.Redis) -> list[tuple[int, str]]:
+        return harness.Cluster.masters_of(c)
 
     def node(self, port: int) -> RedisServer:
         return next(n for n in self.nodes if n.port == port)
@@ -244,28 +142,23 @@ def wait_logged(workers: list[Any], predicate: Any, timeout: float, what: str) -
         raise AssertionError(f"{exc}\n{logs}") from None
 
 
-class Producer(threading.Thread):
+class Producer(ProducerThread):
     """XADDs to ``streams`` in turn until stopped; remembers the ids Redis acknowledged."""
 
     def __init__(self, client: Any, streams: list[str], pause: float = 0.004, limit: int = 5000) -> None:
-        super().__init__(daemon=True)
-        self.client, self.streams, self.pause, self.limit = client, streams, pause, limit
+        super().__init__(limit, pause)
+        self.client, self.streams, self.limit = client, streams, limit
         self.acked: list[tuple[str, str]] = []
         self.failed = 0
-        self.done = threading.Event()
 
-    def run(self) -> None:
-        n = 0
-        while not self.done.is_set() and n < self.limit:
-            stream = self.streams[n % len(self.streams)]
-            try:
-                self.acked.append((stream, self.client.xadd(stream, {"n": str(n)}).decode()))
-            except RedisError:
-                self.failed += 1  # the cluster is failing over: this entry was never written
-                time.sleep(0.05)
-            n += 1
-            time.sleep(self.pause)
+    def step(self, written: int) -> int:
+        stream = self.streams[written % len(self.streams)]
+        try:
+            self.acked.append((stream, self.client.xadd(stream, {"n": str(written)}).decode()))
+        except RedisError:
+            self.failed += 1  # the cluster is failing over: this entry was never written
+            time.sleep(0.05)
+        return 1
 
     def stop(self) -> None:
-        self.done.set()
-        self.join(30)
+        self.finish()

@@ -13,8 +13,6 @@ only loss allowed.
 
 from __future__ import annotations
 
-import threading
-import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -22,7 +20,8 @@ from typing import Any
 
 import redis
 
-from .support import Worker, produce_many, queued_messages, worker_env
+from .support import FAST as SUPPORT_FAST
+from .support import ProducerThread, Worker, produce_many, queued_messages, worker_env
 
 
 @dataclass
@@ -121,7 +120,8 @@ GROUP = "celery"
 # The -Q of bridge workers: they never consume the target queue "celery", so
 # every dispatched task stays there to be counted.
 BRIDGE_ONLY_QUEUE = "bridge-only"
-FAST = {"stream_block_ms": 200, "stream_claim_idle_ms": 2000, "stream_batch_size": 50, "stream_start": "0"}
+# support.FAST (short reads from the start) with quick claims and small batches: the fault tests' bridge.
+FAST = {**SUPPORT_FAST, "stream_claim_idle_ms": 2000, "stream_batch_size": 50}
 
 
 def bridge_worker(
@@ -159,23 +159,15 @@ def reader_blocked(client: redis.Redis, command: str) -> bool:
     )
 
 
-class Producer(threading.Thread):
+class Producer(ProducerThread):
     """XADDs entries in small pipelined chunks, a short pause between chunks, until
     ``total`` are written or :meth:`finish` is called."""
 
     def __init__(self, ledger: Ledger, client: redis.Redis, total: int, *, chunk: int = 10, pause: float = 0.005):
-        super().__init__(name="producer", daemon=True)
-        self.ledger, self.client, self.total, self.chunk, self.pause = ledger, client, total, chunk, pause
-        self.done = threading.Event()
+        super().__init__(total, pause)
+        self.ledger, self.client, self.chunk = ledger, client, chunk
 
-    def run(self) -> None:
-        written = 0
-        while written < self.total and not self.done.is_set():
-            n = min(self.chunk, self.total - written)
-            self.ledger.produce(self.client, n)
-            written += n
-            time.sleep(self.pause)
-
-    def finish(self) -> None:
-        self.done.set()
-        self.join(30)
+    def step(self, written: int) -> int:
+        n = min(self.chunk, self.total - written)
+        self.ledger.produce(self.client, n)
+        return n

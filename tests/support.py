@@ -9,7 +9,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Callable, Iterable
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -98,6 +102,10 @@ class Worker(harness.WorkerProcess):
         super().__init__(app, name, env={**env, "PYTHONPATH": str(ROOT)}, cwd=ROOT, args=args)
 
 
+#: Worker settings that keep tests short: a read blocks 200 ms, a new group starts at the first entry.
+FAST = {"stream_block_ms": 200, "stream_start": "0"}
+
+
 def worker_env(stream_url: str, broker_url: str, ledger_url: str, tasks: dict[str, Any], **conf: Any) -> dict[str, str]:
     return {
         "CRS_STREAM_URL": stream_url,
@@ -105,6 +113,25 @@ def worker_env(stream_url: str, broker_url: str, ledger_url: str, tasks: dict[st
         "CRS_LEDGER_URL": ledger_url,
         "CRS_CONF": json.dumps({"stream_tasks": tasks, **conf}),
     }
+
+
+def celery_args(*args: str, app: str = "tests.workerapp") -> list[str]:
+    """The command line ``celery -A app ARGS`` with this interpreter."""
+    return [sys.executable, "-m", "celery", "-A", app, *args]
+
+
+def celery_env(env: Mapping[str, str], **extra: str) -> dict[str, str]:
+    """The environment the tests run ``celery`` commands in: ``env`` over ours, the repository importable."""
+    return {**os.environ, **env, "PYTHONPATH": str(ROOT), "COLUMNS": "200", "PYTHONIOENCODING": "utf-8", **extra}
+
+
+def celery(env: Mapping[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """``celery -A tests.workerapp ARGS`` (``redis-stream ...``, ``inspect ...``), as a script runs it: stdin is not
+    a terminal, output captured as text."""
+    return subprocess.run(
+        celery_args(*args), cwd=ROOT, env=celery_env(env), stdin=subprocess.DEVNULL, capture_output=True, text=True,
+        timeout=timeout,
+    )  # fmt: skip
 
 
 def make_app(
@@ -120,6 +147,30 @@ def make_app(
 
 def _noop(*args: object, **kwargs: object) -> None:
     return None
+
+
+class ProducerThread(threading.Thread):
+    """Writes to streams in a thread, ``step`` after ``step`` with a short pause, until ``total`` entries are
+    written or :meth:`finish` is called."""
+
+    def __init__(self, total: int, pause: float) -> None:
+        super().__init__(name="producer", daemon=True)
+        self.total, self.pause = total, pause
+        self.done = threading.Event()
+
+    def step(self, written: int) -> int:
+        """Write the next entries (``written`` so far); return how many."""
+        raise NotImplementedError
+
+    def run(self) -> None:
+        written = 0
+        while written < self.total and not self.done.is_set():
+            written += self.step(written)
+            time.sleep(self.pause)
+
+    def finish(self) -> None:
+        self.done.set()
+        self.join(30)
 
 
 def produce_many(client: redis.Redis, stream: str, n: int, start: int = 0, **fields: str) -> list[str]:

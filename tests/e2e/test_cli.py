@@ -6,7 +6,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from typing import Any
@@ -14,7 +13,7 @@ from typing import Any
 import pytest
 import redis
 
-from ..support import ROOT, RedisServer, free_port, worker_env
+from ..support import ROOT, RedisServer, celery, celery_args, celery_env, free_port, worker_env
 
 TASKS = {
     "orders": "tests.record",
@@ -25,15 +24,7 @@ TASKS = {
 
 def cli(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """The real command line, run as a script would (stdin is not a terminal)."""
-    return subprocess.run(
-        [sys.executable, "-m", "celery", "-A", "tests.workerapp", "redis-stream", *args],
-        cwd=ROOT,
-        env={**os.environ, **env, "PYTHONPATH": str(ROOT), "COLUMNS": "200", "PYTHONIOENCODING": "utf-8"},
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return celery(env, "redis-stream", *args, timeout=timeout)
 
 
 def cli_at_terminal(env: dict[str, str], *args: str, answer: str) -> subprocess.CompletedProcess[str]:
@@ -41,9 +32,9 @@ def cli_at_terminal(env: dict[str, str], *args: str, answer: str) -> subprocess.
     master, slave = os.openpty()
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "tests.workerapp", "redis-stream", *args],
+            celery_args("redis-stream", *args),
             cwd=ROOT,
-            env={**os.environ, **env, "PYTHONPATH": str(ROOT), "COLUMNS": "200", "PYTHONIOENCODING": "utf-8"},
+            env=celery_env(env),
             stdin=slave,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

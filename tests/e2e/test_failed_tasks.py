@@ -16,9 +16,7 @@ from celery_redis_stream.dispatch import task_id_for
 from celery_redis_stream.failed import dead_letter_task
 from celery_redis_stream.reader import connect
 
-from ..support import ROOT, RedisServer, Worker, executed, wait_for, worker_env
-
-FAST = {"stream_block_ms": 200, "stream_start": "0"}
+from ..support import FAST, ROOT, RedisServer, Worker, executed, wait_for, worker_env
 
 
 def task_worker(server: RedisServer, tasks: dict[str, Any], *, pool: str = "solo", **conf: Any) -> Worker:

@@ -5,30 +5,17 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from celery import __version__ as celery_version
 
-from ..support import ROOT, Worker, executed, produce_many, wait_for, worker_env
+from ..support import Worker, celery, executed, produce_many, wait_for, worker_env
 from .test_cli import PasswordRedisServer
 
 NODE = f"w1@{socket.gethostname()}"
 TASKS = {"orders": "tests.record", "events": {"task": "tests.record", "mode": "tracker"}}
-
-
-def celery(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "celery", "-A", "tests.workerapp", *args],
-        cwd=ROOT,
-        env={**os.environ, **env, "PYTHONPATH": str(ROOT), "PYTHONIOENCODING": "utf-8"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 def inspect(env: dict[str, str], command: str) -> dict[str, Any]:

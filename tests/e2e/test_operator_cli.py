@@ -7,14 +7,13 @@ import json
 import os
 import select
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 
 import pytest
 import redis
 
-from ..support import ROOT, RedisServer, Worker, produce_many
+from ..support import ROOT, RedisServer, Worker, celery_args, celery_env, produce_many
 from .test_cli import cli, dead_letter, env_for
 
 # Each would act on a terminal if printed raw: recolour, retitle, overwrite the line, cut it, reorder it.
@@ -33,9 +32,9 @@ def at_terminal(env: dict[str, str], *args: str) -> bytes:
     master, slave = os.openpty()
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "tests.workerapp", "redis-stream", *args],
+            celery_args("redis-stream", *args),
             cwd=ROOT,
-            env={**os.environ, **env, "PYTHONPATH": str(ROOT), "COLUMNS": "250", "LINES": "50", "TERM": "xterm"},
+            env=celery_env(env, COLUMNS="250", LINES="50", TERM="xterm"),
             stdin=subprocess.DEVNULL,
             stdout=slave,
             stderr=slave,

@@ -9,8 +9,6 @@ from __future__ import annotations
 import re
 import shlex
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -23,7 +21,7 @@ from celery_redis_stream.config import load_config
 from celery_redis_stream.service import Service
 
 from ..certs import TLSRedisServer, make_certs
-from ..support import ROOT, RedisServer, Worker, executed, free_port, produce_many, wait_for, worker_env
+from ..support import ROOT, RedisServer, Worker, celery, executed, free_port, produce_many, wait_for, worker_env
 
 PASSWORD = "Pw-7f3kq9-secret"  # the default user's (--requirepass)
 USER_PASSWORD = "Us3r-pw-x8d2"  # the ACL user "bridge"
@@ -33,10 +31,7 @@ SECRETS = (PASSWORD, USER_PASSWORD, WRONG_PASSWORD)
 
 def celery_cli(env: dict[str, str], *args: str) -> str:
     """Run `celery -A tests.workerapp ...` and return everything it printed."""
-    result = subprocess.run(
-        [sys.executable, "-m", "celery", "-A", "tests.workerapp", *args],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    result = celery(env, *args)
     return result.stdout + result.stderr
 
 

@@ -17,9 +17,7 @@ from typing import Any
 
 import pytest
 
-from ..support import RedisServer, Worker, executed, produce_many, queued_messages, wait_for, worker_env
-
-FAST = {"stream_block_ms": 200, "stream_start": "0"}
+from ..support import FAST, RedisServer, Worker, executed, produce_many, queued_messages, wait_for, worker_env
 
 
 def env_for(server: RedisServer, tasks: dict[str, Any], **conf: Any) -> dict[str, str]:
