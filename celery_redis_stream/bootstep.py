@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import TYPE_CHECKING
 
 import click
 from celery import bootsteps
@@ -16,6 +16,11 @@ from .exceptions import StreamConfigError
 from .failed import connect_receivers
 from .service import Service
 from .status import worker_time_lags
+
+if TYPE_CHECKING:
+    from celery import Celery
+    from celery.utils.collections import AttributeDict
+    from celery.worker import WorkController
 
 __all__ = ["RedisStreamStep", "install"]
 
@@ -54,17 +59,17 @@ class RedisStreamStep(bootsteps.StartStopStep):  # type: ignore[misc]
 
     def __init__(
         self,
-        parent: Any,
+        parent: WorkController,
         without_redis_stream: bool = False,
         redis_streams: str | None = None,
-        **options: Any,
+        **options: object,
     ) -> None:
         self.enabled = not without_redis_stream
         self.only = tuple(s.strip() for s in redis_streams.split(",") if s.strip()) if redis_streams else None
         parent.redis_stream = None
         super().__init__(parent, **options)
 
-    def create(self, parent: Any) -> Service | None:
+    def create(self, parent: WorkController) -> Service | None:
         # Raising here stops the worker before the pool starts and before anything is read.
         try:
             config = load_config(parent.app, only=self.only)
@@ -77,24 +82,21 @@ class RedisStreamStep(bootsteps.StartStopStep):  # type: ignore[misc]
         service = parent.redis_stream = Service(parent.app, config, consumer=parent.hostname)
         return service
 
-    def info(self, parent: Any) -> dict[str, Any]:
+    def info(self, parent: WorkController) -> dict[str, object]:
         service: Service | None = self.obj
         return {"redis_stream": service.info() if service is not None else {"streams": []}}
 
 
 @inspect_command()  # type: ignore[untyped-decorator]
-def redis_stream(state: Any, **kwargs: Any) -> dict[str, Any]:
+def redis_stream(state: AttributeDict, **kwargs: object) -> dict[str, object]:
     """Readers of this worker: streams, mode, counts, last id, paused, last error."""
-    service = getattr(state.consumer.controller, "redis_stream", None)
+    service: Service | None = getattr(state.consumer.controller, "redis_stream", None)
     if service is None:
         return {"enabled": False, "streams": []}
-    info: dict[str, Any] = service.info()
-    info["enabled"] = True
-    info["alive"] = service.alive
+    info = service.info()
     ages = worker_time_lags(service.config, list(service.configs.values()))
-    for stream in info["streams"]:
-        stream["lag_seconds"] = ages.get(stream["stream"])
-    return info
+    streams = [{**stream, "lag_seconds": ages.get(stream["stream"])} for stream in info["streams"]]
+    return {**info, "streams": streams, "enabled": True, "alive": service.alive}
 
 
 def _hide_stream_url() -> None:
@@ -113,7 +115,7 @@ def _hide_stream_url() -> None:
         )
 
 
-def install(app: Any) -> Any:
+def install(app: Celery) -> Celery:
     """Add the step, the worker options and the inspect command to ``app``. Idempotent."""
     _hide_stream_url()
     connect_receivers(app)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Protocol
 import click
 from redis.exceptions import RedisError
 
+from . import deadletters
 from .config import BridgeConfig, StreamConfig, load_config
 from .exceptions import StreamConfigError
 from .reader import connect
@@ -33,8 +34,8 @@ __all__ = [
 ]  # fmt: skip
 
 
-class Client(Protocol):
-    """The commands the CLI sends itself (redis.Redis and RedisCluster have them); replies are narrowed here."""
+class Client(deadletters.Client, Protocol):
+    """The commands the CLI sends (redis.Redis and RedisCluster have them); replies are narrowed where read."""
 
     def get(self, name: str) -> object: ...
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import click
 
 from . import deadletters
-from .cli_common import client_for, config_of, confirm, console, echo, mapped, number, redis_errors
+from .cli_common import Client, client_for, config_of, confirm, console, echo, mapped, number, redis_errors
 from .config import StreamConfig
 from .deadletters import DeadEntry
 from .redact import redact
@@ -108,7 +108,7 @@ def _counted(chunks: Batches, progress: Callable[[int], None]) -> Iterator[list[
 
 
 def _selection(
-    client: object, sc: StreamConfig, length: int, choice: Choice, progress: Callable[[int], None] = lambda n: None
+    client: Client, sc: StreamConfig, length: int, choice: Choice, progress: Callable[[int], None] = lambda n: None
 ) -> tuple[Batches, list[str]]:
     """The dead letters chosen (by id, by reason, or the oldest), at most ``limit``, in batches; the ids not found."""
     limit, reason = choice.limit, choice.reason
@@ -176,7 +176,7 @@ def _render_dead(sc: StreamConfig, total: int, entries: list[DeadEntry], out: Co
     out.print(table)
 
 
-def _list(client: object, sc: StreamConfig, length: int, choice: Choice, as_json: bool) -> list[str]:
+def _list(client: Client, sc: StreamConfig, length: int, choice: Choice, as_json: bool) -> list[str]:
     """List the chosen dead letters; returns the ids asked for that were not found."""
     chunks, missing = _selection(client, sc, length, choice)
     entries = [e for chunk in chunks for e in chunk]
@@ -207,7 +207,7 @@ def _progress(description: str, total: int) -> Iterator[Callable[[int], None]]:
 
 
 def _move(
-    client: object, sc: StreamConfig, length: int, choice: Choice, requeue: bool, yes: bool, as_json: bool
+    client: Client, sc: StreamConfig, length: int, choice: Choice, requeue: bool, yes: bool, as_json: bool
 ) -> list[str]:
     """Requeue or purge the chosen dead letters; returns the ids asked for that were not found."""
     limit, reason, ids = choice.limit, choice.reason, choice.ids

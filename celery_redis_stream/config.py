@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 from urllib.parse import urlparse
 
 from kombu.utils.url import maybe_sanitize_url
@@ -13,6 +13,10 @@ from kombu.utils.url import maybe_sanitize_url
 from .entry import CallShape, Converter
 from .exceptions import StreamConfigError
 from .redact import redact
+
+if TYPE_CHECKING:
+    from celery import Celery
+    from celery.app.utils import Settings as CelerySettings
 
 __all__ = ["OPTIONS", "STREAM_OPTIONS", "BridgeConfig", "Mode", "Option", "StreamConfig", "load_config"]
 
@@ -132,7 +136,7 @@ def _fail(setting: str, problem: str, stream: str | None = None) -> StreamConfig
 
 # The checks: each takes the value, the setting's name as the message shows it and
 # the stream (None for a global setting), and returns the parsed value or raises.
-Check = Callable[[object, str, str | None], Any]
+Check = Callable[[object, str, str | None], object]
 
 
 def _int(value: object, setting: str, stream: str | None = None, *, minimum: int = 0) -> int:
@@ -209,7 +213,7 @@ def _url(value: object, setting: str, stream: str | None = None) -> str:
     return value
 
 
-def _transport_options(value: object, setting: str, stream: str | None = None) -> dict[str, Any]:
+def _transport_options(value: object, setting: str, stream: str | None = None) -> dict[str, object]:
     if not isinstance(value, Mapping):
         raise _fail(setting, f"expected a dict of redis-py client options, got {value!r}")
     return dict(value)
@@ -244,7 +248,7 @@ def _converter(value: object, setting: str, stream: str | None = None) -> Conver
     return import_converter(_str(value, setting, stream), cast(str, stream))
 
 
-def _send_options(value: object, setting: str, stream: str | None = None) -> dict[str, Any]:
+def _send_options(value: object, setting: str, stream: str | None = None) -> dict[str, object]:
     if not isinstance(value, Mapping):
         raise _fail(setting, f"expected a dict of send_task options, got {value!r}", stream)
     reserved = sorted({"task_id", "args", "kwargs", "producer", "name"} & set(value))
@@ -269,7 +273,7 @@ class Option:
     check: Check
     nullable: bool = False
     inherits: str | None = None
-    computed: Callable[[Any], str] | None = None
+    computed: Callable[[CelerySettings], str] | None = None
     doc: str | None = None
 
 
@@ -278,7 +282,7 @@ def import_converter(path: str, stream: str) -> Converter:
     if not sep or not module_name or not attr:
         raise _fail("stream_tasks", f"converter must look like 'package.module:function', got {path!r}", stream)
     try:
-        obj: Any = importlib.import_module(module_name)
+        obj: object = importlib.import_module(module_name)
         for part in attr.split("."):
             obj = getattr(obj, part)
     except Exception as exc:
@@ -288,7 +292,7 @@ def import_converter(path: str, stream: str) -> Converter:
     return cast(Converter, obj)
 
 
-def _broker_url(conf: Any) -> str | None:
+def _broker_url(conf: CelerySettings) -> str | None:
     # The property, not conf.get(): Celery takes CELERY_BROKER_URL from the environment first.
     try:
         url = conf.broker_url
@@ -297,7 +301,7 @@ def _broker_url(conf: Any) -> str | None:
     return url if isinstance(url, str) else None
 
 
-def default_url(conf: Any) -> str:
+def default_url(conf: CelerySettings) -> str:
     broker = _broker_url(conf) or ""
     if isinstance(broker, str):
         if broker.strip().startswith("sentinel://"):
@@ -351,7 +355,7 @@ def _redis_db(url: str) -> tuple[str, int, str] | None:
     return (parsed.hostname or "localhost", parsed.port or 6379, db)
 
 
-def _check_queue_names(conf: Any, url: str, streams: list[StreamConfig]) -> None:
+def _check_queue_names(conf: CelerySettings, url: str, streams: list[StreamConfig]) -> None:
     """Refuse a stream whose name is also a Redis-broker queue list in the same database.
 
     The broker would LPUSH/BRPOP a key that holds a stream: WRONGTYPE in the
@@ -435,7 +439,7 @@ Settings = dict[str, Any]
 STREAM_KEYS = frozenset(STREAM_OPTIONS)
 
 
-def _refuse_unknown_settings(app: Any) -> None:
+def _refuse_unknown_settings(app: Celery) -> None:
     """A misspelt setting (``stream_batchsize``) would silently leave the default in force."""
     namespace = (getattr(app, "namespace", None) or "").upper()
     for key in list(app.conf.keys()):
@@ -455,7 +459,7 @@ def _refuse_unknown_settings(app: Any) -> None:
             raise _fail(key, f"is not a celery-redis-stream setting (known: {known})")
 
 
-def load_config(app: Any, *, only: tuple[str, ...] | None = None, check_registered: bool = True) -> BridgeConfig:
+def load_config(app: Celery, *, only: tuple[str, ...] | None = None, check_registered: bool = True) -> BridgeConfig:
     """Read and check every ``stream_*`` setting of ``app`` once.
 
     Raises :class:`StreamConfigError` (an ``ImproperlyConfigured``) naming the
@@ -472,7 +476,7 @@ def load_config(app: Any, *, only: tuple[str, ...] | None = None, check_register
         raise exc.affecting(tuple(tasks)) from None
 
 
-def _load_config(app: Any, *, only: tuple[str, ...] | None, check_registered: bool) -> BridgeConfig:
+def _load_config(app: Celery, *, only: tuple[str, ...] | None, check_registered: bool) -> BridgeConfig:
     conf = app.conf
     _refuse_unknown_settings(app)
     settings = _read_settings(conf)
@@ -503,7 +507,7 @@ def _is_cluster(url: str) -> bool:
     return url.split("://", 1)[0].endswith("+cluster")
 
 
-def _read_settings(conf: Any) -> Settings:
+def _read_settings(conf: CelerySettings) -> Settings:
     settings: Settings = {}
     for name, option in OPTIONS.items():
         settings[name] = _read_setting(conf, name, option)
@@ -513,7 +517,7 @@ def _read_settings(conf: Any) -> Settings:
     return settings
 
 
-def _read_setting(conf: Any, name: str, option: Option) -> Any:
+def _read_setting(conf: CelerySettings, name: str, option: Option) -> object:
     """One global setting, checked; unset (or None) is its default, unless None is a value of its own."""
     # For a nullable setting, a missing one is told apart from None ("never").
     value = conf.get(name, option.default) if option.nullable else conf.get(name)
@@ -524,7 +528,7 @@ def _read_setting(conf: Any, name: str, option: Option) -> Any:
     return None if value is None else option.check(value, name, None)
 
 
-def _sentinel_options(conf: Any, url: str, options: dict[str, Any]) -> dict[str, Any]:
+def _sentinel_options(conf: CelerySettings, url: str, options: dict[str, object]) -> dict[str, object]:
     """A sentinel:// URL needs a master_name: its own, or the broker's when the streams follow the broker."""
     if not url.startswith("sentinel://") or "master_name" in options or "master_name=" in url:
         return options
@@ -538,7 +542,7 @@ def _sentinel_options(conf: Any, url: str, options: dict[str, Any]) -> dict[str,
 
 
 def _stream_configs(
-    app: Any, settings: Settings, *, only: tuple[str, ...] | None, check_registered: bool
+    app: Celery, settings: Settings, *, only: tuple[str, ...] | None, check_registered: bool
 ) -> list[StreamConfig]:
     tasks: Mapping[object, object] = settings["stream_tasks"]
     if only is not None:
@@ -572,7 +576,7 @@ def _stream_spec(stream: str, spec: object) -> Mapping[str, object]:
     return spec
 
 
-def _read_key(spec: Mapping[str, object], key: str, settings: Settings, stream: str) -> Any:
+def _read_key(spec: Mapping[str, object], key: str, settings: Settings, stream: str) -> object:
     """One per-stream key, checked; unset, it is its global setting (or its own default)."""
     option = STREAM_OPTIONS[key]
     value = spec.get(key, settings[option.inherits] if option.inherits else option.default)
@@ -581,7 +585,7 @@ def _read_key(spec: Mapping[str, object], key: str, settings: Settings, stream: 
     return option.check(value, f"stream_tasks {key!r}", stream)
 
 
-def _queue(queue: str | None, options: dict[str, Any], stream: str) -> str | None:
+def _queue(queue: str | None, options: dict[str, object], stream: str) -> str | None:
     """send_task's own queue argument in ``options`` is the same as the stream's queue key."""
     if "queue" not in options:
         return queue
@@ -590,7 +594,7 @@ def _queue(queue: str | None, options: dict[str, Any], stream: str) -> str | Non
     return _str(options.pop("queue"), "stream_tasks 'options' 'queue'", stream)
 
 
-def _read_keys(app: Any, stream: str, spec: Mapping[str, object], settings: Settings, *, check: bool) -> Settings:
+def _read_keys(app: Celery, stream: str, spec: Mapping[str, object], settings: Settings, *, check: bool) -> Settings:
     """A stream's keys, checked in the table's order, each with what depends on it right after it."""
     keys: Settings = {}
     for key in STREAM_OPTIONS:
@@ -607,7 +611,9 @@ def _read_keys(app: Any, stream: str, spec: Mapping[str, object], settings: Sett
     return keys
 
 
-def _stream_config(app: Any, stream: str, raw: object, settings: Settings, *, check_registered: bool) -> StreamConfig:
+def _stream_config(
+    app: Celery, stream: str, raw: object, settings: Settings, *, check_registered: bool
+) -> StreamConfig:
     spec = _stream_spec(stream, raw)
     keys = _read_keys(app, stream, spec, settings, check=check_registered)
     prefix, dead_letter = settings["stream_tracker_prefix"], settings["stream_dead_letter"]

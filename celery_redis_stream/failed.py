@@ -18,7 +18,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import threading
-from typing import Any
+from typing import TYPE_CHECKING
 
 from celery import signals
 from celery.exceptions import Reject
@@ -30,6 +30,12 @@ from .position import DeadLetter
 from .reader import connect
 from .redact import redact
 
+if TYPE_CHECKING:
+    from celery import Celery, Task
+    from celery.app.task import Context
+
+    from .deadletters import Client
+
 __all__ = ["connect_receivers", "dead_letter_task"]
 
 logger = get_logger(__name__)
@@ -40,11 +46,11 @@ REASON = "task_failed"
 class _Sink:
     """One app's dead-letter writer in one process: the configuration and a client made after the fork."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Celery) -> None:
         self.app = app
         self.pid: int | None = None
         self.config: BridgeConfig | None = None
-        self.client: Any = None
+        self.client: Client | None = None
         self.broken = False
         self.lock = threading.Lock()
 
@@ -59,7 +65,7 @@ class _Sink:
                 return sc.for_stream(name, cluster=self.config.cluster)
         return None
 
-    def _client(self) -> Any:
+    def _client(self) -> Client:
         if self.pid != os.getpid():  # forked: the parent's connections are not ours
             self.pid, self.client = os.getpid(), None
         if self.client is None:
@@ -67,7 +73,7 @@ class _Sink:
             self.client = connect(self.config)
         return self.client
 
-    def write(self, request: Any, error: str) -> None:
+    def write(self, request: Context, error: str) -> None:
         stream = getattr(request, "redis_stream", None)
         entry_id = getattr(request, "redis_stream_id", None)
         if not stream or not entry_id or self.broken or getattr(request, "is_eager", False):
@@ -91,14 +97,15 @@ class _Sink:
                 )  # fmt: skip
 
 
-def dead_letter_task(client: Any, sc: StreamConfig, entry_id: str, task_id: str, error: str) -> None:
+def dead_letter_task(client: Client, sc: StreamConfig, entry_id: str, task_id: str, error: str) -> None:
     """XADD the entry (its fields byte for byte, read again with XRANGE) to the dead-letter stream.
 
     An entry trimmed from the stream meanwhile is dead-lettered without
     fields of its own (the error says so); ``dead-letters --requeue`` keeps
     such a dead letter where it is.
     """
-    found = parse_entries(sc.stream, client.execute_command("XRANGE", sc.stream, entry_id, entry_id))
+    reply = client.execute_command("XRANGE", sc.stream, entry_id, entry_id)
+    found = parse_entries(sc.stream, reply if isinstance(reply, (list, tuple)) else None)
     if found and found[0].pairs is not None:
         raw = found[0]
     else:
@@ -116,19 +123,21 @@ def _describe(exc: BaseException) -> str:
     return redact(f"{type(exc).__name__}: {exc}")
 
 
-def connect_receivers(app: Any) -> None:
+def connect_receivers(app: Celery) -> None:
     """Wire the receivers for the tasks of ``app`` (idempotent: one pair per app)."""
     sink = _Sink(app)
 
-    def ours(sender: Any) -> bool:
+    def ours(sender: Task) -> bool:
         return getattr(sender, "_app", None) is app or getattr(sender, "app", None) is app
 
-    def on_failure(sender: Any = None, exception: BaseException | None = None, **kwargs: Any) -> None:
+    def on_failure(sender: Task | None = None, exception: BaseException | None = None, **kwargs: object) -> None:
         if sender is None or isinstance(exception, Reject) or not ours(sender):
             return  # Reject: see task_postrun below
         sink.write(sender.request, _describe(exception) if exception is not None else "task failed")
 
-    def on_postrun(sender: Any = None, state: str | None = None, retval: Any = None, **kwargs: Any) -> None:
+    def on_postrun(
+        sender: Task | None = None, state: str | None = None, retval: object = None, **kwargs: object
+    ) -> None:
         if state != "REJECTED" or sender is None or not ours(sender):
             return
         if isinstance(retval, Reject) and retval.requeue:

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING
 
 from .exceptions import EmptyEntryError
 from .tracing import inject_current
+
+if TYPE_CHECKING:
+    import redis
+    from redis.cluster import RedisCluster
+    from redis.typing import EncodableT
 
 __all__ = ["produce"]
 
@@ -14,7 +19,7 @@ FieldValue = str | bytes | int | float
 
 
 def produce(
-    client: Any,
+    client: redis.Redis | RedisCluster,
     stream: str,
     fields: Mapping[str | bytes, FieldValue],
     *,
@@ -32,7 +37,7 @@ def produce(
     """
     if not fields:
         raise EmptyEntryError("produce() needs at least one field: Redis rejects an empty entry")
-    entry = dict(fields)
+    entry: dict[EncodableT, EncodableT] = {name: value for name, value in fields.items()}
     inject_current(entry)
     entry_id = client.xadd(stream, entry, maxlen=maxlen, approximate=approximate)
     return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
 
 from celery.utils.dispatch import Signal
 
@@ -18,7 +17,7 @@ __all__ = ["reader_ready"]
 reader_ready = Signal(name="reader_ready", providing_args={"streams", "mode", "consumer"})
 
 
-def send_reader_ready(sender: Any, streams: Iterable[str], *, mode: str, consumer: str) -> None:
+def send_reader_ready(sender: object, streams: Iterable[str], *, mode: str, consumer: str) -> None:
     """Send :data:`reader_ready` if anyone listens; receivers run in the reader thread, and their errors are logged."""
     # As Celery does for heartbeat_sent: nothing is built or sent when nobody listens.
     if reader_ready.receivers:

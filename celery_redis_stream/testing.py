@@ -17,9 +17,9 @@ import warnings
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
 
-from celery.app.task import Context
+from celery import Celery
+from celery.app.task import Context, Task
 from celery.exceptions import AlwaysEagerIgnored
 from celery.result import EagerResult
 from kombu import serialization
@@ -33,15 +33,15 @@ from .exceptions import StreamError
 
 __all__ = ["DeadLetterPreview", "DeadLettered", "Preview", "preview", "run", "to_raw"]
 
-Fields = Mapping[str, Any] | Sequence[tuple[bytes | str, bytes | str]]
+Fields = Mapping[str, object] | Mapping[bytes, object] | Sequence[tuple[bytes | str, bytes | str]]
 
 # What a worker leaves out of request.headers: Celery's own request and
 # protocol keys (celery.app.task.Context._get_custom_headers, Celery >= 5.3).
 CELERY_REQUEST_KEYS = frozenset({*vars(Context), "lang", "task", "argsrepr", "kwargsrepr", "compression"})
 _patch_lock = threading.Lock()
-_imported: weakref.WeakSet[Any] = weakref.WeakSet()
-dumps: Callable[..., tuple[str, str, Any]] = serialization.dumps
-loads: Callable[..., Any] = serialization.loads
+_imported: weakref.WeakSet[Celery] = weakref.WeakSet()
+dumps: Callable[..., tuple[str, str, bytes | str]] = serialization.dumps
+loads: Callable[..., object] = serialization.loads
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -67,12 +67,12 @@ class Preview:
     """
 
     task: str
-    args: list[Any]
-    kwargs: dict[str, Any]
-    headers: dict[str, Any]
+    args: list[object]
+    kwargs: dict[str, object]
+    headers: dict[str, object]
     task_id: str
     queue: str | None
-    options: dict[str, Any]
+    options: dict[str, object]
     dead_letter: DeadLetterPreview | None = None
 
 
@@ -87,7 +87,7 @@ class DeadLettered(StreamError):
         self.dead_letter = dead_letter
 
 
-def _bytes(value: Any) -> bytes:
+def _bytes(value: object) -> bytes:
     if isinstance(value, bytes):
         return value
     if isinstance(value, str):
@@ -106,7 +106,7 @@ def to_raw(stream: str, fields: Fields, *, entry_id: str = "1-0") -> RawEntry:
     return RawEntry(stream, entry_id, tuple(pairs))
 
 
-def stream_config(app: Any, stream: str) -> tuple[BridgeConfig, StreamConfig]:
+def stream_config(app: Celery, stream: str) -> tuple[BridgeConfig, StreamConfig]:
     """The app's configuration (checked as a worker checks it at start-up) and the mapping of ``stream``."""
     if app not in _imported:
         # What a worker does before its steps start: imports (and
@@ -131,21 +131,21 @@ class _Keeper:
     argument that does not serialize fails here as it would in the worker.
     """
 
-    def __init__(self, producer: Any) -> None:
+    def __init__(self, producer: Producer) -> None:
         self._producer = producer
-        self.published: list[tuple[Any, dict[str, Any]]] = []
+        self.published: list[tuple[object, dict[str, object]]] = []
 
-    def __getattr__(self, name: str) -> Any:
+    def __getattr__(self, name: str) -> object:
         return getattr(self._producer, name)
 
-    def publish(self, body: Any, **kwargs: Any) -> None:
+    def publish(self, body: object, **kwargs: object) -> None:
         content_type, content_encoding, data = dumps(body, serializer=kwargs.get("serializer"))
         decoded = loads(data, content_type, content_encoding, accept=[content_type])
         self.published.append((decoded, kwargs))
 
 
 @contextmanager
-def _no_result_subscription(app: Any) -> Iterator[None]:
+def _no_result_subscription(app: Celery) -> Iterator[None]:
     # In a worker, task_join_will_block() is true and a result backend never
     # subscribes to the task ids the bridge sends; outside one it would
     # connect to the backend (Redis pub/sub). The kit has no server.
@@ -162,7 +162,7 @@ def _no_result_subscription(app: Any) -> Iterator[None]:
             del backend.on_task_call
 
 
-def preview(app: Any, stream: str, fields: Fields, *, entry_id: str = "1-0") -> Preview:
+def preview(app: Celery, stream: str, fields: Fields, *, entry_id: str = "1-0") -> Preview:
     """What the bridge would do with an entry of ``stream``, under ``app``'s configuration, without Redis.
 
     ``fields`` is a dict of str (or bytes/int/float, as ``XADD`` takes them),
@@ -173,7 +173,8 @@ def preview(app: Any, stream: str, fields: Fields, *, entry_id: str = "1-0") -> 
     config, sc = stream_config(app, stream)
     raw = to_raw(stream, fields, entry_id=entry_id)
     options = {k: v for k, v in sc.options.items() if k != "headers"}
-    keeper = _Keeper(Producer(Connection("memory://"), auto_declare=False))  # type: ignore[no-untyped-call]
+    connection = Connection("memory://")  # type: ignore[no-untyped-call]
+    keeper = _Keeper(Producer(connection, auto_declare=False))  # type: ignore[no-untyped-call]
     dispatcher = Dispatcher(app, max_entry_bytes=config.max_entry_bytes)
     dispatcher._producer = keeper  # the worker's dispatch code, with a producer that keeps the message
     try:
@@ -182,7 +183,7 @@ def preview(app: Any, stream: str, fields: Fields, *, entry_id: str = "1-0") -> 
             dead = dispatcher.send(dataclasses.replace(sc, fast_path=False), [raw])
     finally:
         dispatcher.close()
-        keeper.connection.release()
+        connection.release()  # type: ignore[no-untyped-call]
     if dead:
         (letter,) = dead
         return Preview(
@@ -196,22 +197,36 @@ def preview(app: Any, stream: str, fields: Fields, *, entry_id: str = "1-0") -> 
             dead_letter=DeadLetterPreview(letter.reason, letter.error),
         )
     (body, published), *_events = keeper.published  # task_send_sent_event publishes an event after it
-    headers = dict(published["headers"])
-    declare = published.get("declare") or ()
-    queue = next((q.name for q in declare if getattr(q, "name", None)), None) or published.get("routing_key")
+    return _from_message(sc, body, published, options)
+
+
+def _from_message(sc: StreamConfig, body: object, published: dict[str, object], options: dict[str, object]) -> Preview:
+    """The preview of the one task message the dispatcher published: its body, headers and queue."""
+    headers = dict(_mapping(published.get("headers")))
+    declare = published.get("declare")
+    queues = declare if isinstance(declare, (list, tuple)) else ()
+    routing_key = published.get("routing_key")
+    named = next((str(q.name) for q in queues if getattr(q, "name", None)), None)
+    queue = named or (str(routing_key) if routing_key is not None else None)
+    if not isinstance(body, (list, tuple)):  # Celery's protocol 2 body: (args, kwargs, embed)
+        raise TypeError(f"not a task message body: {body!r}")
     args, kwargs, _embed = body
     return Preview(
         task=sc.task,
         args=list(args),
-        kwargs=dict(kwargs),
+        kwargs=dict(_mapping(kwargs)),
         headers=headers,
-        task_id=headers["id"],
+        task_id=str(headers["id"]),
         queue=queue,
         options=options,
     )
 
 
-def run(app: Any, stream: str, fields: Fields, *, entry_id: str = "1-0") -> EagerResult:
+def _mapping(value: object) -> Mapping[str, object]:
+    return {str(k): v for k, v in value.items()} if isinstance(value, Mapping) else {}
+
+
+def run(app: Celery, stream: str, fields: Fields, *, entry_id: str = "1-0") -> EagerResult:
     """Run the task an entry of ``stream`` becomes, eagerly (``Task.apply``), and return its ``EagerResult``.
 
     The task gets the arguments and task id of :func:`preview` and the
@@ -237,7 +252,7 @@ def run(app: Any, stream: str, fields: Fields, *, entry_id: str = "1-0") -> Eage
 
 
 @contextmanager
-def _request_headers(task: Any, headers: dict[str, Any]) -> Iterator[None]:
+def _request_headers(task: Task, headers: dict[str, object]) -> Iterator[None]:
     # A worker's request has every message header as an attribute
     # (request.redis_stream_id); Task.apply keeps them only in
     # request.headers. Celery's tracer pushes the request on the task's
@@ -246,7 +261,7 @@ def _request_headers(task: Any, headers: dict[str, Any]) -> Iterator[None]:
     stack = task.request_stack
     push = type(stack).push
 
-    def push_request(request: Any) -> None:
+    def push_request(request: Context) -> None:
         request.update(headers)
         push(stack, request)
 

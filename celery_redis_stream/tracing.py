@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, MutableMapping
-from typing import Any
+from collections.abc import Mapping
+from types import ModuleType
+from typing import Protocol
 
 from .entry import StreamEntry
 
@@ -26,10 +27,21 @@ def split_trace(entry: StreamEntry, names: tuple[str, ...]) -> dict[str, str]:
     return {name: fields.pop(name) for name in names if name in fields}
 
 
-_modules: list[Any] = []  # [(context, propagate, trace) or None], resolved on first use
+#: opentelemetry's context, propagate and trace modules.
+Otel = tuple[ModuleType, ModuleType, ModuleType]
+
+_modules: list[Otel | None] = []  # [(context, propagate, trace) or None], resolved on first use
 
 
-def _otel() -> Any:
+class Carrier(Protocol):
+    """Entry fields a trace context can be added to: a dict whose names and values may be str."""
+
+    def __contains__(self, key: object, /) -> bool: ...
+
+    def __setitem__(self, key: str, value: str, /) -> None: ...
+
+
+def _otel() -> Otel | None:
     # Imported once and lazily: OpenTelemetry is optional, and a failed import
     # is not cached by Python (it would search sys.path again per entry).
     if not _modules:
@@ -62,11 +74,12 @@ def attach_trace(trace: Mapping[str, str]) -> object | None:
 
 
 def detach_trace(token: object | None) -> None:
-    if token is not None:
-        _otel()[0].detach(token)
+    otel = _otel() if token is not None else None
+    if otel is not None:
+        otel[0].detach(token)
 
 
-def inject_current(fields: MutableMapping[Any, Any]) -> None:
+def inject_current(fields: Carrier) -> None:
     """Add the current trace context (W3C ``traceparent``/``tracestate``) to ``fields``.
 
     Does nothing when OpenTelemetry is not installed or no span is active;

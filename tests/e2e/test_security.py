@@ -21,7 +21,7 @@ from celery_redis_stream.config import load_config
 from celery_redis_stream.service import Service
 
 from ..certs import TLSRedisServer, make_certs
-from ..support import ROOT, RedisServer, Worker, celery, executed, free_port, produce_many, wait_for, worker_env
+from ..support import ROOT, Ready, RedisServer, Worker, celery, executed, free_port, produce_many, wait_for, worker_env
 
 PASSWORD = "Pw-7f3kq9-secret"  # the default user's (--requirepass)
 USER_PASSWORD = "Us3r-pw-x8d2"  # the ACL user "bridge"
@@ -73,7 +73,7 @@ def test_passwords_never_appear_in_logs_inspect_output_or_repr(streams_as: str) 
             "pw-wrong",
         ).start(wait=None)  # fmt: skip
         workers += [no_broker, wrong]
-        no_broker.wait_log("redis-stream: reading", 30)
+        no_broker.wait_ready(Ready.READERS, 30)  # its group exists: the entry below is read
         produce_many(admin, "other", 1)
         no_broker.wait_log("broker unavailable", 30)
         no_broker.wait_log("Cannot connect to", 30)  # Celery's own consumer, same broker URL
