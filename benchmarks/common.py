@@ -37,8 +37,7 @@ def log(text: str) -> None:
     print(text, flush=True)
 
 
-def free_port() -> int:
-    return harness.free_port()
+free_port = harness.free_port
 
 
 def wait_for(predicate: Callable[[], T | None], timeout: float, what: str, interval: float = 0.05) -> T:

@@ -26,10 +26,7 @@ T = TypeVar("T")
 Ready = harness.Ready
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    return harness.free_port()
+free_port = harness.free_port
 
 
 def wait_for(predicate: Callable[[], T | None], timeout: float, what: str, interval: float = 0.05) -> T:

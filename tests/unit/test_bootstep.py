@@ -6,19 +6,19 @@ from typing import Any
 from unittest.mock import Mock
 
 import pytest
-from celery import Celery
 from celery.exceptions import ImproperlyConfigured
 
 from celery_redis_stream import RedisStreamStep
 from celery_redis_stream.service import Service
+
+from ..support import make_app
 
 # Nothing listens here: a Service built against it never connects unless started.
 UNREACHABLE = "redis://127.0.0.1:1/0"
 
 
 def worker(**conf: Any) -> Mock:
-    app = Celery("step", broker="memory://", set_as_current=False)
-    app.conf.update(stream_url=UNREACHABLE, **conf)
+    app = make_app("step", tasks=(), stream_url=UNREACHABLE, **conf)
     return Mock(app=app, hostname="w1@host", steps=[])
 
 
@@ -91,7 +91,7 @@ def test_start_stop_and_terminate_drive_the_service_as_startstopstep_does() -> N
 def test_install_is_idempotent() -> None:
     from celery_redis_stream import install
 
-    app = Celery("install", broker="memory://", set_as_current=False)
+    app = make_app("install", tasks=())
     install(app)
     install(app)
     assert list(app.steps["worker"]).count(RedisStreamStep) == 1

@@ -15,17 +15,13 @@ from celery_redis_stream import StreamConfigError, StreamError
 from celery_redis_stream import config as config_module
 from celery_redis_stream.config import OPTIONS, STREAM_OPTIONS, Option, load_config
 
+from .. import support
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def make_app(**conf: Any) -> Celery:
-    app = Celery("cfg", broker="redis://:secret@127.0.0.1:1/3", set_as_current=False)
-
-    @app.task(name="shop.handle", shared=False)
-    def handle(fields: Any) -> None: ...
-
-    app.conf.update(conf)
-    return app
+    return support.make_app("cfg", broker="redis://:secret@127.0.0.1:1/3", **conf)
 
 
 def test_a_task_name_maps_a_stream_with_the_documented_defaults() -> None:
