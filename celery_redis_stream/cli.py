@@ -18,6 +18,7 @@ from .config import BridgeConfig, StreamConfig, load_config
 from .exceptions import StreamConfigError
 from .reader import as_entry_id, connect, ensure_group, last_id
 from .redact import redact
+from .rows import Collected, StreamRow
 from .status import collect, id_key, parse_target, text
 from .terminal import safe
 
@@ -94,7 +95,7 @@ def redis_stream(ctx: click.Context) -> None:
 # -- status -------------------------------------------------------------------------------------
 
 
-def _lag(s: dict[str, Any]) -> str:
+def _lag(s: StreamRow) -> str:
     """The exact lag, or ``>=N`` when only a lower bound is known, or ``?``."""
     if s.get("lag") is not None:
         return str(s["lag"])
@@ -114,7 +115,7 @@ def _table(title: str, *columns: str, right: tuple[str, ...] = ()) -> Table:
     return table
 
 
-def _render_status(data: dict[str, Any], console: Console) -> None:
+def _render_status(data: Collected, console: Console) -> None:
     from rich.text import Text
 
     counts = ("length", "lag", "time lag", "pending", "dead letters")
@@ -155,17 +156,18 @@ def _render_status(data: dict[str, Any], console: Console) -> None:
             console.print(f"LAG: over {data['max_lag']} (or unknown) on {', '.join(data['over_max_lag'])}")
 
 
-def _render_retention(data: dict[str, Any], console: Console) -> None:
+def _render_retention(data: Collected, console: Console) -> None:
     """Streams under stream_retention_ms: the retention, what the bridge trimmed (all workers) and when."""
     from rich.text import Text
 
     table = _table("retention", "stream", "retention", "trimmed", "last trim", "kept from", right=("trimmed",))
     for s in data["streams"]:
-        if s.get("retention_ms") is None:
+        retention_ms = s.get("retention_ms")
+        if retention_ms is None:
             continue
         last = s.get("retention_last_trim_ms")
         when = datetime.fromtimestamp(last / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ") if last else "-"
-        retention = f"{s['retention_ms'] / 1000:g}s"
+        retention = f"{retention_ms / 1000:g}s"
         table.add_row(Text(s["stream"]), retention, str(s["retention_trimmed"]), when, s["retention_minid"] or "-")
     if table.row_count:
         console.print(table)

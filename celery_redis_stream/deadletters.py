@@ -1,4 +1,9 @@
-"""The dead-letter stream of a mapped stream: list, requeue to the source stream, purge; raw bytes kept."""
+"""Dead letters: the format written (DeadLetter, its reasons) and the dead-letter stream: list, requeue, purge.
+
+A dead letter is the entry's own field/value pairs, as they were, then
+``dlq_source_stream``, ``dlq_source_id``, ``dlq_reason`` (one of REASONS),
+``dlq_error`` and, for a failed task, ``dlq_task_id``.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +12,52 @@ from dataclasses import dataclass
 from typing import Any
 
 from .config import StreamConfig
+from .entry import RawEntry
 
 __all__ = [
-    "BATCH", "DLQ_FIELDS", "DeadEntry", "batches", "fetch", "matching", "purge", "purge_entries", "read", "requeue",
+    "BATCH",
+    "DLQ_FIELDS",
+    "REASONS",
+    "DeadEntry",
+    "DeadLetter",
+    "batches",
+    "fetch",
+    "matching",
+    "purge",
+    "purge_entries",
+    "read",
+    "requeue",
     "requeue_entries",
 ]  # fmt: skip
 
-#: The fields a dead letter carries besides the entry's own (see position.DeadLetter).
+#: The fields a dead letter carries besides the entry's own (see DeadLetter).
 DLQ_FIELDS = frozenset({b"dlq_source_stream", b"dlq_source_id", b"dlq_reason", b"dlq_error", b"dlq_task_id"})
 BATCH = 500
+
+#: Every dlq_reason: entry.py and envelope.py raise EntryError with the conversion ones,
+#: dispatch.py gives ``publish_error``, deliveries.py ``max_deliveries``, failed.py ``task_failed``.
+REASONS = (
+    "too_large", "duplicate_field", "not_utf8", "converter_error", "publish_error", "max_deliveries", "task_failed",
+)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """An entry that cannot become a task, and why."""
+
+    raw: RawEntry
+    reason: str
+    error: str
+
+    def pairs(self) -> list[bytes | str]:
+        """The original field/value pairs, as they were (a dict would merge duplicate names), then dlq_*."""
+        return [
+            *(self.raw.pairs or ()),
+            "dlq_source_stream", self.raw.stream,
+            "dlq_source_id", self.raw.id,
+            "dlq_reason", self.reason,
+            "dlq_error", self.error[:1000],
+        ]  # fmt: skip
 
 
 def _bytes(value: Any) -> bytes:

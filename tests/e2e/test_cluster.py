@@ -275,7 +275,7 @@ def test_one_reader_per_group_on_a_cluster_whatever_the_hash_slots() -> None:
     assert len({key_slot(s.encode()) for s in [*spread, tagged[0]]}) == 4
     config = _config("redis+cluster://127.0.0.1:7000", dict.fromkeys([*tagged, *spread], "t"))
     service = Service(Celery(broker="memory://", set_as_current=False), config, consumer="c")
-    readers = [sorted(sc.stream for sc in loop._incoming) for loop in service.loops]
+    readers = [sorted(sc.stream for sc in loop.reader.incoming) for loop in service.loops]
     assert readers == [sorted([*tagged, *spread])]
     # On a single Redis one read covers every stream of a group.
     single = _config("redis://127.0.0.1:7000/0", dict.fromkeys([*tagged, *spread], "t"))
