@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from .config import StreamConfig
+from .connection import Client, command, items, number, text
 from .entry import RawEntry
 
 __all__ = [
@@ -60,7 +60,7 @@ class DeadLetter:
         ]  # fmt: skip
 
 
-def _bytes(value: Any) -> bytes:
+def _bytes(value: object) -> bytes:
     return value if isinstance(value, bytes) else str(value).encode()
 
 
@@ -88,23 +88,23 @@ class DeadEntry:
         return tuple(out)
 
 
-def _parse(reply: Any) -> list[DeadEntry]:
+def _parse(reply: object) -> list[DeadEntry]:
     entries = []
-    for raw_id, pairs in reply or ():
-        entry_id = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
-        entries.append(DeadEntry(entry_id, tuple(_bytes(p) for p in pairs or ())))
+    for row in items(reply):
+        raw_id, pairs = items(row)
+        entries.append(DeadEntry(text(raw_id), tuple(_bytes(p) for p in items(pairs))))
     return entries
 
 
-def read(client: Any, sc: StreamConfig, *, start: str = "-", count: int = BATCH) -> list[DeadEntry]:
+def read(client: Client, sc: StreamConfig, *, start: str = "-", count: int = BATCH) -> list[DeadEntry]:
     """XRANGE of the dead-letter stream from ``start`` (``"(id"`` excludes ``id``), oldest first.
 
     ``client`` must keep XRANGE replies raw (``reader.connect``), so nothing is decoded here.
     """
-    return _parse(client.execute_command("XRANGE", sc.dead_letter, start, "+", "COUNT", count))
+    return _parse(command(client, "XRANGE", sc.dead_letter, start, "+", "COUNT", count))
 
 
-def batches(client: Any, sc: StreamConfig, total: int, batch: int = BATCH) -> Iterator[list[DeadEntry]]:
+def batches(client: Client, sc: StreamConfig, total: int, batch: int = BATCH) -> Iterator[list[DeadEntry]]:
     """The oldest ``total`` dead letters in batches of at most ``batch``; bounded however the stream changes."""
     start, left = "-", total
     for _ in range(total // max(batch, 1) + 2):
@@ -118,7 +118,7 @@ def batches(client: Any, sc: StreamConfig, total: int, batch: int = BATCH) -> It
         start = "(" + entries[-1].id
 
 
-def fetch(client: Any, sc: StreamConfig, ids: Sequence[str]) -> tuple[list[DeadEntry], list[str]]:
+def fetch(client: Client, sc: StreamConfig, ids: Sequence[str]) -> tuple[list[DeadEntry], list[str]]:
     """The dead letters with these ids, in the order given (one XRANGE id id each, pipelined); and the ids not found."""
     if not ids:
         return [], []
@@ -137,7 +137,7 @@ def fetch(client: Any, sc: StreamConfig, ids: Sequence[str]) -> tuple[list[DeadE
 
 
 def matching(
-    client: Any, sc: StreamConfig, reason: str, *, limit: int | None = None, scan: int | None = None,
+    client: Client, sc: StreamConfig, reason: str, *, limit: int | None = None, scan: int | None = None,
     progress: Callable[[int], None] = lambda n: None,
 ) -> Iterator[list[DeadEntry]]:  # fmt: skip
     """Batches of the dead letters whose ``dlq_reason`` is ``reason``, oldest first, at most ``limit`` of them.
@@ -146,7 +146,7 @@ def matching(
     """
     want = reason.encode()
     left = limit
-    total = int(client.xlen(sc.dead_letter)) if scan is None else scan
+    total = number(client.xlen(sc.dead_letter)) if scan is None else scan
     for entries in batches(client, sc, total):
         progress(len(entries))
         chosen = [e for e in entries if e.meta("dlq_reason") == want]
@@ -158,7 +158,7 @@ def matching(
             return
 
 
-def requeue_entries(client: Any, sc: StreamConfig, entries: Sequence[DeadEntry]) -> tuple[int, int]:
+def requeue_entries(client: Client, sc: StreamConfig, entries: Sequence[DeadEntry]) -> tuple[int, int]:
     """Append these dead letters' own fields to the source stream (one MULTI), then XDEL them.
 
     XADD comes before XDEL, so a crash in between can duplicate the batch but
@@ -176,7 +176,7 @@ def requeue_entries(client: Any, sc: StreamConfig, entries: Sequence[DeadEntry])
 
 
 def requeue(
-    client: Any, sc: StreamConfig, total: int, *, progress: Callable[[int], None] = lambda n: None
+    client: Client, sc: StreamConfig, total: int, *, progress: Callable[[int], None] = lambda n: None
 ) -> tuple[int, int]:
     """Requeue the oldest ``total`` dead letters in batches (see ``requeue_entries``). Returns (requeued, skipped)."""
     requeued = skipped = 0
@@ -187,12 +187,12 @@ def requeue(
     return requeued, skipped
 
 
-def purge_entries(client: Any, sc: StreamConfig, entries: Sequence[DeadEntry]) -> int:
+def purge_entries(client: Client, sc: StreamConfig, entries: Sequence[DeadEntry]) -> int:
     """XDEL these dead letters; returns how many were still there."""
-    return int(client.xdel(sc.dead_letter, *(e.id for e in entries))) if entries else 0
+    return number(client.xdel(sc.dead_letter, *(e.id for e in entries))) if entries else 0
 
 
-def purge(client: Any, sc: StreamConfig, total: int, *, progress: Callable[[int], None] = lambda n: None) -> int:
+def purge(client: Client, sc: StreamConfig, total: int, *, progress: Callable[[int], None] = lambda n: None) -> int:
     """XDEL the oldest ``total`` dead letters; entries added meanwhile are kept."""
     purged = 0
     for entries in batches(client, sc, total):

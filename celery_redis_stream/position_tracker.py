@@ -53,7 +53,7 @@ class TrackerPosition:
                 pipe.execute()
             advanced = lease.advance(keys=fence, args=args, client=client)
             if advanced and forget:
-                pipe = client.pipeline(transaction=False)
+                pipe = client.pipeline(transaction=False)  # type: ignore[no-untyped-call]
                 for key, fields in forget.items():
                     pipe.hdel(key, *fields)
                 pipe.execute()
