@@ -114,7 +114,8 @@ class StreamReader(Reader):
         """A stream joined this reader."""
 
     def stats(self) -> list[StreamStats]:
-        return [self.wiring.stats[s] for s in self.streams]
+        # list(): metrics read this from another thread while a stream may join.
+        return [self.wiring.stats[s] for s in list(self.streams)]
 
     def step(self, client: Client) -> None:
         self.adopt_incoming()

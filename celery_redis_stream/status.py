@@ -1,4 +1,4 @@
-"""What an operator sees of each mapped stream: length, position, lag, pending, lease, dead letters."""
+"""What an operator sees of each mapped stream: length, position, lag, pending, lease, dead letters (typed rows)."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from .retention import retention_status
 from .rows import Collected, StreamInfo, StreamRow
 
 __all__ = [
-    "LAG_SCAN_LIMIT", "collect", "count_after", "id_key", "parse_target", "stream_status", "text", "time_lags",
-    "worker_time_lags",
+    "LAG_SCAN_LIMIT", "Collected", "StreamRow", "collect", "count_after", "id_key", "parse_target", "stream_status",
+    "text", "time_lags", "worker_time_lags",
 ]  # fmt: skip
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
