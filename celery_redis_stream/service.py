@@ -18,7 +18,9 @@ from .connection import Client, connect
 from .loops import ReaderThread
 from .metrics import MetricsServer
 from .position import position_of
-from .readers import Discovery, GroupReader, StreamReader, TrackerReader, Wiring
+from .reader_group import GroupReader
+from .reader_tracker import TrackerReader
+from .readers import Discovery, StreamReader, Wiring
 from .stats import StreamStats
 
 __all__ = ["Service", "StreamStats"]

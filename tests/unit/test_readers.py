@@ -11,7 +11,9 @@ from celery import Celery
 
 from celery_redis_stream.connection import Client
 from celery_redis_stream.dispatch import BrokerUnavailable
-from celery_redis_stream.readers import Discovery, GroupReader, TrackerReader, Wiring
+from celery_redis_stream.reader_group import GroupReader
+from celery_redis_stream.reader_tracker import TrackerReader
+from celery_redis_stream.readers import Discovery, Wiring
 from celery_redis_stream.signals import reader_ready
 from celery_redis_stream.stats import StreamStats
 
