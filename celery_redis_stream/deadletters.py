@@ -36,9 +36,10 @@ BATCH = 500
 
 #: Every dlq_reason: entry.py and envelope.py raise EntryError with the conversion ones,
 #: dispatch.py gives ``publish_error``, deliveries.py ``max_deliveries``, failed.py ``task_failed``.
-REASONS = (
-    "too_large", "duplicate_field", "not_utf8", "converter_error", "publish_error", "max_deliveries", "task_failed",
-)  # fmt: skip
+PUBLISH_ERROR = "publish_error"
+MAX_DELIVERIES = "max_deliveries"
+TASK_FAILED = "task_failed"
+REASONS = ("too_large", "duplicate_field", "not_utf8", "converter_error", PUBLISH_ERROR, MAX_DELIVERIES, TASK_FAILED)
 
 
 @dataclass(frozen=True, slots=True)

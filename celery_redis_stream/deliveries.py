@@ -31,6 +31,7 @@ from redis.commands.core import Script
 from . import keys
 from .config import StreamConfig
 from .connection import Client, command, items, mapping, number, optional_text, text
+from .deadletters import MAX_DELIVERIES
 from .entry import RawEntry
 from .position import DeadLetter, position_of
 
@@ -242,7 +243,7 @@ class Deliveries:
         return [
             DeadLetter(
                 e,
-                "max_deliveries",
+                MAX_DELIVERIES,
                 f"the worker died {known[e.id]} times while holding this entry before dispatching it "
                 f"(stream_max_deliveries={limit}); not converted again",
             )
