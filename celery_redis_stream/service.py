@@ -55,9 +55,12 @@ class Service:
         for sc in config.streams:
             if not sc.is_pattern:
                 self.add(sc)
-        self.discovery = self._thread(Discovery(
-            patterns, config=config, stop_event=self.stop_event, known=self.known, check=self.check, found=self.add,
-        )) if patterns else None  # fmt: skip
+        self.discovery: ReaderThread | None = None
+        if patterns:
+            found = Discovery(
+                patterns, config=config, stop_event=self.stop_event, known=self.known, check=self.check, found=self.add
+            )
+            self.discovery = self._thread(found)
         templates = {sc.dead_letter_template for sc in config.streams}
         self._dead_letter_patterns = [keys.dead_letter_pattern(t) for t in templates]
         # Built here, not in start(): a missing prometheus_client is a configuration error before the pool starts.
