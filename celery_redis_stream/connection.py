@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal, Union
+from typing import TYPE_CHECKING, Literal, TypeGuard, Union
 from urllib.parse import parse_qs, unquote, urlparse
 
 import redis
@@ -60,6 +60,11 @@ def classify(exc: BaseException) -> ErrorKind:
     if isinstance(exc, ResponseError) and "no such key" in str(exc).lower():
         return "no such key"
     return "retry"
+
+
+def is_cluster(client: object) -> TypeGuard[RedisCluster]:
+    """A redis-py cluster client: one read cannot span hash slots, nor a pipeline run a script."""
+    return hasattr(client, "nodes_manager")
 
 
 def is_busy_group(exc: BaseException) -> bool:

@@ -9,15 +9,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from .config import StreamConfig
-from .connection import Client, command, items, number, text
 from .entry import RawEntry
 
 __all__ = [
     "BATCH",
     "DLQ_FIELDS",
+    "MAX_DELIVERIES",
+    "PUBLISH_ERROR",
     "REASONS",
+    "TASK_FAILED",
     "DeadEntry",
     "DeadLetter",
     "batches",
@@ -34,34 +37,8 @@ __all__ = [
 DLQ_FIELDS = frozenset({b"dlq_source_stream", b"dlq_source_id", b"dlq_reason", b"dlq_error", b"dlq_task_id"})
 BATCH = 500
 
-#: Every dlq_reason: entry.py and envelope.py raise EntryError with the conversion ones,
-#: dispatch.py gives ``publish_error``, deliveries.py ``max_deliveries``, failed.py ``task_failed``.
-PUBLISH_ERROR = "publish_error"
-MAX_DELIVERIES = "max_deliveries"
-TASK_FAILED = "task_failed"
-REASONS = ("too_large", "duplicate_field", "not_utf8", "converter_error", PUBLISH_ERROR, MAX_DELIVERIES, TASK_FAILED)
 
-
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    """An entry that cannot become a task, and why."""
-
-    raw: RawEntry
-    reason: str
-    error: str
-
-    def pairs(self) -> list[bytes | str]:
-        """The original field/value pairs, as they were (a dict would merge duplicate names), then dlq_*."""
-        return [
-            *(self.raw.pairs or ()),
-            "dlq_source_stream", self.raw.stream,
-            "dlq_source_id", self.raw.id,
-            "dlq_reason", self.reason,
-            "dlq_error", self.error[:1000],
-        ]  # fmt: skip
-
-
-def _bytes(value: object) -> bytes:
+def _bytes(value: Any) -> bytes:
     return value if isinstance(value, bytes) else str(value).encode()
 
 
@@ -89,23 +66,23 @@ class DeadEntry:
         return tuple(out)
 
 
-def _parse(reply: object) -> list[DeadEntry]:
+def _parse(reply: Any) -> list[DeadEntry]:
     entries = []
-    for row in items(reply):
-        raw_id, pairs = items(row)
-        entries.append(DeadEntry(text(raw_id), tuple(_bytes(p) for p in items(pairs))))
+    for raw_id, pairs in reply or ():
+        entry_id = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
+        entries.append(DeadEntry(entry_id, tuple(_bytes(p) for p in pairs or ())))
     return entries
 
 
-def read(client: Client, sc: StreamConfig, *, start: str = "-", count: int = BATCH) -> list[DeadEntry]:
+def read(client: Any, sc: StreamConfig, *, start: str = "-", count: int = BATCH) -> list[DeadEntry]:
     """XRANGE of the dead-letter stream from ``start`` (``"(id"`` excludes ``id``), oldest first.
 
     ``client`` must keep XRANGE replies raw (``reader.connect``), so nothing is decoded here.
     """
-    return _parse(command(client, "XRANGE", sc.dead_letter, start, "+", "COUNT", count))
+    return _parse(client.execute_command("XRANGE", sc.dead_letter, start, "+", "COUNT", count))
 
 
-def batches(client: Client, sc: StreamConfig, total: int, batch: int = BATCH) -> Iterator[list[DeadEntry]]:
+def batches(client: Any, sc: StreamConfig, total: int, batch: int = BATCH) -> Iterator[list[DeadEntry]]:
     """The oldest ``total`` dead letters in batches of at most ``batch``; bounded however the stream changes."""
     start, left = "-", total
     for _ in range(total // max(batch, 1) + 2):
@@ -119,7 +96,7 @@ def batches(client: Client, sc: StreamConfig, total: int, batch: int = BATCH) ->
         start = "(" + entries[-1].id
 
 
-def fetch(client: Client, sc: StreamConfig, ids: Sequence[str]) -> tuple[list[DeadEntry], list[str]]:
+def fetch(client: Any, sc: StreamConfig, ids: Sequence[str]) -> tuple[list[DeadEntry], list[str]]:
     """The dead letters with these ids, in the order given (one XRANGE id id each, pipelined); and the ids not found."""
     if not ids:
         return [], []
@@ -138,7 +115,7 @@ def fetch(client: Client, sc: StreamConfig, ids: Sequence[str]) -> tuple[list[De
 
 
 def matching(
-    client: Client, sc: StreamConfig, reason: str, *, limit: int | None = None, scan: int | None = None,
+    client: Any, sc: StreamConfig, reason: str, *, limit: int | None = None, scan: int | None = None,
     progress: Callable[[int], None] = lambda n: None,
 ) -> Iterator[list[DeadEntry]]:  # fmt: skip
     """Batches of the dead letters whose ``dlq_reason`` is ``reason``, oldest first, at most ``limit`` of them.
@@ -147,7 +124,7 @@ def matching(
     """
     want = reason.encode()
     left = limit
-    total = number(client.xlen(sc.dead_letter)) if scan is None else scan
+    total = int(client.xlen(sc.dead_letter)) if scan is None else scan
     for entries in batches(client, sc, total):
         progress(len(entries))
         chosen = [e for e in entries if e.meta("dlq_reason") == want]
@@ -159,7 +136,7 @@ def matching(
             return
 
 
-def requeue_entries(client: Client, sc: StreamConfig, entries: Sequence[DeadEntry]) -> tuple[int, int]:
+def requeue_entries(client: Any, sc: StreamConfig, entries: Sequence[DeadEntry]) -> tuple[int, int]:
     """Append these dead letters' own fields to the source stream (one MULTI), then XDEL them.
 
     XADD comes before XDEL, so a crash in between can duplicate the batch but
@@ -177,7 +154,7 @@ def requeue_entries(client: Client, sc: StreamConfig, entries: Sequence[DeadEntr
 
 
 def requeue(
-    client: Client, sc: StreamConfig, total: int, *, progress: Callable[[int], None] = lambda n: None
+    client: Any, sc: StreamConfig, total: int, *, progress: Callable[[int], None] = lambda n: None
 ) -> tuple[int, int]:
     """Requeue the oldest ``total`` dead letters in batches (see ``requeue_entries``). Returns (requeued, skipped)."""
     requeued = skipped = 0
@@ -188,15 +165,42 @@ def requeue(
     return requeued, skipped
 
 
-def purge_entries(client: Client, sc: StreamConfig, entries: Sequence[DeadEntry]) -> int:
+def purge_entries(client: Any, sc: StreamConfig, entries: Sequence[DeadEntry]) -> int:
     """XDEL these dead letters; returns how many were still there."""
-    return number(client.xdel(sc.dead_letter, *(e.id for e in entries))) if entries else 0
+    return int(client.xdel(sc.dead_letter, *(e.id for e in entries))) if entries else 0
 
 
-def purge(client: Client, sc: StreamConfig, total: int, *, progress: Callable[[int], None] = lambda n: None) -> int:
+def purge(client: Any, sc: StreamConfig, total: int, *, progress: Callable[[int], None] = lambda n: None) -> int:
     """XDEL the oldest ``total`` dead letters; entries added meanwhile are kept."""
     purged = 0
     for entries in batches(client, sc, total):
         purged += purge_entries(client, sc, entries)
         progress(len(entries))
     return purged
+
+
+#: Every dlq_reason: entry.py and envelope.py raise EntryError with the conversion ones,
+#: dispatch.py gives ``publish_error``, deliveries.py ``max_deliveries``, failed.py ``task_failed``.
+PUBLISH_ERROR = "publish_error"
+MAX_DELIVERIES = "max_deliveries"
+TASK_FAILED = "task_failed"
+REASONS = ("too_large", "duplicate_field", "not_utf8", "converter_error", PUBLISH_ERROR, MAX_DELIVERIES, TASK_FAILED)
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """An entry that cannot become a task, and why: written by position.commit (or the atomic step)."""
+
+    raw: RawEntry
+    reason: str
+    error: str
+
+    def pairs(self) -> list[bytes | str]:
+        """The original field/value pairs, as they were (a dict would merge duplicate names), then dlq_*."""
+        return [
+            *(self.raw.pairs or ()),
+            "dlq_source_stream", self.raw.stream,
+            "dlq_source_id", self.raw.id,
+            "dlq_reason", self.reason,
+            "dlq_error", self.error[:1000],
+        ]  # fmt: skip

@@ -6,13 +6,12 @@ from collections.abc import Mapping, Sequence
 from typing import Literal
 
 from .config import StreamConfig
-from .connection import Client, optional_text
+from .connection import Client, is_cluster, optional_text
 from .deadletters import DeadLetter
 from .lag import id_key, lag_fields
 from .lease import Lease, LeaseLost
 from .reader import as_entry_id
 from .rows import StreamInfo, StreamRow, put_lag
-from .slots import is_cluster
 
 __all__ = ["TrackerPosition"]
 

@@ -5,9 +5,20 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 from .config import StreamConfig
-from .connection import Client, command, connect, is_busy_group, is_missing_key, items, mapping, optional_text, text
+from .connection import (
+    Client,
+    command,
+    connect,
+    is_busy_group,
+    is_cluster,
+    is_missing_key,
+    items,
+    mapping,
+    optional_text,
+    text,
+)  # fmt: skip
 from .entry import RawEntry, parse_entries, parse_read_reply
-from .slots import is_cluster, read_slots
+from .slots import read_slots
 
 __all__ = [
     "as_entry_id",

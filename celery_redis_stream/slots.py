@@ -25,20 +25,12 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, TypeGuard
+from typing import Any
 
 from redis.crc import key_slot
 from redis.exceptions import AskError, ClusterDownError, MovedError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-
-if TYPE_CHECKING:
-    from redis.cluster import ClusterNode, RedisCluster
-
-#: One argument of a read command.
-Arg = str | int
-#: A read reply as (stream name, entries) pairs.
-Pairs = list[tuple[object, object]]
 
 __all__ = ["IDLE_WAIT_MAX_MS", "IDLE_WAIT_MIN_MS", "is_cluster", "read_slots"]
 
@@ -54,60 +46,50 @@ class _Idle(threading.local):
     """Per reader thread and per read command: the current idle wait and the slot last seen busy."""
 
     def __init__(self) -> None:
-        self.wait: dict[tuple[Arg, ...], int] = {}
-        self.hot: dict[tuple[Arg, ...], int] = {}
+        self.wait: dict[tuple[Any, ...], int] = {}
+        self.hot: dict[tuple[Any, ...], int] = {}
 
 
 _idle = _Idle()
 
 
-def is_cluster(client: object) -> TypeGuard[RedisCluster]:
-    """A redis-py cluster client (the readers are handed either kind)."""
+def is_cluster(client: Any) -> bool:
     return hasattr(client, "nodes_manager")
 
 
-def _command(head: Sequence[Arg], positions: Mapping[str, str]) -> list[Arg]:
+def _command(head: Sequence[Any], positions: Mapping[str, str]) -> list[Any]:
     return [*head, "STREAMS", *positions.keys(), *positions.values()]
 
 
-def _items(reply: object) -> Pairs:
+def _items(reply: Any) -> list[Any]:
     if not reply:
         return []
-    if isinstance(reply, dict):
-        return list(reply.items())
-    return [(row[0], row[1]) for row in reply] if isinstance(reply, (list, tuple)) else []
+    return list(reply.items()) if isinstance(reply, dict) else list(reply)
 
 
-def _run(client: RedisCluster, command: Sequence[Arg]) -> object:
-    reply: object = client.execute_command(*command)  # type: ignore[no-untyped-call]
-    return reply
-
-
-def _poll(
-    client: RedisCluster, head: Sequence[Arg], by_slot: Mapping[int, Mapping[str, str]]
-) -> tuple[Pairs, int | None]:
+def _poll(client: Any, head: Sequence[Any], by_slot: Mapping[int, Mapping[str, str]]) -> tuple[list[Any], int | None]:
     """One non-blocking read per slot, pipelined per master; the entries read and a slot that had some."""
     manager = client.nodes_manager
-    by_node: dict[str, tuple[ClusterNode, list[int]]] = {}
+    by_node: dict[str, tuple[Any, list[int]]] = {}
     for slot in by_slot:
         node = manager.get_node_from_slot(slot)
         by_node.setdefault(node.name, (node, []))[1].append(slot)
-    items: Pairs = []
+    items: list[Any] = []
     busy: int | None = None
     for node, slots in by_node.values():
         commands = [_command(head, by_slot[slot]) for slot in slots]
         try:
             pipe = client.get_redis_connection(node).pipeline(transaction=False)
             for command in commands:
-                pipe.execute_command(*command)  # type: ignore[no-untyped-call]
+                pipe.execute_command(*command)
             replies = pipe.execute(raise_on_error=False)
         except UNREACHABLE:
             # The master is gone or moved (failover): the cluster client finds
             # the new one, or raises and the reader backs off.
-            replies = [_run(client, command) for command in commands]
+            replies = [client.execute_command(*command) for command in commands]
         for slot, command, reply in zip(slots, commands, replies, strict=True):
             if isinstance(reply, REDIRECTS):
-                reply = _run(client, command)
+                reply = client.execute_command(*command)
             elif isinstance(reply, Exception):
                 raise reply
             found = _items(reply)
@@ -117,7 +99,7 @@ def _poll(
     return items, busy
 
 
-def read_slots(client: RedisCluster, head: Sequence[Arg], positions: Mapping[str, str], block_ms: int | None) -> Pairs:
+def read_slots(client: Any, head: Sequence[Any], positions: Mapping[str, str], block_ms: int | None) -> list[Any]:
     """``head + [BLOCK] + STREAMS ...`` over streams of any number of slots; the reply's (key, entries) pairs.
 
     ``head`` is the read command without BLOCK and STREAMS
@@ -126,9 +108,9 @@ def read_slots(client: RedisCluster, head: Sequence[Arg], positions: Mapping[str
     by_slot: dict[int, dict[str, str]] = {}
     for stream, position in positions.items():
         by_slot.setdefault(key_slot(stream.encode()), {})[stream] = position
-    block: list[Arg] = [] if block_ms is None else ["BLOCK", block_ms]
+    block = [] if block_ms is None else ["BLOCK", block_ms]
     if len(by_slot) <= 1:
-        return _items(_run(client, _command([*head, *block], positions)))
+        return _items(client.execute_command(*_command([*head, *block], positions)))
     key = tuple(head)
     items, busy = _poll(client, head, by_slot)
     if busy is not None:
@@ -139,7 +121,7 @@ def read_slots(client: RedisCluster, head: Sequence[Arg], positions: Mapping[str
     wait = max(1, min(_idle.wait.get(key, IDLE_WAIT_MIN_MS), block_ms))
     hot = _idle.hot.get(key)
     slot = hot if hot in by_slot else next(iter(by_slot))
-    found = _items(_run(client, _command([*head, "BLOCK", wait], by_slot[slot])))
+    found = _items(client.execute_command(*_command([*head, "BLOCK", wait], by_slot[slot])))
     if any(entries for _, entries in found):
         _idle.wait[key] = IDLE_WAIT_MIN_MS
     else:
