@@ -42,12 +42,13 @@ def drain(bench: Bench, max_deliveries: int | None) -> float:
 
 def record_cost(bench: Bench, batches: int = 2000) -> float:
     """Seconds per batch of what the bookkeeping adds: the record's HSET, and an HDEL in a pipeline."""
+    from celery_redis_stream import keys
     from celery_redis_stream.config import StreamConfig
     from celery_redis_stream.deliveries import Deliveries
 
     sc = StreamConfig(
         stream=STREAM, task="bench.noop", mode="group", group="celery", start="0",
-        tracker_key="stream_tracker:{bench}", batch_size=100, dead_letter="bench:dead",
+        tracker_key=keys.tracker(STREAM), batch_size=100, dead_letter=keys.dead_letter(STREAM),
     )  # fmt: skip
     deliveries, client = Deliveries("bench@host"), bench.streams
     ids = [f"1700000000000-{i}" for i in range(bench.args.batch)]

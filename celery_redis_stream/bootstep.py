@@ -95,7 +95,7 @@ def redis_stream(state: AttributeDict, **kwargs: object) -> dict[str, object]:
         return {"enabled": False, "streams": []}
     info = service.info()
     ages = worker_time_lags(service.config, list(service.configs.values()))
-    streams = [{**stream, "lag_seconds": ages.get(stream["stream"])} for stream in info["streams"]]
+    streams = [{**stream, "lag_seconds": ages.get(str(stream["stream"]))} for stream in info["streams"]]
     return {**info, "streams": streams, "enabled": True, "alive": service.alive}
 
 

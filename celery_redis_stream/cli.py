@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import click
 
@@ -13,6 +13,7 @@ from .cli_common import cell, client_for, config_of, console, echo, mapping, red
 from .cli_deadletters import dead_letters
 from .cli_reset import reset
 from .redact import redact
+from .rows import Collected, StreamRow
 from .status import collect
 
 if TYPE_CHECKING:
@@ -35,14 +36,14 @@ def redis_stream(ctx: click.Context) -> None:
 # -- status -------------------------------------------------------------------------------------
 
 
-def _lag(s: dict[str, Any]) -> str:
+def _lag(s: StreamRow) -> str:
     """The exact lag, or ``>=N`` when only a lower bound is known, or ``?``."""
     if s.get("lag") is not None:
         return str(s["lag"])
     return f">={s['lag_at_least']}" if s.get("lag_at_least") is not None else "?"
 
 
-def _render_status(data: dict[str, Any], console: Console) -> None:
+def _render_status(data: Collected, console: Console) -> None:
     from rich.text import Text
 
     counts = ("length", "lag", "time lag", "pending", "dead letters")
@@ -85,17 +86,18 @@ def _render_status(data: dict[str, Any], console: Console) -> None:
             console.print(f"LAG: over {data['max_lag']} (or unknown) on {', '.join(data['over_max_lag'])}")
 
 
-def _render_retention(data: dict[str, Any], console: Console) -> None:
+def _render_retention(data: Collected, console: Console) -> None:
     """Streams under stream_retention_ms: the retention, what the bridge trimmed (all workers) and when."""
     from rich.text import Text
 
     retained = table("retention", "stream", "retention", "trimmed", "last trim", "kept from", right=("trimmed",))
     for s in data["streams"]:
-        if s.get("retention_ms") is None:
+        retention_ms = s.get("retention_ms")
+        if retention_ms is None:
             continue
         last = s.get("retention_last_trim_ms")
         when = datetime.fromtimestamp(last / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ") if last else "-"
-        retention = f"{s['retention_ms'] / 1000:g}s"
+        retention = f"{retention_ms / 1000:g}s"
         retained.add_row(Text(s["stream"]), retention, str(s["retention_trimmed"]), when, s["retention_minid"] or "-")
     if retained.row_count:
         console.print(retained)

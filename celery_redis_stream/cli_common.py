@@ -10,13 +10,13 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 import click
 from redis.exceptions import RedisError
 
-from . import deadletters
 from .config import BridgeConfig, StreamConfig, load_config
+from .connection import Client
 from .exceptions import StreamConfigError
 from .reader import connect
 from .redact import redact
@@ -32,20 +32,6 @@ __all__ = [
     "Client", "cell", "client_for", "config_of", "confirm", "console", "echo", "mapped", "mapping", "number",
     "redis_errors", "rows", "seconds", "table",
 ]  # fmt: skip
-
-
-class Client(deadletters.Client, Protocol):
-    """The commands the CLI sends (redis.Redis and RedisCluster have them); replies are narrowed where read."""
-
-    def get(self, name: str) -> object: ...
-
-    def set(self, name: str, value: str) -> object: ...
-
-    def xlen(self, name: str) -> object: ...
-
-    def xinfo_groups(self, name: str) -> object: ...
-
-    def xgroup_setid(self, name: str, groupname: str, id: str) -> object: ...
 
 
 def config_of(ctx: click.Context) -> BridgeConfig:

@@ -10,6 +10,7 @@ from urllib.parse import urlparse
 
 from kombu.utils.url import maybe_sanitize_url
 
+from . import keys as _keys
 from .entry import CallShape, Converter
 from .exceptions import StreamConfigError
 from .redact import redact
@@ -63,8 +64,8 @@ class StreamConfig:
     max_queue_length: int | None = None
     fast_path: bool = True
 
-    dead_letter_template: str = "{stream}:dead"
-    tracker_prefix: str = "stream_tracker:"
+    dead_letter_template: str = _keys.DEAD_LETTER_TEMPLATE
+    tracker_prefix: str = _keys.TRACKER_PREFIX
     tracker_option: str | None = None
     retention_ms: int | None = None
     max_deliveries: int | None = 5
@@ -81,13 +82,13 @@ class StreamConfig:
         return replace(
             self,
             stream=name,
-            tracker_key=tracker_key_for(name, self.tracker_prefix, self.tracker_option),
-            dead_letter=dead_letter_for(name, self.dead_letter_template, cluster=cluster),
+            tracker_key=_keys.tracker(name, self.tracker_prefix, self.tracker_option),
+            dead_letter=_keys.dead_letter(name, self.dead_letter_template, cluster=cluster),
         )
 
     @property
     def lease_key(self) -> str:
-        return f"{self.tracker_key}:lease"
+        return _keys.lease(self.tracker_key)
 
     @property
     def position_name(self) -> str:
@@ -312,27 +313,6 @@ def default_url(conf: CelerySettings) -> str:
     return "redis://localhost:6379/0"
 
 
-def hash_tag(key: str) -> str | None:
-    """The part of ``key`` Redis Cluster hashes (``{...}``), or None when it has no hash tag."""
-    start = key.find("{")
-    end = key.find("}", start + 1) if start >= 0 else -1
-    return key[start + 1 : end] if start >= 0 and end > start + 1 else None
-
-
-def tracker_key_for(stream: str, prefix: str, option: str | None) -> str:
-    """``stream_tracker:{orders}`` for ``orders``; a stream that has a hash tag keeps its own name."""
-    if option is not None:
-        return f"{prefix}{option}"
-    return f"{prefix}{stream}" if hash_tag(stream) is not None else f"{prefix}{{{stream}}}"
-
-
-def dead_letter_for(stream: str, template: str, *, cluster: bool) -> str:
-    """The dead-letter stream of ``stream``; on a cluster it shares the stream's slot when it can."""
-    if cluster and hash_tag(stream) is None and hash_tag(template.replace("{stream}", "")) is None:
-        return template.replace("{stream}", f"{{{stream}}}")
-    return template.replace("{stream}", stream)
-
-
 def check_slots(sc: StreamConfig) -> None:
     from redis.crc import key_slot
 
@@ -395,8 +375,8 @@ OPTIONS: dict[str, Option] = {
     "stream_block_ms": Option(1000, "int >= 1", _positive),
     "stream_claim_idle_ms": Option(60000, "int >= 1", _positive),
     "stream_max_entry_bytes": Option(1048576, "int >= 1", _positive),
-    "stream_dead_letter": Option("{stream}:dead", "str containing {stream}", _dead_letter),
-    "stream_tracker_prefix": Option("stream_tracker:", "str", _str),
+    "stream_dead_letter": Option(_keys.DEAD_LETTER_TEMPLATE, "str containing {stream}", _dead_letter),
+    "stream_tracker_prefix": Option(_keys.TRACKER_PREFIX, "str", _str),
     "stream_max_queue_length": Option(None, "int >= 0 | None", _count, nullable=True),
     "stream_url": Option(None, "str", _url, computed=default_url, doc=_URL_DEFAULT),
     "stream_transport_options": Option({}, "dict", _transport_options),
@@ -623,9 +603,9 @@ def _stream_config(
         mode=keys["mode"],
         group=keys["group"],
         start=keys["start"],
-        tracker_key=tracker_key_for(stream, prefix, keys["tracker"]),
+        tracker_key=_keys.tracker(stream, prefix, keys["tracker"]),
         batch_size=keys["batch_size"],
-        dead_letter=dead_letter_for(stream, dead_letter, cluster=_is_cluster(settings["stream_url"])),
+        dead_letter=_keys.dead_letter(stream, dead_letter, cluster=_is_cluster(settings["stream_url"])),
         dead_letter_template=dead_letter,
         tracker_prefix=prefix,
         tracker_option=keys["tracker"],

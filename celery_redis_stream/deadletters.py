@@ -1,4 +1,9 @@
-"""The dead-letter stream of a mapped stream: list, requeue to the source stream, purge; raw bytes kept."""
+"""Dead letters: the format written (DeadLetter, its reasons) and the dead-letter stream: list, requeue, purge.
+
+A dead letter is the entry's own field/value pairs, as they were, then
+``dlq_source_stream``, ``dlq_source_id``, ``dlq_reason`` (one of REASONS),
+``dlq_error`` and, for a failed task, ``dlq_task_id``.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +12,28 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from .config import StreamConfig
+from .entry import RawEntry
 
 __all__ = [
-    "BATCH", "DLQ_FIELDS", "DeadEntry", "batches", "fetch", "matching", "purge", "purge_entries", "read", "requeue",
+    "BATCH",
+    "DLQ_FIELDS",
+    "MAX_DELIVERIES",
+    "PUBLISH_ERROR",
+    "REASONS",
+    "TASK_FAILED",
+    "DeadEntry",
+    "DeadLetter",
+    "batches",
+    "fetch",
+    "matching",
+    "purge",
+    "purge_entries",
+    "read",
+    "requeue",
     "requeue_entries",
 ]  # fmt: skip
 
-#: The fields a dead letter carries besides the entry's own (see position.DeadLetter).
+#: The fields a dead letter carries besides the entry's own (see DeadLetter).
 DLQ_FIELDS = frozenset({b"dlq_source_stream", b"dlq_source_id", b"dlq_reason", b"dlq_error", b"dlq_task_id"})
 BATCH = 500
 
@@ -187,3 +207,30 @@ def purge(client: Client, sc: StreamConfig, total: int, *, progress: Callable[[i
         purged += purge_entries(client, sc, entries)
         progress(len(entries))
     return purged
+
+
+#: Every dlq_reason: entry.py and envelope.py raise EntryError with the conversion ones,
+#: dispatch.py gives ``publish_error``, deliveries.py ``max_deliveries``, failed.py ``task_failed``.
+PUBLISH_ERROR = "publish_error"
+MAX_DELIVERIES = "max_deliveries"
+TASK_FAILED = "task_failed"
+REASONS = ("too_large", "duplicate_field", "not_utf8", "converter_error", PUBLISH_ERROR, MAX_DELIVERIES, TASK_FAILED)
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """An entry that cannot become a task, and why: written by position.commit (or the atomic step)."""
+
+    raw: RawEntry
+    reason: str
+    error: str
+
+    def pairs(self) -> list[bytes | str]:
+        """The original field/value pairs, as they were (a dict would merge duplicate names), then dlq_*."""
+        return [
+            *(self.raw.pairs or ()),
+            "dlq_source_stream", self.raw.stream,
+            "dlq_source_id", self.raw.id,
+            "dlq_reason", self.reason,
+            "dlq_error", self.error[:1000],
+        ]  # fmt: skip

@@ -23,14 +23,17 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
 
 from celery.utils.log import get_logger
+from redis.commands.core import Script
 
-from .config import StreamConfig, hash_tag
+from . import keys
+from .config import StreamConfig
+from .connection import Client, command, items, mapping, number, optional_text, text
+from .deadletters import MAX_DELIVERIES
 from .entry import RawEntry
-from .position import DeadLetter
+from .position import DeadLetter, position_of
 
 __all__ = ["Deliveries", "failures_key", "inflight_key"]
 
@@ -78,26 +81,22 @@ return 1
 SEEN = "seen\x00"
 
 
-def _slot(stream: str) -> str:
-    return stream if hash_tag(stream) is not None else f"{{{stream}}}"
+def _group(sc: StreamConfig) -> str | None:
+    return sc.group if position_of(sc).shared else None
 
 
 def inflight_key(sc: StreamConfig) -> str:
     """Hash consumer -> in-flight record: ``stream_deliveries:{orders}:celery:inflight``, or the tracker's."""
-    if sc.mode == "tracker":
-        return f"{sc.tracker_key}:inflight"
-    return f"stream_deliveries:{_slot(sc.stream)}:{sc.group}:inflight"
+    return keys.inflight(sc.stream, _group(sc), sc.tracker_key)
 
 
 def failures_key(sc: StreamConfig) -> str:
     """Hash entry id -> failed deliveries: ``stream_deliveries:{orders}:celery:failures``, or the tracker's."""
-    if sc.mode == "tracker":
-        return f"{sc.tracker_key}:failures"
-    return f"stream_deliveries:{_slot(sc.stream)}:{sc.group}:failures"
+    return keys.failures(sc.stream, _group(sc), sc.tracker_key)
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+def _texts(reply: object) -> dict[str, str]:
+    return {k: text(v) for k, v in mapping(reply).items()}
 
 
 def _ids(record: str) -> list[str]:
@@ -115,15 +114,15 @@ class Deliveries:
         self.failures: dict[str, dict[str, int]] = {}
         self.foreign: dict[tuple[str, str], str] = {}  # (stream, consumer) -> a record of another consumer
         self.dirty: set[str] = set()
-        self._scripts: dict[str, Any] = {}
+        self._scripts: dict[str, Script] = {}
 
-    def _run(self, client: Any, script: str, sc: StreamConfig, args: list[Any]) -> bool:
+    def _run(self, client: Client, script: str, sc: StreamConfig, args: list[str | int]) -> bool:
         if script not in self._scripts:
             self._scripts[script] = client.register_script(script)
         return bool(self._scripts[script](keys=[inflight_key(sc), failures_key(sc)], args=args, client=client))
 
     def _count(
-        self, client: Any, sc: StreamConfig, field: str, record: str, *, whose: str, grace: float | None = None
+        self, client: Client, sc: StreamConfig, field: str, record: str, *, whose: str, grace: float | None = None
     ) -> bool:
         """Count the crash that ``record`` proves, once (whoever counts it first); after ``grace`` s if given."""
         ids = _ids(record)
@@ -141,31 +140,32 @@ class Deliveries:
             )  # fmt: skip
         return counted
 
-    def recover(self, client: Any, sc: StreamConfig) -> None:
+    def recover(self, client: Client, sc: StreamConfig) -> None:
         """At start (or on taking a lease): count the batch a previous run of this consumer died holding."""
         self.tidy(client, sc)
-        record = client.hget(inflight_key(sc), self.consumer)
-        if record is not None and not _text(record).startswith(self.token + " "):
+        shared = position_of(sc).shared
+        record = optional_text(client.hget(inflight_key(sc), self.consumer))
+        if record is not None and not record.startswith(self.token + " "):
             whose = f"a previous run of consumer {self.consumer}"
-            if self._count(client, sc, self.consumer, _text(record), whose=whose) and sc.mode == "group":
+            if self._count(client, sc, self.consumer, record, whose=whose) and shared:
                 # Another worker may have claimed and acknowledged some of them while this one was down.
-                self._drop_settled(client, sc, _ids(_text(record)))
-        if sc.mode == "tracker":
+                self._drop_settled(client, sc, _ids(record))
+        if not shared:
             # Only the lease holder reads a tracked stream: all its counts are ours to know.
-            stored = client.hgetall(failures_key(sc))
-            self.failures[sc.stream] = {_text(k): int(v) for k, v in (stored or {}).items()}
+            stored = mapping(client.hgetall(failures_key(sc)))
+            self.failures[sc.stream] = {k: number(v) for k, v in stored.items()}
 
-    def load(self, client: Any, sc: StreamConfig, ids: Sequence[str]) -> None:
+    def load(self, client: Client, sc: StreamConfig, ids: Sequence[str]) -> None:
         """Failure counts of re-read entries (own pending, claimed); new entries never have any."""
         if not ids:
             return
-        values = client.hmget(failures_key(sc), list(ids))
+        values = items(client.hmget(failures_key(sc), list(ids)))
         known = self.failures.setdefault(sc.stream, {})
         for entry_id, value in zip(ids, values, strict=True):
             if value is not None:
-                known[entry_id] = int(value)
+                known[entry_id] = number(value)
 
-    def sweep(self, client: Any, sc: StreamConfig, *, grace: float) -> None:
+    def sweep(self, client: Client, sc: StreamConfig, *, grace: float) -> None:
         """Records of other consumers: count those left by a dead or hung one.
 
         A live consumer replaces its record with every batch and deletes it
@@ -175,7 +175,7 @@ class Deliveries:
         that saw it) was left by a process that died or hangs. Its entries
         are suspects from the first sight on.
         """
-        records = {_text(k): _text(v) for k, v in (client.hgetall(inflight_key(sc)) or {}).items()}
+        records = _texts(client.hgetall(inflight_key(sc)))
         self.foreign = {k: v for k, v in self.foreign.items() if k[0] != sc.stream}
         for field, record in records.items():
             if field.startswith(SEEN):
@@ -185,17 +185,17 @@ class Deliveries:
             if field == self.consumer:
                 continue
             if self._count(client, sc, field, record, whose=f"consumer {field}", grace=grace):
-                if sc.mode == "group":
+                if position_of(sc).shared:
                     self._drop_settled(client, sc, _ids(record))
             else:
                 self.foreign[(sc.stream, field)] = record
 
-    def _drop_settled(self, client: Any, sc: StreamConfig, ids: list[str]) -> None:
+    def _drop_settled(self, client: Client, sc: StreamConfig, ids: list[str]) -> None:
         """Forget the counts of ids no longer pending (another consumer claimed and acknowledged them)."""
         if not ids:
             return
-        reply = client.execute_command("XPENDING", sc.stream, sc.group, ids[0], ids[-1], len(ids) + 16)
-        pending = {_text(item[0]) for item in reply or ()}
+        reply = command(client, "XPENDING", sc.stream, sc.group, ids[0], ids[-1], len(ids) + 16)
+        pending = {text(items(row)[0]) for row in items(reply)}
         settled = [i for i in ids if i not in pending]
         if settled:
             client.hdel(failures_key(sc), *settled)
@@ -243,7 +243,7 @@ class Deliveries:
         return [
             DeadLetter(
                 e,
-                "max_deliveries",
+                MAX_DELIVERIES,
                 f"the worker died {known[e.id]} times while holding this entry before dispatching it "
                 f"(stream_max_deliveries={limit}); not converted again",
             )
@@ -251,7 +251,7 @@ class Deliveries:
             if known.get(e.id, 0) >= limit
         ]
 
-    def begin(self, client: Any, sc: StreamConfig, ids: Sequence[str]) -> None:
+    def begin(self, client: Client, sc: StreamConfig, ids: Sequence[str]) -> None:
         """Write the in-flight record of a batch about to be dispatched (one HSET).
 
         With ``max_deliveries`` None nothing would ever be given up: no record, no cost.
@@ -278,7 +278,7 @@ class Deliveries:
             for entry_id in ids:
                 known.pop(entry_id, None)
 
-    def abandon(self, client: Any, streams: Sequence[StreamConfig]) -> None:
+    def abandon(self, client: Client, streams: Sequence[StreamConfig]) -> None:
         """After an error this process handled: its records do not stand for a crash (best effort)."""
         for sc in streams:
             if sc.stream in self.dirty:
@@ -286,13 +286,13 @@ class Deliveries:
                     client.hdel(inflight_key(sc), self.consumer, SEEN + self.consumer)
                     self.dirty.discard(sc.stream)
 
-    def tidy(self, client: Any, sc: StreamConfig) -> None:
+    def tidy(self, client: Client, sc: StreamConfig) -> None:
         """Remove our own record left by an error that could not reach Redis to remove it."""
         if sc.stream in self.dirty:
             client.hdel(inflight_key(sc), self.consumer, SEEN + self.consumer)
             self.dirty.discard(sc.stream)
 
-    def tidy_all(self, client: Any, streams: dict[str, StreamConfig]) -> None:
+    def tidy_all(self, client: Client, streams: Mapping[str, StreamConfig]) -> None:
         for stream in list(self.dirty):
             if stream in streams:
                 self.tidy(client, streams[stream])

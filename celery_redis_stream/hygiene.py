@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from .config import StreamConfig
+from .connection import Client, items, number, text
 
 __all__ = ["REAP_BATCH", "REAP_CONSUMERS", "Removed", "reap_consumers", "remove_own_consumer"]
 
@@ -56,17 +56,13 @@ class Removed:
 REAP_BATCH = 200
 
 
-def _run(client: Any, sc: StreamConfig, own: str, min_idle_ms: int, mode: str) -> list[Removed]:
+def _run(client: Client, sc: StreamConfig, own: str, min_idle_ms: int, mode: str) -> list[Removed]:
     script = client.register_script(REAP_CONSUMERS)
-    reply = script(keys=[sc.stream], args=[sc.group, own, min_idle_ms, mode, REAP_BATCH])
-    out = []
-    for i in range(0, len(reply or ()) - 1, 2):
-        name = reply[i].decode("utf-8", errors="replace") if isinstance(reply[i], bytes) else str(reply[i])
-        out.append(Removed(name, int(reply[i + 1])))
-    return out
+    reply = items(script(keys=[sc.stream], args=[sc.group, own, min_idle_ms, mode, REAP_BATCH]))
+    return [Removed(text(reply[i]), number(reply[i + 1])) for i in range(0, len(reply) - 1, 2)]
 
 
-def reap_consumers(client: Any, sc: StreamConfig, own: str, *, min_idle_ms: int) -> list[Removed]:
+def reap_consumers(client: Client, sc: StreamConfig, own: str, *, min_idle_ms: int) -> list[Removed]:
     """Delete the consumers of ``sc``'s group, other than ``own``, idle ``min_idle_ms`` or more with nothing pending.
 
     XINFO CONSUMERS and XGROUP DELCONSUMER in one script: a consumer that has
@@ -76,6 +72,6 @@ def reap_consumers(client: Any, sc: StreamConfig, own: str, *, min_idle_ms: int)
     return _run(client, sc, own, min_idle_ms, "others")
 
 
-def remove_own_consumer(client: Any, sc: StreamConfig, own: str) -> bool:
+def remove_own_consumer(client: Client, sc: StreamConfig, own: str) -> bool:
     """Delete ``own`` from ``sc``'s group if nothing is pending on it (a warm stop); True if it was deleted."""
     return bool(_run(client, sc, own, 0, "own"))

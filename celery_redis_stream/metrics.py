@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
-from typing import Any
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Protocol
 
 from celery.utils.log import get_logger
 
+from .config import BridgeConfig, StreamConfig
+from .connection import Client, connect
 from .exceptions import StreamConfigError
+from .position import position_of
+from .rows import StreamRow
+from .stats import StreamStats
 from .status import stream_status
+
+if TYPE_CHECKING:  # the optional prometheus extra: imported when a scrape comes in
+    from http.server import HTTPServer
+
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 __all__ = ["MetricsServer"]
 
@@ -23,13 +34,40 @@ LAG_LIMIT = 10_000
 STATES = ("reading", "standing_by", "stopped")
 
 
-def _labels(sc: Any) -> list[str]:
+class _Thread(Protocol):
+    @property
+    def streams(self) -> list[str]: ...
+
+    def is_alive(self) -> bool: ...
+
+
+class Readers(Protocol):
+    """What the metrics read of a worker's Service: its settings, stats, stop event and reader threads."""
+
+    @property
+    def config(self) -> BridgeConfig: ...
+
+    @property
+    def configs(self) -> Mapping[str, StreamConfig]: ...
+
+    @property
+    def stats(self) -> Mapping[str, StreamStats]: ...
+
+    @property
+    def stop_event(self) -> threading.Event: ...
+
+    @property
+    def loops(self) -> Sequence[_Thread]: ...
+
+
+def _labels(sc: StreamConfig) -> list[str]:
     # `group` names the position the lag is measured from: the consumer group, or
     # the tracker key in tracker mode, so `by (stream, group)` never merges two.
-    return [sc.stream, sc.mode, sc.group if sc.mode == "group" else sc.tracker_key]
+    position = position_of(sc)
+    return [sc.stream, position.mode, position.name]
 
 
-def reader_states(service: Any) -> dict[str, str]:
+def reader_states(service: Readers) -> dict[str, str]:
     """Per stream: ``reading``; ``standing_by`` (another worker holds the tracker lease, or the reader is
     starting or retrying); ``stopped`` (its reader thread ended: a fatal error, or the worker is stopping)."""
     alive: dict[str, bool] = {}
@@ -46,104 +84,136 @@ def reader_states(service: Any) -> dict[str, str]:
     return out
 
 
-class BridgeCollector:
-    """Counters from the readers' own stats; lag, pending and dead-letter length read from Redis at scrape time."""
+class _Families:
+    """The metric families of one scrape, labelled by stream, mode and group (the position)."""
 
-    def __init__(self, service: Any) -> None:
-        self.service = service
-        self._client: Any = None
+    LABELS = ("stream", "mode", "group")
 
-    def describe(self) -> list[Any]:
-        return []  # no Redis calls when the collector is registered
+    def __init__(self) -> None:
+        from prometheus_client.core import GaugeMetricFamily
 
-    def collect(self) -> Iterator[Any]:
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-
-        labels = ["stream", "mode", "group"]
-
-        def counter(name: str, doc: str, extra: tuple[str, ...] = ()) -> Any:
-            return CounterMetricFamily(name, doc, labels=[*labels, *extra])
-
-        def gauge(name: str, doc: str, extra: tuple[str, ...] = ()) -> Any:
-            return GaugeMetricFamily(name, doc, labels=[*labels, *extra])
-
-        dispatched = counter("redis_stream_dispatched", "Stream entries this worker dispatched as Celery tasks.")
-        dead = counter("redis_stream_dead_lettered", "Stream entries this worker moved to the dead-letter stream.")
-        by_reason = counter(
+        self.dispatched = self._counter(
+            "redis_stream_dispatched", "Stream entries this worker dispatched as Celery tasks."
+        )
+        self.dead = self._counter(
+            "redis_stream_dead_lettered", "Stream entries this worker moved to the dead-letter stream."
+        )
+        self.by_reason = self._counter(
             "redis_stream_dead_lettered_by_reason", "Dead-lettered entries by dlq_reason.", extra=("reason",)
         )
-        trimmed = counter(
+        self.trimmed = self._counter(
             "redis_stream_trimmed",
             "Pending entries found deleted from the stream (XDEL, MAXLEN) before this worker dispatched them.",
         )
-        retention_trimmed = counter(
+        self.retention_trimmed = self._counter(
             "redis_stream_retention_trimmed", "Stream entries this worker trimmed under retention."
         )
-        removed = counter("redis_stream_consumers_removed", "Idle empty consumers this worker removed from the group.")
-        retries = counter(
+        self.removed = self._counter(
+            "redis_stream_consumers_removed", "Idle empty consumers this worker removed from the group."
+        )
+        self.retries = self._counter(
             "redis_stream_broker_retries", "Rounds of this stream's reader retried because the broker was unavailable."
         )
-        paused = gauge("redis_stream_paused", "1 while backpressure pauses the stream.")
-        state = gauge(
+        self.paused = self._gauge("redis_stream_paused", "1 while backpressure pauses the stream.")
+        self.state = self._gauge(
             "redis_stream_reader_state", "1 for the reader's state: reading, standing_by or stopped.", extra=("state",)
         )
-        lag = gauge("redis_stream_lag", "Entries not yet dispatched by the group or tracker; absent when not exact.")
-        lag_at_least = gauge(
+        self.lag = self._gauge(
+            "redis_stream_lag", "Entries not yet dispatched by the group or tracker; absent when not exact."
+        )
+        self.lag_at_least = self._gauge(
             "redis_stream_lag_at_least", "A lower bound of the lag: equal to redis_stream_lag when that is exact."
         )
-        lag_seconds = gauge("redis_stream_lag_seconds", "Age in seconds of the oldest entry not yet dispatched.")
-        pending = gauge("redis_stream_pending", "Entries read by the group but not yet acknowledged.")
-        dead_length = gauge("redis_stream_dead_letter_length", "Entries in the dead-letter stream.")
-        up = GaugeMetricFamily("redis_stream_redis_up", "1 when the last scrape could read the streams Redis.")
+        self.lag_seconds = self._gauge(
+            "redis_stream_lag_seconds", "Age in seconds of the oldest entry not yet dispatched."
+        )
+        self.pending = self._gauge("redis_stream_pending", "Entries read by the group but not yet acknowledged.")
+        self.dead_length = self._gauge("redis_stream_dead_letter_length", "Entries in the dead-letter stream.")
+        self.up = GaugeMetricFamily("redis_stream_redis_up", "1 when the last scrape could read the streams Redis.")
+
+    def _counter(self, name: str, doc: str, extra: tuple[str, ...] = ()) -> CounterMetricFamily:
+        from prometheus_client.core import CounterMetricFamily
+
+        return CounterMetricFamily(name, doc, labels=[*self.LABELS, *extra])
+
+    def _gauge(self, name: str, doc: str, extra: tuple[str, ...] = ()) -> GaugeMetricFamily:
+        from prometheus_client.core import GaugeMetricFamily
+
+        return GaugeMetricFamily(name, doc, labels=[*self.LABELS, *extra])
+
+    def counters(self, sc: StreamConfig, stats: StreamStats, state: str | None) -> None:
+        """The reader's own counts of ``sc``: no Redis call."""
+        values = _labels(sc)
+        self.dispatched.add_metric(values, stats.dispatched)
+        self.dead.add_metric(values, stats.dead_lettered)
+        for reason, count in sorted(dict(stats.dead_lettered_by_reason).items()):
+            self.by_reason.add_metric([*values, reason], count)
+        self.trimmed.add_metric(values, stats.trimmed)
+        self.retries.add_metric(values, stats.broker_retries)
+        self.paused.add_metric(values, 1 if stats.paused else 0)
+        self.retention_trimmed.add_metric(values, stats.retention_trimmed)
+        self.removed.add_metric(values, stats.consumers_removed)
+        for name in STATES:
+            self.state.add_metric([*values, name], 1 if state == name else 0)
+
+    def status(self, sc: StreamConfig, row: StreamRow) -> None:
+        """What Redis said of ``sc`` at this scrape (status.stream_status)."""
+        values = _labels(sc)
+        lag, least, seconds = row.get("lag"), row.get("lag_at_least"), row.get("lag_seconds")
+        if lag is not None:
+            self.lag.add_metric(values, lag)
+        if least is not None:
+            self.lag_at_least.add_metric(values, least)
+        if seconds is not None:
+            self.lag_seconds.add_metric(values, seconds)
+        if position_of(sc).shared:
+            self.pending.add_metric(values, row.get("pending", 0))
+        if "dead_letter_length" in row:
+            self.dead_length.add_metric(values, row["dead_letter_length"])
+
+    def all(self) -> tuple[Metric, ...]:
+        return (
+            self.dispatched, self.dead, self.by_reason, self.trimmed, self.retention_trimmed, self.removed,
+            self.retries, self.paused, self.state, self.lag, self.lag_at_least, self.lag_seconds, self.pending,
+            self.dead_length, self.up,
+        )  # fmt: skip
+
+
+class BridgeCollector:
+    """Counters from the readers' own stats; lag, pending and dead-letter length read from Redis at scrape time."""
+
+    def __init__(self, service: Readers) -> None:
+        self.service = service
+        self._client: Client | None = None
+
+    def describe(self) -> list[Metric]:
+        return []  # no Redis calls when the collector is registered
+
+    def collect(self) -> Iterator[Metric]:
+        families = _Families()
         states = reader_states(self.service)
         for sc in list(self.service.configs.values()):
-            stats = self.service.stats[sc.stream]
-            values = _labels(sc)
-            dispatched.add_metric(values, stats.dispatched)
-            dead.add_metric(values, stats.dead_lettered)
-            for reason, count in sorted(dict(stats.dead_lettered_by_reason).items()):
-                by_reason.add_metric([*values, reason], count)
-            trimmed.add_metric(values, stats.trimmed)
-            retries.add_metric(values, stats.broker_retries)
-            paused.add_metric(values, 1 if stats.paused else 0)
-            retention_trimmed.add_metric(values, stats.retention_trimmed)
-            removed.add_metric(values, stats.consumers_removed)
-            for name in STATES:
-                state.add_metric([*values, name], 1 if states.get(sc.stream) == name else 0)
+            families.counters(sc, self.service.stats[sc.stream], states.get(sc.stream))
         try:
             if self._client is None:
-                from .reader import connect
-
                 self._client = connect(self.service.config, socket_timeout=5)
             for sc in list(self.service.configs.values()):
-                status = stream_status(self._client, sc, limit=LAG_LIMIT)
-                values = _labels(sc)
-                if status.get("lag") is not None:
-                    lag.add_metric(values, status["lag"])
-                if status.get("lag_at_least") is not None:
-                    lag_at_least.add_metric(values, status["lag_at_least"])
-                if status.get("lag_seconds") is not None:
-                    lag_seconds.add_metric(values, status["lag_seconds"])
-                if sc.mode == "group":
-                    pending.add_metric(values, status.get("pending", 0))
-                if "dead_letter_length" in status:
-                    dead_length.add_metric(values, status["dead_letter_length"])
-            up.add_metric([], 1)
+                families.status(sc, stream_status(self._client, sc, limit=LAG_LIMIT))
+            families.up.add_metric([], 1)
         except Exception as exc:  # a scrape must answer even when Redis is down
-            up.add_metric([], 0)
+            families.up.add_metric([], 0)
             logger.debug("redis-stream: metrics scrape could not read Redis: %s", type(exc).__name__)
             client, self._client = self._client, None
             if client is not None:
                 with contextlib.suppress(Exception):
                     client.close()
-        yield from (dispatched, dead, by_reason, trimmed, retention_trimmed, removed, retries, paused, state)
-        yield from (lag, lag_at_least, lag_seconds, pending, dead_length, up)
+        yield from families.all()
 
 
 class MetricsServer:
     """An HTTP endpoint for Prometheus in the worker's main process."""
 
-    def __init__(self, service: Any, *, port: int, addr: str) -> None:
+    def __init__(self, service: Readers, *, port: int, addr: str) -> None:
         try:
             import prometheus_client
         except ImportError as exc:
@@ -156,7 +226,7 @@ class MetricsServer:
         self.registry = prometheus_client.CollectorRegistry()
         self.registry.register(BridgeCollector(service))
         prometheus_client.ProcessCollector(registry=self.registry)
-        self._server: Any = None
+        self._server: HTTPServer | None = None
 
     def start(self) -> None:
         import prometheus_client

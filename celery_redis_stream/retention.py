@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TypedDict
 
+from . import keys
 from .config import StreamConfig
+from .connection import Client, command, items, mapping, text
+from .position import position_of
 
-__all__ = ["TRIM_PASSED", "Trim", "retention_key", "retention_status", "server_trims_acked", "trim_passed"]
+__all__ = [
+    "TRIM_PASSED", "RetentionRow", "Trim", "retention_key", "retention_status", "server_trims_acked", "trim_passed",
+]  # fmt: skip
 
 # KEYS: stream, state hash, [tracker]. ARGV: retention ms, interval ms, own
 # group ("" in tracker mode), "1" to add ACKED (Redis 8.2: the server keeps
@@ -86,6 +91,16 @@ return {'ran', trimmed, bound}
 """
 
 
+class RetentionRow(TypedDict):
+    """The retention fields of a status row."""
+
+    retention_ms: int | None
+    retention_trimmed: int
+    retention_last_run_ms: int | None
+    retention_last_trim_ms: int | None
+    retention_minid: str | None
+
+
 @dataclass(frozen=True, slots=True)
 class Trim:
     """What one run of the retention script did: ``status`` is ``ran``, ``skipped`` or why it held back."""
@@ -95,16 +110,12 @@ class Trim:
     minid: str
 
 
-def _text(value: Any) -> str:
-    return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)
-
-
 def retention_key(sc: StreamConfig) -> str:
     """The hash holding the stream's retention state and its trimmed total, beside the tracker (same slot)."""
-    return f"{sc.tracker_key}:retention"
+    return keys.retention(sc.tracker_key)
 
 
-def _words(reply: Any) -> Iterator[str]:
+def _words(reply: object) -> Iterator[str]:
     if isinstance(reply, (list, tuple)):
         for item in reply:
             yield from _words(item)
@@ -113,37 +124,36 @@ def _words(reply: Any) -> Iterator[str]:
             yield from _words(key)
             yield from _words(item)
     elif isinstance(reply, (bytes, str)):
-        yield _text(reply)
+        yield text(reply)
 
 
-def server_trims_acked(client: Any) -> bool:
+def server_trims_acked(client: Client) -> bool:
     """Whether the server's XTRIM takes ``ACKED`` (Redis 8.2), from COMMAND DOCS; False when it cannot say."""
     try:
-        reply = client.execute_command("COMMAND DOCS", "XTRIM")
+        reply = command(client, "COMMAND DOCS", "XTRIM")
     except Exception:  # an old server, an ACL without COMMAND or a cluster client: the Lua bound is always safe
         return False
     return any(word.upper() == "ACKED" for word in _words(reply))
 
 
-def trim_passed(client: Any, sc: StreamConfig, *, retention_ms: int, interval_ms: int, acked: bool = False) -> Trim:
+def trim_passed(client: Client, sc: StreamConfig, *, retention_ms: int, interval_ms: int, acked: bool = False) -> Trim:
     """XTRIM MINID ~ the entries of ``sc`` older than ``retention_ms`` that every group and the tracker passed.
 
     One script (TRIM_PASSED) reads XINFO GROUPS, each group's oldest pending
     id, the tracker and the time, and trims; ``interval_ms`` > 0 lets at most
     one caller per interval through, fleet-wide.
     """
-    keys = [sc.stream, retention_key(sc)]
-    if sc.mode == "tracker":
-        keys.append(sc.tracker_key)
-    group = sc.group if sc.mode == "group" else ""
+    extra, group = position_of(sc).retention()
     script = client.register_script(TRIM_PASSED)
-    status, trimmed, minid = script(keys=keys, args=[retention_ms, interval_ms, group, "1" if acked else "0"])
-    return Trim(_text(status), int(trimmed), _text(minid))
+    args: list[str | int] = [retention_ms, interval_ms, group, "1" if acked else "0"]
+    reply = script(keys=[sc.stream, retention_key(sc), *extra], args=args)
+    status, trimmed, minid = items(reply)
+    return Trim(text(status), int(text(trimmed)), text(minid))
 
 
-def retention_status(client: Any, sc: StreamConfig) -> dict[str, Any]:
+def retention_status(client: Client, sc: StreamConfig) -> RetentionRow:
     """The retention of ``sc`` and what the bridge trimmed from it (all workers, from the state hash)."""
-    state = {_text(k): _text(v) for k, v in (client.hgetall(retention_key(sc)) or {}).items()}
+    state = {k: text(v) for k, v in mapping(client.hgetall(retention_key(sc))).items()}
     return {
         "retention_ms": sc.retention_ms,
         "retention_trimmed": int(state.get("trimmed", 0)),

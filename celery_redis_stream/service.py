@@ -4,23 +4,37 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
-import re
 import threading
 import time
 from dataclasses import asdict
-from typing import Any
+from typing import TypedDict
 
+from celery import Celery
 from celery.utils.log import get_logger
 
+from . import keys
 from .atomic import assess
 from .config import BridgeConfig, StreamConfig, check_slots
-from .loops import Discovery, GroupLoop, StreamStats, TrackerLoop, _Loop
+from .connection import Client, connect
+from .loops import ReaderThread
 from .metrics import MetricsServer
-from .reader import connect
+from .position import position_of
+from .reader_group import GroupReader
+from .reader_tracker import TrackerReader
+from .readers import Discovery, StreamReader, Wiring
+from .stats import StreamStats
 
 __all__ = ["Service", "StreamStats"]
 
 logger = get_logger(__name__)
+
+
+class ServiceInfo(TypedDict):
+    """What `inspect redis_stream` reports of a worker, before the bootstep adds lags and liveness."""
+
+    url: str
+    consumer: str
+    streams: list[dict[str, object]]
 
 
 class Service:
@@ -33,27 +47,31 @@ class Service:
     readers of the worker share one cluster client.
     """
 
-    def __init__(self, app: Any, config: BridgeConfig, *, consumer: str) -> None:
+    def __init__(self, app: Celery, config: BridgeConfig, *, consumer: str) -> None:
         self.app = app
         self.config = config
         self.consumer = config.consumer or consumer
         self.stop_event = threading.Event()
         self.stats: dict[str, StreamStats] = {}
         self.configs: dict[str, StreamConfig] = {}
-        self._loops: dict[tuple[Any, ...], _Loop] = {}
+        self.wiring = Wiring(app, config, self.consumer, self.stop_event, self.stats, sender=self)
+        self._readers: dict[tuple[str, str | None, int], tuple[StreamReader, ReaderThread]] = {}
         self._lock = threading.Lock()
         self._started = False
         self._stopped = False
-        self._shared_client: Any = None
+        self._shared_client: Client | None = None
         patterns = [sc for sc in config.streams if sc.is_pattern]
         for sc in config.streams:
             if not sc.is_pattern:
                 self.add(sc)
-        self.discovery = Discovery(self, patterns) if patterns else None
-        self._dead_letter_patterns = [
-            re.compile(re.escape(t).replace(re.escape("{stream}"), r"\{?(.+?)\}?") + "$")
-            for t in {sc.dead_letter_template for sc in config.streams}
-        ]
+        self.discovery: ReaderThread | None = None
+        if patterns:
+            found = Discovery(
+                patterns, config=config, stop_event=self.stop_event, known=self.known, check=self.check, found=self.add
+            )
+            self.discovery = self._thread(found)
+        templates = {sc.dead_letter_template for sc in config.streams}
+        self._dead_letter_patterns = [keys.dead_letter_pattern(t) for t in templates]
         # Built here, not in start(): a missing prometheus_client is a configuration error before the pool starts.
         self.metrics = (
             MetricsServer(self, port=config.metrics_port, addr=config.metrics_addr)
@@ -62,15 +80,21 @@ class Service:
         )
 
     @property
-    def loops(self) -> list[_Loop]:
+    def loops(self) -> list[ReaderThread]:
+        """The reader threads: one per group (and batch size), one for the tracked streams, one for discovery."""
         with self._lock:
-            loops = list(self._loops.values())
+            loops = [thread for _, thread in self._readers.values()]
         return [*loops, self.discovery] if self.discovery is not None else loops
 
-    def _loop_key(self, sc: StreamConfig) -> tuple[Any, ...]:
-        return (sc.mode, sc.group if sc.mode == "group" else None, sc.batch_size)
+    def _thread(self, reader: StreamReader | Discovery) -> ReaderThread:
+        return ReaderThread(reader, connect=self.connect, release=self.release, stop_event=self.stop_event)
 
-    def connect(self) -> Any:
+    def _reader(self, sc: StreamConfig) -> StreamReader:
+        if sc.mode == "group":
+            return GroupReader(self.wiring, batch_size=sc.batch_size, group=sc.group)
+        return TrackerReader(self.wiring, batch_size=sc.batch_size)
+
+    def connect(self) -> Client:
         """A reader's Redis client: its own on a single Redis, the worker's one shared client on a cluster.
 
         A cluster client holds a connection pool per node, the slot map and
@@ -85,39 +109,40 @@ class Service:
                 self._shared_client = connect(self.config)
             return self._shared_client
 
-    def release(self, client: Any) -> None:
+    def release(self, client: Client) -> None:
         """A reader is done with ``client``; the shared cluster client is closed by :meth:`stop`."""
         if client is not self._shared_client:
             client.close()
 
     def add(self, sc: StreamConfig) -> None:
         """Read ``sc``: join the loop that reads its group (or trackers), or start one."""
+        position = position_of(sc)
         self.configs[sc.stream] = sc
         self.stats[sc.stream] = StreamStats(
             stream=sc.stream,
-            mode=sc.mode,
+            mode=position.mode,
             task=sc.task,
-            group=sc.group if sc.mode == "group" else None,
-            tracker=sc.tracker_key if sc.mode == "tracker" else None,
+            group=position.name if position.shared else None,
+            tracker=None if position.shared else position.name,
         )
-        key = self._loop_key(sc)
+        # One reader per group and batch size; all tracked streams of one batch size share one.
+        key = (position.mode, position.name if position.shared else None, sc.batch_size)
         with self._lock:
-            loop = self._loops.get(key)
-            if loop is None:
-                loop = (
-                    GroupLoop(self, [], sc.batch_size, sc.group)
-                    if sc.mode == "group"
-                    else TrackerLoop(self, [], sc.batch_size)
-                )
-                self._loops[key] = loop
+            if key not in self._readers:
+                reader = self._reader(sc)
+                self._readers[key] = (reader, self._thread(reader))
                 if self._started and not self.stop_event.is_set():
-                    loop.start()
-            loop.add(sc)
+                    self._readers[key][1].start()
+            self._readers[key][0].add(sc)
 
     def check(self, sc: StreamConfig) -> None:
         """Refuse a discovered stream whose keys cannot live in its cluster slot."""
         if self.config.cluster:
             check_slots(sc)
+
+    def known(self, name: str) -> bool:
+        """A stream that is read already, or a dead-letter stream: discovery leaves it alone."""
+        return name in self.stats or self.is_dead_letter(name)
 
     def is_dead_letter(self, name: str) -> bool:
         for pattern in self._dead_letter_patterns:
@@ -144,7 +169,7 @@ class Service:
             if stream in self.stats:
                 guarantee.show(self.stats[stream])
         described = ", ".join(
-            f"{sc.stream}->{sc.task} ({sc.mode} {sc.group if sc.mode == 'group' else sc.tracker_key}; "
+            f"{sc.stream}->{sc.task} ({position_of(sc).mode} {position_of(sc).name}; "
             f"{guarantees[sc.stream].kind}: {guarantees[sc.stream].reason})"
             for sc in self.config.streams
         )
@@ -181,7 +206,7 @@ class Service:
     def alive(self) -> bool:
         return any(loop.is_alive() for loop in self.loops)
 
-    def info(self) -> dict[str, Any]:
+    def info(self) -> ServiceInfo:
         return {
             "url": self.config.safe_url,
             "consumer": self.consumer,

@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable, Mapping
 
 from celery.utils.log import get_logger
 from redis.exceptions import ResponseError
 
 from .config import StreamConfig
+from .connection import Client
 from .hygiene import REAP_BATCH, Removed, reap_consumers, remove_own_consumer
+from .position import position_of
 from .redact import redact
 from .retention import server_trims_acked, trim_passed
-
-if TYPE_CHECKING:
-    from .loops import StreamStats
+from .stats import StreamStats
 
 __all__ = ["Upkeep", "cadence"]
 
@@ -64,7 +63,7 @@ class Upkeep:
             "redis-stream: cannot %s on stream=%s, reading goes on: %s", what, sc.stream, redact(str(exc))
         )
 
-    def reap(self, client: Any, streams: Iterable[StreamConfig], own: str, stats: dict[str, StreamStats]) -> None:
+    def reap(self, client: Client, streams: Iterable[StreamConfig], own: str, stats: Mapping[str, StreamStats]) -> None:
         """Group mode: delete other consumers idle past stream_reap_idle_ms with nothing pending."""
         now = time.monotonic()
         for sc in streams:
@@ -83,7 +82,7 @@ class Upkeep:
             finally:
                 self._removed(sc, removed, stats)
 
-    def _removed(self, sc: StreamConfig, removed: list[Removed], stats: dict[str, StreamStats]) -> None:
+    def _removed(self, sc: StreamConfig, removed: list[Removed], stats: Mapping[str, StreamStats]) -> None:
         # After years of rollouts the first round may remove thousands: name the first ones.
         for i, consumer in enumerate(removed):
             (logger.info if i < LOG_REMOVALS else logger.debug)(
@@ -97,7 +96,9 @@ class Upkeep:
             )  # fmt: skip
         stats[sc.stream].consumers_removed += len(removed)
 
-    def leave(self, client: Any, streams: Iterable[StreamConfig], own: str, stats: dict[str, StreamStats]) -> None:
+    def leave(
+        self, client: Client, streams: Iterable[StreamConfig], own: str, stats: Mapping[str, StreamStats]
+    ) -> None:
         """Warm stop, after the last commit: delete our own consumer where nothing is pending on it."""
         for sc in streams:
             try:
@@ -112,7 +113,7 @@ class Upkeep:
             )  # fmt: skip
             stats[sc.stream].consumers_removed += 1
 
-    def trim(self, client: Any, streams: Iterable[StreamConfig], stats: dict[str, StreamStats]) -> None:
+    def trim(self, client: Client, streams: Iterable[StreamConfig], stats: Mapping[str, StreamStats]) -> None:
         """Trim what every group (and the tracker) passed, older than the stream's retention."""
         now = time.monotonic()
         for sc in streams:
@@ -141,6 +142,6 @@ class Upkeep:
                 logger.info(
                     "redis-stream: trimmed %d entr%s of stream=%s before %s (retention %dms, passed by every group%s)",
                     trimmed, "y" if trimmed == 1 else "ies", sc.stream, done.minid, sc.retention_ms,
-                    " and the tracker" if sc.mode == "tracker" else "",
+                    "" if position_of(sc).shared else " and the tracker",
                 )  # fmt: skip
                 stats[sc.stream].retention_trimmed += trimmed

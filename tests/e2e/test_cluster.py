@@ -15,6 +15,7 @@ import redis
 from celery import Celery
 from redis.crc import key_slot
 
+from celery_redis_stream import keys
 from celery_redis_stream.config import load_config
 from celery_redis_stream.exceptions import StreamConfigError
 
@@ -120,7 +121,7 @@ def test_tracker_mode_keeps_tracker_and_lease_in_the_streams_slot(
     ledger = broker.client(2)
     wait_logged(workers, lambda: len(executed(ledger)) >= 45, 60, "45 tasks")
     for s in streams:
-        tracker, lease = f"stream_tracker:{{{s}}}", f"stream_tracker:{{{s}}}:lease"
+        tracker, lease = keys.tracker(s), keys.lease(keys.tracker(s))
         last = c.xrange(s)[-1][0]
         wait_logged(workers, lambda t=tracker, x=last: c.get(t) == x, 10, f"{tracker} at the last entry")  # type: ignore[misc]
         assert c.exists(lease)
@@ -275,7 +276,7 @@ def test_one_reader_per_group_on_a_cluster_whatever_the_hash_slots() -> None:
     assert len({key_slot(s.encode()) for s in [*spread, tagged[0]]}) == 4
     config = _config("redis+cluster://127.0.0.1:7000", dict.fromkeys([*tagged, *spread], "t"))
     service = Service(Celery(broker="memory://", set_as_current=False), config, consumer="c")
-    readers = [sorted(sc.stream for sc in loop._incoming) for loop in service.loops]
+    readers = [sorted(sc.stream for sc in loop.reader.incoming) for loop in service.loops]
     assert readers == [sorted([*tagged, *spread])]
     # On a single Redis one read covers every stream of a group.
     single = _config("redis://127.0.0.1:7000/0", dict.fromkeys([*tagged, *spread], "t"))

@@ -17,6 +17,7 @@ from celery import Celery
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from celery_redis_stream import keys
 from celery_redis_stream.config import load_config
 from celery_redis_stream.service import Service
 
@@ -173,7 +174,7 @@ class InProcessBridge:
                 group = self.server.client().xinfo_groups(stream)[0]
                 if group["pending"] or group["lag"]:
                     return False
-            elif self.server.client().get(f"stream_tracker:{{{stream}}}") != ids[-1].encode():
+            elif self.server.client().get(keys.tracker(stream)) != ids[-1].encode():
                 return False
         return all((s, i) in seen for s, ids in produced.items() for i in ids)
 

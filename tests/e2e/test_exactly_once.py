@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from celery import Celery
 
+from celery_redis_stream import keys
 from celery_redis_stream.atomic import EXACTLY_ONCE, STEP, ExactlyOnce, PositionMoved
 from celery_redis_stream.config import load_config
 from celery_redis_stream.dispatch import Dispatcher
@@ -31,7 +32,7 @@ from ..support import RedisServer, Worker, wait_for
 from .test_inspect import inspect
 
 FAST_PATH = {"stream_fast_path": True}  # until the fast path is the default
-TRACKER_KEY = f"stream_tracker:{{{STREAM}}}"
+TRACKER_KEY = keys.tracker(STREAM)
 TOTAL = 4000
 RESETS = 40
 

@@ -10,7 +10,7 @@ import subprocess
 import sys
 from typing import Any
 
-from celery_redis_stream import deadletters
+from celery_redis_stream import deadletters, keys
 from celery_redis_stream.config import BridgeConfig, StreamConfig
 from celery_redis_stream.dispatch import task_id_for
 from celery_redis_stream.failed import dead_letter_task
@@ -28,7 +28,7 @@ def task_worker(server: RedisServer, tasks: dict[str, Any], *, pool: str = "solo
 def sc_for(stream: str, task: str) -> StreamConfig:
     return StreamConfig(
         stream=stream, task=task, mode="group", group="celery", start="0",
-        tracker_key=f"stream_tracker:{{{stream}}}", batch_size=100, dead_letter=f"{stream}:dead",
+        tracker_key=keys.tracker(stream), batch_size=100, dead_letter=keys.dead_letter(stream),
     )  # fmt: skip
 
 

@@ -15,13 +15,15 @@ from collections.abc import Callable
 
 import pytest
 
+from celery_redis_stream import keys
+
 from ..ledger import FAST, STREAM, Ledger, Producer, id_key, pending_of, reader_blocked
 from ..support import RedisServer, Worker, wait_for
 
 BATCH = FAST["stream_batch_size"]
 LONG = bool(os.environ.get("CRS_LONG"))
 KILL_CYCLES = 20 if LONG else 5
-TRACKER_KEY = f"stream_tracker:{{{STREAM}}}"
+TRACKER_KEY = keys.tracker(STREAM)
 
 
 def urls(server: RedisServer) -> tuple[str, str, str]:

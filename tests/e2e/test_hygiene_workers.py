@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 import redis
 
+from celery_redis_stream import keys
+
 from ..ledger import GROUP, STREAM, Ledger
 from ..support import ROOT, RedisServer, Worker, wait_for, worker_env
 
@@ -121,7 +123,7 @@ def test_retention_keeps_what_a_foreign_group_holds_and_trims_it_once_acknowledg
     audit = [i.decode() for i, _ in client.xreadgroup("audit", "auditor", {STREAM: ">"}, count=100)[0][1]]
     worker = spawn(*urls(server), stream_retention_ms=1).start()
     wait_for(ledger.all_dispatched, 60, "everything dispatched")
-    state = f"stream_tracker:{{{STREAM}}}:retention"
+    state = keys.retention(keys.tracker(STREAM))
     first = wait_for(lambda: client.hget(state, "last_run_ms"), 30, "a retention round")
     wait_for(lambda: client.hget(state, "last_run_ms") != first, 30, "another retention round after dispatch")
     assert ids(client) == produced, "entries pending in a foreign group were trimmed"
@@ -147,7 +149,7 @@ def test_tracker_mode_retention_trims_only_what_the_tracker_passed(server: Redis
     worker = spawn(
         *urls(server), mode="tracker", stream_retention_ms=1, stream_batch_size=20, stream_max_queue_length=40
     ).start()
-    tracker = f"stream_tracker:{{{STREAM}}}"
+    tracker = keys.tracker(STREAM)
     wait_for(lambda: client.get(tracker) not in (None, b"0-0"), 30, "the tracker moving")
     wait_for(lambda: client.xlen(STREAM) < 300, 30, "trimming behind the tracker")
     worker.wait_log("pausing stream=orders", 30)

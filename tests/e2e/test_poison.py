@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from celery_redis_stream import keys
 from celery_redis_stream.deliveries import failures_key, inflight_key
 
 from ..ledger import BRIDGE_ONLY_QUEUE, FAST, STREAM, Ledger
@@ -69,7 +70,7 @@ def sc_for(mode: str) -> Any:
 
     return StreamConfig(
         stream=STREAM, task="tests.record", mode=mode, group="celery", start="0",  # type: ignore[arg-type]
-        tracker_key=f"stream_tracker:{{{STREAM}}}", batch_size=50, dead_letter=DEAD,
+        tracker_key=keys.tracker(STREAM), batch_size=50, dead_letter=DEAD,
     )  # fmt: skip
 
 

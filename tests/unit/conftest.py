@@ -1,18 +1,48 @@
-"""The unit tier's one redis-server, started once per session (each test uses its own keys or database)."""
+"""Fixtures of the unit tier: one redis-server per session, a flushed database of it per test."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import pytest
+import redis
 
 from ..support import RedisServer
+
+# Database 0 is left alone; each test gets the next of 1..15, flushed first, so a
+# reader thread a test failed to stop cannot write into the next test's keys.
+_DBS = itertools.cycle(range(1, 16))
+
+
+@dataclass(frozen=True)
+class UnitDB:
+    """One test's database on the session's redis-server."""
+
+    server: RedisServer
+    db: int
+    url: str
+    client: redis.Redis
 
 
 @pytest.fixture(scope="session")
 def unit_redis() -> Iterator[RedisServer]:
+    """The unit tier's redis-server, started once per session (per xdist worker)."""
     server = RedisServer().start()
     try:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def unit_db(unit_redis: RedisServer) -> Iterator[UnitDB]:
+    """A flushed database of the session's server, with a client on it (closed afterwards)."""
+    db = next(_DBS)
+    client = unit_redis.client(db)
+    client.flushdb()
+    try:
+        yield UnitDB(unit_redis, db, unit_redis.url_db(db), client)
+    finally:
+        client.close()
