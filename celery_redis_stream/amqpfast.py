@@ -136,6 +136,8 @@ def _recorded(
         raise Unsupported(f"the task serializer is {serializer!r}")
     if kw.get("content_type") or kw.get("content_encoding"):
         raise Unsupported("send_task was given a content type")
+    if kw.get("immediate"):
+        raise Unsupported("immediate is set")
     if not isinstance(body, tuple) or len(body) != 3:
         raise Unsupported("the task body is not protocol 2")
     return body, kw
