@@ -360,3 +360,23 @@ def test_nacked_messages_are_not_dispatched_and_the_retry_sends_only_those(
 
 def stream_id(message: Message) -> str:
     return str(message.properties["application_headers"]["redis_stream_id"])
+
+
+@pytest.mark.parametrize("unchecked", ["properties", "frames"])
+def test_what_cannot_be_checked_is_left_to_py_amqp_and_stays_the_same(
+    amqp: Connection,  # noqa: F811
+    names: Names,
+    monkeypatch: pytest.MonkeyPatch,
+    unchecked: str,
+) -> None:
+    """A spliced header or frames that disagree with py-amqp's: each message is encoded, or published, by py-amqp."""
+    if unchecked == "properties":
+        monkeypatch.setattr(amqpframes, "build", lambda *args, **kwargs: None)
+    else:
+        monkeypatch.setattr(amqpframes, "publisher", lambda *args, **kwargs: None)
+    app = make_app(names, {"task": "tests.record", "queue": names("q")})
+    sc = load_config(app).streams[0]
+    fast, std = send_both_ways(app, amqp, sc, ENTRIES, sc.queue or "")
+    assert len(fast) == len(ENTRIES)
+    for f, s in zip(fast, std, strict=True):
+        assert_same(f, s)
