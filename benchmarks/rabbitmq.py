@@ -8,11 +8,14 @@ with a queue of its own, deleted after every run. Measures:
 
 (a) the bridge in a real `celery worker` (benchmarks/benchapp.py) whose app sets
     ``confirm_publish``: from its "reading" log line until every entry is
-    acknowledged in the stream, i.e. confirmed by RabbitMQ;
+    acknowledged in the stream, i.e. confirmed by RabbitMQ (default settings:
+    the AMQP fast path);
 (b) Celery's ``send_task`` loop with ``confirm_publish=True`` and one reused
     producer (one confirm round trip per message), in this process;
 (c) the same loop without confirms, for reference (RabbitMQ may lose what it
-    did not confirm).
+    did not confirm);
+(d) the bridge as in (a) with ``stream_fast_path: False`` (``send_task`` per
+    entry), for reference.
 
 Writes benchmarks/results/amqp.md and amqp.json.
 """
@@ -113,7 +116,7 @@ class AmqpBench:
 
     # (a) ---------------------------------------------------------------------
 
-    def bridge(self) -> float:
+    def bridge(self, fast_path: bool = True) -> float:
         n = self.args.entries
         self.fresh_queue()
         self.fill_stream(n)
@@ -122,6 +125,7 @@ class AmqpBench:
             "stream_start": "0",
             "stream_batch_size": self.args.batch,
             "broker_transport_options": {"confirm_publish": True},
+            "stream_fast_path": fast_path,
         }
         self.workers += 1
         env = {
@@ -219,6 +223,7 @@ def markdown(out: dict[str, Any]) -> str:
         "bridge": "(a) bridge in a `celery worker` (app sets `confirm_publish`; the bridge confirms per batch)",
         "send_task_confirmed": "(b) `send_task` loop, `confirm_publish=True`, one reused producer",
         "send_task_unconfirmed": "(c) `send_task` loop without confirms (reference: not safe)",
+        "bridge_send_task": "(d) bridge as (a) with `stream_fast_path: False` (reference: `send_task` per entry)",
     }
     for key, label in names.items():
         runs = ", ".join(f"{v:,.0f}" for v in r[key]["runs"])
@@ -233,6 +238,7 @@ def markdown(out: dict[str, Any]) -> str:
         + ", ".join(f"{x:.2f}x" for x in ratio["bridge/send_task_confirmed per round"])
         + " | |",
         f"| bridge / unconfirmed send_task loop | {ratio['bridge/send_task_unconfirmed']:.2f}x | |",
+        f"| bridge / bridge without the fast path (d) | {ratio['bridge/bridge_send_task']:.2f}x | |",
         "",
     ]
     return "\n".join(lines)
@@ -250,14 +256,20 @@ def main(argv: list[str] | None = None) -> int:
     bench = AmqpBench(args)
     try:
         info = machine(bench)
-        # Interleaved rounds (a, b, c, a, b, c, ...): load from elsewhere on the machine then weighs on
-        # all three alike, and each round gives its own ratio.
-        runs: dict[str, list[float]] = {"bridge": [], "send_task_confirmed": [], "send_task_unconfirmed": []}
+        # Interleaved rounds (a, b, c, d, a, b, c, d, ...): load from elsewhere on the machine then weighs on
+        # all four alike, and each round gives its own ratio.
+        runs: dict[str, list[float]] = {
+            "bridge": [],
+            "send_task_confirmed": [],
+            "send_task_unconfirmed": [],
+            "bridge_send_task": [],
+        }
         for i in range(args.runs):
             log(f"round {i + 1}/{args.runs}")
             runs["bridge"].append(bench.bridge())
             runs["send_task_confirmed"].append(bench.send_task_loop(True))
             runs["send_task_unconfirmed"].append(bench.send_task_loop(False))
+            runs["bridge_send_task"].append(bench.bridge(fast_path=False))
             log("  " + ", ".join(f"{k} {v[-1]:,.0f}/s" for k, v in runs.items()))
         results = {k: {"median": statistics.median(v), "runs": v} for k, v in runs.items()}
         rounds = [b / c for b, c in zip(runs["bridge"], runs["send_task_confirmed"], strict=True)]
@@ -277,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
             "bridge/send_task_confirmed per round": rounds,
             "bridge/send_task_confirmed": bridge / results["send_task_confirmed"]["median"],
             "bridge/send_task_unconfirmed": bridge / results["send_task_unconfirmed"]["median"],
+            "bridge/bridge_send_task": bridge / results["bridge_send_task"]["median"],
         },
         "seconds": time.monotonic() - started,
     }

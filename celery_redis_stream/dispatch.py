@@ -5,19 +5,24 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from celery import Celery
 from celery.worker import state as worker_state
 from kombu import exceptions as kombu_exceptions
+from kombu.connection import Connection
+from kombu.entity import Queue
 from kombu.exceptions import OperationalError
+from kombu.messaging import Producer
 
 from . import confirms as amqp_confirms
+from .amqpfast import AmqpFastPath
 from .atomic import Step
 from .config import PUBLISH_TIMEOUTS, StreamConfig
 from .entry import RawEntry, build_call, decode
 from .exceptions import EntryError, StreamError
-from .fastpath import FastPath, argument_repr, repr_limits
+from .fastpath import Call, FastPath, argument_repr, repr_limits
 from .position import DeadLetter
 from .tracing import NO_TRACE, attach_trace, detach_trace, split_trace
 
@@ -80,7 +85,7 @@ def prepare(
     return args, kwargs, trace
 
 
-def send_options(sc: StreamConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+def send_options(sc: StreamConfig) -> tuple[dict[str, object], dict[str, object]]:
     """The ``send_task`` options of a stream, and the extra headers its ``options`` name."""
     options = dict(sc.options)
     extra_headers = options.pop("headers", None) or {}
@@ -91,8 +96,8 @@ def send_options(sc: StreamConfig) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def message_headers(
-    sc: StreamConfig, entry_id: str, extra_headers: dict[str, Any], trace: dict[str, str]
-) -> dict[str, Any]:
+    sc: StreamConfig, entry_id: str, extra_headers: Mapping[str, object], trace: Mapping[str, str]
+) -> dict[str, object]:
     """The headers the bridge adds to a task message (the fast path writes them in the same order)."""
     return {**extra_headers, "redis_stream": sc.stream, "redis_stream_id": entry_id, **trace}
 
@@ -104,13 +109,14 @@ _VARIANT = {f"{n:x}": f"{(n & 0x3) | 0x8:x}" for n in range(16)}
 class Dispatcher:
     """Publishes batches of entries as Celery tasks through one reused producer."""
 
-    def __init__(self, app: Any, *, max_entry_bytes: int) -> None:
+    def __init__(self, app: Celery, *, max_entry_bytes: int) -> None:
         self.app = app
         self.max_entry_bytes = max_entry_bytes
-        self._connection: Any = None
-        self._producer: Any = None
+        self._connection: Connection | None = None
+        self._producer: Any = None  # a kombu Producer, or testing.py's stand-in for one
         self.fast_path = FastPath(app)
-        self._bound: dict[str, Any] = {}
+        self.amqp_fast_path = AmqpFastPath(app)
+        self._bound: dict[str, Queue] = {}
         self._executed = worker_state.all_total_count[0]
         self._retryable: tuple[type[BaseException], ...] = (OperationalError, OSError, *BATCH_PUBLISH_ERRORS)
         self._confirms: amqp_confirms.Confirms | None = None
@@ -145,7 +151,7 @@ class Dispatcher:
             self._producer = producer
         return self._producer
 
-    def _bound_queue(self, producer: Any, name: str | None) -> Any:
+    def _bound_queue(self, producer: Producer, name: str | None) -> Queue | str | None:
         """The app's queue ``name`` bound to the producer's channel once, or ``name`` itself.
 
         Given a queue name, kombu copies and binds the queue and its exchange
@@ -171,9 +177,9 @@ class Dispatcher:
         if connection is not None:
             with contextlib.suppress(Exception):  # a dead connection may fail to close; it is dropped anyway
                 if abandon:  # AMQP's close handshake would wait for a broker that stopped answering
-                    connection.collect()
+                    connection.collect()  # type: ignore[no-untyped-call]
                 else:
-                    connection.release()
+                    connection.release()  # type: ignore[no-untyped-call]
 
     def send(
         self,
@@ -192,7 +198,7 @@ class Dispatcher:
         """
         return self._send(sc, entries, counts, step)
 
-    def pace(self, elapsed: float, wait: Callable[[float], Any], entries: int = 0) -> None:
+    def pace(self, elapsed: float, wait: Callable[[float], object], entries: int = 0) -> None:
         """After a large batch, pause for four times its time if this worker runs tasks of its own.
 
         The reader thread and the worker's consumer share one GIL; a reader
@@ -208,92 +214,140 @@ class Dispatcher:
         if busy and (elapsed >= YIELD_MIN_SECONDS or entries >= YIELD_MIN_ENTRIES):
             wait(min(elapsed * YIELD_SHARE, YIELD_MAX_SECONDS))
 
-    def _send(  # noqa: C901 -- prepare, fast path or send_task, and each failure kind, in one batch
+    def _send(
         self, sc: StreamConfig, entries: Sequence[RawEntry], counts: dict[str, int] | None, step: Step | None = None
     ) -> list[DeadLetter]:
-        dead: list[DeadLetter] = []
-        calls = []
-        traces: dict[str, dict[str, str]] = {}
-        for raw in entries:
-            try:
-                count = (counts or {}).get(raw.id, 1)
-                args, kwargs, trace = prepare(sc, raw, max_entry_bytes=self.max_entry_bytes, delivery_count=count)
-                calls.append((raw.id, args, kwargs))
-                if trace:
-                    traces[raw.id] = trace
-            except EntryError as exc:
-                dead.append(DeadLetter(raw, exc.reason, exc.error))
+        dead, calls, traces = self._prepare_all(sc, entries, counts)
         if not calls:
             return dead
-        send_task = self.app.send_task
-        options, extra_headers = send_options(sc)
-        by_id = {raw.id: raw for raw in entries}
-        task_ids = task_ids_for(sc, [call[0] for call in calls])
-        batch_ids = task_ids
-        if self._confirmed:
-            kept = [i for i, task_id in enumerate(task_ids) if task_id not in self._confirmed]
-            calls, task_ids = [calls[i] for i in kept], [task_ids[i] for i in kept]
+        batch_ids = [task_id for _, task_id, _, _ in calls]
+        if self._confirmed:  # a retried batch: RabbitMQ already holds part of it
+            calls = [call for call in calls if call[1] not in self._confirmed]
             if not calls:
                 self._confirmed.difference_update(batch_ids)
                 return dead
+        by_id = {raw.id: raw for raw in entries}
         try:
             producer = self.producer
             confirms = self._confirms
             if confirms is not None:
                 confirms.begin()
-            if sc.fast_path:
-                built = self.fast_path.build(
-                    producer,
-                    sc,
-                    [(call[0], task_id, *call[1:]) for call, task_id in zip(calls, task_ids, strict=True)],
-                    extra_headers=extra_headers,
-                    options=options,
-                    trace=traces,
-                )
-                if built is not None:  # None: this batch needs the standard path
-                    if step is None or not step.take(producer, built):
-                        self.fast_path.push(producer, built)
-                    dead.extend(DeadLetter(by_id[entry_id], "publish_error", error) for entry_id, error in built.failed)
-                    return dead
-            batch = producer.batch(max_size=len(calls)) if hasattr(producer, "batch") else contextlib.nullcontext()
-            queue = self._bound_queue(producer, sc.queue)
-            reprs = confirms is not None and not {"argsrepr", "kwargsrepr"} & set(options)
-            shown: dict[str, str] = {}
-            limits = repr_limits(self.app) if reprs else (0, 0, 0)
-            with batch:
-                for (entry_id, args, kwargs), task_id in zip(calls, task_ids, strict=True):
-                    trace = traces.get(entry_id, NO_TRACE)
-                    token = attach_trace(trace)
-                    if reprs:  # the same message; Celery's saferepr is about a third of a send_task on AMQP
-                        shown = self._reprs(args, kwargs, limits)
-                    try:
-                        send_task(
-                            sc.task,
-                            args=args,
-                            kwargs=kwargs,
-                            task_id=task_id,
-                            producer=producer,
-                            queue=queue,
-                            headers=message_headers(sc, entry_id, extra_headers, trace),
-                            **shown,
-                            **options,
-                        )
-                    except self._retryable:
-                        raise
-                    except Exception as exc:  # this entry cannot be encoded or routed; the rest can
-                        dead.append(DeadLetter(by_id[entry_id], "publish_error", f"{type(exc).__name__}: {exc}"))
-                    finally:
-                        detach_trace(token)
+            failed = self._publish(producer, sc, calls, traces, step)
+            dead.extend(DeadLetter(by_id[entry_id], "publish_error", error) for entry_id, error in failed)
             if confirms is not None:
-                self._settle(confirms, sc, calls, task_ids)
+                self._settle(confirms, sc, calls)
                 self._confirmed.difference_update(batch_ids)
         except self._retryable as exc:
             self.close(failed=True)
             raise BrokerUnavailable(f"{type(exc).__name__}: {exc}") from exc
         return dead
 
+    def _prepare_all(
+        self, sc: StreamConfig, entries: Sequence[RawEntry], counts: dict[str, int] | None
+    ) -> tuple[list[DeadLetter], list[Call], dict[str, dict[str, str]]]:
+        """The batch's calls ``(entry id, task id, args, kwargs)``, its trace headers, and the entries that are bad."""
+        dead: list[DeadLetter] = []
+        prepared = []
+        traces: dict[str, dict[str, str]] = {}
+        for raw in entries:
+            try:
+                count = (counts or {}).get(raw.id, 1)
+                args, kwargs, trace = prepare(sc, raw, max_entry_bytes=self.max_entry_bytes, delivery_count=count)
+            except EntryError as exc:
+                dead.append(DeadLetter(raw, exc.reason, exc.error))
+                continue
+            prepared.append((raw.id, args, kwargs))
+            if trace:
+                traces[raw.id] = trace
+        task_ids = task_ids_for(sc, [entry_id for entry_id, _, _ in prepared])
+        pairs = zip(prepared, task_ids, strict=True)
+        calls = [(entry_id, task_id, args, kwargs) for (entry_id, args, kwargs), task_id in pairs]
+        return dead, calls, traces
+
+    def _publish(
+        self,
+        producer: Producer,
+        sc: StreamConfig,
+        calls: Sequence[Call],
+        traces: dict[str, dict[str, str]],
+        step: Step | None,
+    ) -> list[tuple[str, str]]:
+        """Publish the calls by a fast path, else by ``send_task``; the ``(entry id, error)`` that could not be."""
+        options, extra_headers = send_options(sc)
+        if sc.fast_path and self._amqp:
+            # What an exactly-once step would say of this broker (atomic.py shows it).
+            self.fast_path.reason = self.fast_path.unsupported(producer)
+            failed = self.amqp_fast_path.publish(
+                producer,
+                sc,
+                calls,
+                queue=self._bound_queue(producer, sc.queue),
+                extra_headers=extra_headers,
+                options=options,
+                trace=traces,
+                confirms=self._confirms,
+            )
+            if failed is not None:  # None: this batch needs send_task
+                return failed
+        elif sc.fast_path:
+            built = self.fast_path.build(
+                producer, sc, calls, extra_headers=extra_headers, options=options, trace=traces
+            )
+            if built is not None:  # None: this batch needs send_task
+                if step is None or not step.take(producer, built):
+                    self.fast_path.push(producer, built)
+                return built.failed
+        return self._send_tasks(producer, sc, calls, traces, options, extra_headers)
+
+    def _send_tasks(
+        self,
+        producer: Producer,
+        sc: StreamConfig,
+        calls: Sequence[Call],
+        traces: dict[str, dict[str, str]],
+        options: dict[str, object],
+        extra_headers: dict[str, object],
+    ) -> list[tuple[str, str]]:
+        """The standard path: one ``send_task`` per call, in a kombu publish batch where the transport has one."""
+        send_task = self.app.send_task
+        failed = []
+        batch = (
+            producer.batch(max_size=len(calls))  # type: ignore[no-untyped-call]
+            if hasattr(producer, "batch")
+            else contextlib.nullcontext()
+        )
+        queue = self._bound_queue(producer, sc.queue)
+        reprs = self._confirms is not None and not {"argsrepr", "kwargsrepr"} & set(options)
+        shown: dict[str, str] = {}
+        limits = repr_limits(self.app) if reprs else (0, 0, 0)
+        with batch:
+            for entry_id, task_id, args, kwargs in calls:
+                trace = traces.get(entry_id, NO_TRACE)
+                token = attach_trace(trace)
+                if reprs:  # the same message; Celery's saferepr is about a third of a send_task on AMQP
+                    shown = self._reprs(args, kwargs, limits)
+                try:
+                    send_task(
+                        sc.task,
+                        args=args,
+                        kwargs=kwargs,
+                        task_id=task_id,
+                        producer=producer,
+                        queue=queue,
+                        headers=message_headers(sc, entry_id, extra_headers, trace),
+                        **shown,
+                        **options,
+                    )
+                except self._retryable:
+                    raise
+                except Exception as exc:  # this entry cannot be encoded or routed; the rest can
+                    failed.append((entry_id, f"{type(exc).__name__}: {exc}"))
+                finally:
+                    detach_trace(token)
+        return failed
+
     @staticmethod
-    def _reprs(args: Any, kwargs: Any, limits: tuple[int, int, int]) -> dict[str, str]:
+    def _reprs(args: object, kwargs: object, limits: tuple[int, int, int]) -> dict[str, str]:
         """The ``argsrepr``/``kwargsrepr`` that Celery's ``as_task_v2`` would compute, faster (fastpath.argument_repr).
 
         Passed to ``send_task`` as its own options; on AMQP they only fill
@@ -306,9 +360,7 @@ class Dispatcher:
             "kwargsrepr": argument_repr(kwargs or {}, kwargs_max, maxlevels),
         }
 
-    def _settle(
-        self, confirms: amqp_confirms.Confirms, sc: StreamConfig, calls: Sequence[Any], task_ids: list[str]
-    ) -> None:
+    def _settle(self, confirms: amqp_confirms.Confirms, sc: StreamConfig, calls: Sequence[Call]) -> None:
         """Wait once for RabbitMQ's confirms of the batch; raise NotConfirmed unless every message is in a queue.
 
         A nack (a queue that rejects publishes when full, a broker error), a
@@ -325,5 +377,5 @@ class Dispatcher:
         confirmed = set(outcome.confirmed)
         if len(self._confirmed) > 100_000:  # never an unbounded set; forgetting only costs duplicates
             self._confirmed.clear()
-        self._confirmed.update(t for call, t in zip(calls, task_ids, strict=True) if call[0] in confirmed)
+        self._confirmed.update(task_id for entry_id, task_id, _, _ in calls if entry_id in confirmed)
         raise amqp_confirms.NotConfirmed(outcome.describe(timeout))

@@ -19,6 +19,12 @@ from celery_redis_stream.confirms import CONFIRM_TIMEOUT, Confirms, confirm_time
 
 
 class FakeTransport:
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
     @contextlib.contextmanager
     def having_timeout(self, timeout: float | None) -> Iterator[None]:
         yield
@@ -30,6 +36,7 @@ class FakeConnection:
         self.frames: list[Callable[[], None]] = []
         self.on_blocked: Any = None
         self.on_unblocked: Any = None
+        self.bytes_sent = 0
 
     def __bool__(self) -> bool:
         return True
@@ -137,6 +144,20 @@ def test_a_returned_message_is_acked_but_not_confirmed(channel: FakeChannel) -> 
     assert outcome.confirmed == ["1-0"]
     assert [key for key, _ in outcome.returned] == ["2-0"]
     assert "NO_ROUTE exchange='x' routing_key='orders'" in outcome.describe(1.0)
+
+
+def test_frames_written_at_once_take_the_next_delivery_tags(channel: FakeChannel) -> None:
+    confirms = Confirms(channel, key_header="redis_stream_id")
+    confirms.begin()
+    publish(channel, "1-0")
+    confirms.write([b"frames of 2-0", b"frames of 3-0"], ["2-0", "3-0"])
+    assert channel.connection.transport.written == [b"frames of 2-0frames of 3-0"]  # one write
+    assert channel.connection.bytes_sent == 2
+    channel.ack(1)
+    channel.nack(3, multiple=True)
+    outcome = confirms.settle(1.0)
+    assert outcome.confirmed == ["1-0"]
+    assert outcome.nacked == ["2-0", "3-0"]
 
 
 def test_a_blocked_connection_is_named_when_confirms_time_out(channel: FakeChannel) -> None:
