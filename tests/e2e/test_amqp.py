@@ -93,7 +93,7 @@ def test_entries_are_published_with_confirms_to_rabbitmq(
     redis_server: RedisServer, amqp: Connection, queue: str, workers: list[Worker]
 ) -> None:
     produced = produce_many(redis_server.client(), "orders", 200)
-    worker = Worker(env_for(redis_server, queue), queues=f"{queue}-other")
+    worker = Worker(env_for(redis_server, queue), name=queue, queues=f"{queue}-other")
     workers.append(worker)
     worker.start()
     wait_for(lambda: queue_size(amqp, queue) == 200, 60, "200 messages in RabbitMQ")
@@ -110,7 +110,7 @@ def test_backpressure_reads_the_rabbitmq_queue_length(
 ) -> None:
     produce_many(redis_server.client(), "orders", 300)
     env = env_for(redis_server, queue, stream={"max_queue_length": 30, "batch_size": 10})
-    worker = Worker(env, queues=f"{queue}-other")
+    worker = Worker(env, name=queue, queues=f"{queue}-other")
     workers.append(worker)
     worker.start()
     worker.wait_log("pausing stream=orders", 30)
