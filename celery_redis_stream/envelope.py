@@ -16,6 +16,7 @@ encoder were ever to disagree.
 from __future__ import annotations
 
 import binascii
+import operator
 import os
 from collections.abc import Callable, Mapping
 from json.encoder import encode_basestring_ascii
@@ -31,17 +32,21 @@ _MARK = "\x00crs-envelope-%d\x00"  # never in a header: a NUL would have to be i
 class Envelope:
     """``fill(body, task_id, entry_id, argsrepr, kwargsrepr, delivery_tag)`` is one message's JSON text."""
 
-    __slots__ = ("_format", "_order", "quote")
+    __slots__ = ("_format", "_order", "_pick", "quote")
 
     def __init__(self, fmt: str, order: tuple[int, ...], quote: Callable[[str], str]) -> None:
         self._format = fmt
         self._order = order
         self.quote = quote
+        # the values in the text's order, as one tuple (itemgetter of one index gives the value itself)
+        pick = operator.itemgetter(*order) if len(order) > 1 else None
+        self._pick: Callable[[tuple[str, ...]], tuple[str, ...]] | None = pick
 
     def fill(self, body: str, task_id: str, entry_id: str, argsrepr: str, kwargsrepr: str, tag: str) -> str:
         quote = self.quote
         values = (quote(body), quote(task_id), quote(entry_id), quote(argsrepr), quote(kwargsrepr), quote(tag))
-        return self._format % tuple([values[i] for i in self._order])
+        pick = self._pick
+        return self._format % (pick(values) if pick is not None else tuple([values[i] for i in self._order]))
 
 
 def _quote_for(json_dumps: Callable[[object], str]) -> Callable[[str], str]:

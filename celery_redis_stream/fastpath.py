@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import base64
+import binascii
 import contextlib
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from json.encoder import c_make_encoder, encode_basestring, encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import NamedTuple, cast
 
 import redis
@@ -76,7 +77,11 @@ def argument_repr(value: object, maxsize: int, maxlevels: int) -> str:
         if t is dict:
             simple = _plain_dict(cast("dict[object, object]", value))
         elif t is list:
-            simple = all(_plain_dict(x) if type(x) is dict else _plain(x) for x in cast("list[object]", value))
+            items = cast("list[object]", value)
+            if len(items) == 1 and type(items[0]) is dict:  # call: fields, the common case
+                simple = _plain_dict(cast("dict[object, object]", items[0]))
+            else:
+                simple = all(_plain_dict(x) if type(x) is dict else _plain(x) for x in items)
         else:
             simple = False
         if simple:
@@ -410,6 +415,38 @@ def _from_published(producer: Producer, body: object, kw: dict[str, object]) -> 
     )
 
 
+def _encoder() -> Callable[[object], str]:
+    """kombu's ``JSONEncoder().encode``, without its per-call set-up where CPython's C encoder is there.
+
+    ``JSONEncoder.encode`` rebuilds the C encoder and looks up its options on
+    every call (a micro-second of the ~3 it takes for an entry's arguments);
+    this builds it from the same options directly. The batch's first body is
+    compared with kombu's own, so an encoder that differed would only cost
+    the splice for that batch.
+    """
+    encoder = kombu_json.JSONEncoder()
+    make = c_make_encoder
+    if make is None or encoder.indent is not None:
+        return cast("Callable[[object], str]", encoder.encode)
+    quote = encode_basestring_ascii if encoder.ensure_ascii else encode_basestring
+    default, key_sep, item_sep = encoder.default, encoder.key_separator, encoder.item_separator
+    sort_keys, skipkeys, allow_nan, circular = (
+        encoder.sort_keys,
+        encoder.skipkeys,
+        encoder.allow_nan,
+        encoder.check_circular,
+    )
+
+    def encode(value: object) -> str:
+        if isinstance(value, str):
+            return quote(value)
+        markers: dict[int, object] | None = {} if circular else None
+        run = make(markers, default, quote, None, key_sep, item_sep, sort_keys, skipkeys, allow_nan)
+        return "".join(run(value, 0))
+
+    return encode
+
+
 class _Batch:
     """One batch's encoding state: the template, the repr limits, and what its first message decided."""
 
@@ -420,7 +457,7 @@ class _Batch:
         self.args_max, self.kwargs_max, self.maxlevels = limits
         self.tail = ", " + json_dumps(tpl.embed) + "]"  # the body's constant tail
         # kombu's dumps makes an encoder per call; one per batch encodes the same (checked on the first entry)
-        self.encode: Callable[[object], str] = kombu_json.JSONEncoder().encode
+        self.encode = _encoder()
         self.envelope: Envelope | None = None
         self.spliced, self.checked = True, False  # the batch's first message decides how the others are made
 
@@ -440,7 +477,8 @@ class _Batch:
         else:
             body = serialize((shown_args, kwargs, tpl.embed), serializer=tpl.serializer)[2]
             self.spliced = _body(shown_args, kwargs, tpl.embed, tpl.serializer, self.tail, self.encode) == body
-        body64 = base64.b64encode(body if isinstance(body, bytes) else body.encode(tpl.content_encoding)).decode()
+        raw = body if isinstance(body, bytes) else body.encode(tpl.content_encoding)
+        body64 = binascii.b2a_base64(raw, newline=False).decode()  # base64.b64encode's text, one call less
         argsrepr = argument_repr(shown_args, self.args_max, self.maxlevels)
         kwargsrepr = argument_repr(kwargs, self.kwargs_max, self.maxlevels)
         if not self.checked:
