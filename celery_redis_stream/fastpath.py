@@ -179,6 +179,8 @@ class FastPath:
         self.reason: str | None = None  # why the last batch needed the standard path; None when it did not
         self._client: tuple[object, redis.Redis] | None = None
         self._templates: dict[str, _Cached] = {}
+        # The envelope each template's batches last got (envelope.build): made once per template, not per batch.
+        self._envelopes: dict[str, tuple[_Template, Envelope]] = {}
 
     def _skip(self, reason: str) -> None:
         if reason not in self._told and len(self._told) < 32:  # once per reason, and never an unbounded set
@@ -261,6 +263,7 @@ class FastPath:
         if tpl.headers.get("expires") is None and tpl.headers.get("eta") is None:
             if len(self._templates) >= 1024:  # streams found by patterns come and go: never an unbounded cache
                 self._templates.clear()
+                self._envelopes.clear()
             self._templates[sc.stream] = _Cached(now, producer, sc, dict(extra_headers), dict(options), tpl)
         return tpl
 
@@ -310,7 +313,8 @@ class FastPath:
         # Per batch, once: the delivery tags, the body's constant tail and the
         # envelope text around the per-entry values (envelope.py).
         tags = uuid4_strings(len(calls)) if uuid4 is uuid.uuid4 else [str(uuid4()) for _ in calls]
-        batch = _Batch(tpl, repr_limits(self.app))
+        kept = self._envelopes.get(sc.stream)
+        batch = _Batch(tpl, repr_limits(self.app), kept[1] if kept is not None and kept[0] is tpl else None)
         payloads: list[str] = []
         failed: list[tuple[str, str]] = []
         message = batch.message
@@ -322,6 +326,10 @@ class FastPath:
                 continue
             if on_task_call is not None:
                 on_task_call(producer, task_id)
+        if batch.envelope is not None:
+            if len(self._envelopes) >= 1024:  # never an unbounded cache
+                self._envelopes.clear()
+            self._envelopes[sc.stream] = (tpl, batch.envelope)
         return Built(tpl.key, payloads, failed)
 
     def _batch_template(
@@ -450,16 +458,28 @@ def _encoder() -> Callable[[object], str]:
 class _Batch:
     """One batch's encoding state: the template, the repr limits, and what its first message decided."""
 
-    __slots__ = ("args_max", "checked", "encode", "envelope", "kwargs_max", "maxlevels", "spliced", "tail", "tpl")
+    __slots__ = (
+        "args_max",
+        "checked",
+        "encode",
+        "envelope",
+        "kwargs_max",
+        "maxlevels",
+        "spliced",
+        "tail",
+        "tpl",
+        "tried",
+    )
 
-    def __init__(self, tpl: _Template, limits: tuple[int, int, int]) -> None:
+    def __init__(self, tpl: _Template, limits: tuple[int, int, int], envelope: Envelope | None = None) -> None:
         self.tpl = tpl
         self.args_max, self.kwargs_max, self.maxlevels = limits
         self.tail = ", " + json_dumps(tpl.embed) + "]"  # the body's constant tail
         # kombu's dumps makes an encoder per call; one per batch encodes the same (checked on the first entry)
         self.encode = _encoder()
-        self.envelope: Envelope | None = None
+        self.envelope = envelope  # given: an earlier batch of the same template built and checked it
         self.spliced, self.checked = True, False  # the batch's first message decides how the others are made
+        self.tried = False  # whether this batch built an envelope (once, on its first message)
 
     def message(
         self, entry_id: str, task_id: str, args: list[object], kwargs: dict[str, object], tag: str,
@@ -483,6 +503,8 @@ class _Batch:
         kwargsrepr = argument_repr(kwargs, self.kwargs_max, self.maxlevels)
         if not self.checked:
             self.checked = True
+        if self.envelope is None and not self.tried:
+            self.tried = True
             self.envelope = build_envelope(
                 json_dumps, content_type=tpl.content_type, content_encoding=tpl.content_encoding,
                 headers=tpl.headers, properties=tpl.properties, id_header_keys=tpl.id_header_keys,
