@@ -4,16 +4,21 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
+import redis
+from celery import Celery
 from celery.utils.log import get_logger
+from kombu.messaging import Producer
+from redis.commands.core import Script
 from redis.exceptions import NoPermissionError, ResponseError
+from redis.typing import EncodableT
 
 from .config import PUBLISH_TIMEOUTS, BridgeConfig, StreamConfig
+from .connection import Client, connect
 from .exceptions import StreamError
 from .fastpath import LPUSH_CHUNK, Built, FastPath
 from .position import DeadLetter, Lease, LeaseLost
-from .reader import connect
 
 __all__ = [
     "AT_LEAST_ONCE",
@@ -147,10 +152,13 @@ class Server:
     db: int
 
 
+ON_CLUSTER = "the streams are on a Redis Cluster, where one script cannot reach the broker's database"
+
+
 def config_reason(config: BridgeConfig, sc: StreamConfig) -> str | None:
     """Why the settings alone keep ``sc`` at least once, or None."""
     if config.cluster:
-        return "the streams are on a Redis Cluster, where one script cannot reach the broker's database"
+        return ON_CLUSTER
     if config.sentinel:
         return "the streams are behind Sentinel, which this step does not follow to the broker"
     if not sc.fast_path:
@@ -158,13 +166,13 @@ def config_reason(config: BridgeConfig, sc: StreamConfig) -> str | None:
     return None
 
 
-def server_of(client: Any) -> Server:
+def server_of(client: redis.Redis) -> Server:
     """The run_id of the server behind ``client`` (INFO server) and the database it uses."""
     info = client.info("server")
     return Server(str(info["run_id"]), int(client.connection_pool.connection_kwargs.get("db") or 0))
 
 
-def _user(client: Any) -> Any:
+def _user(client: redis.Redis) -> str | None:
     return client.connection_pool.connection_kwargs.get("username") or None  # None and "": the default user
 
 
@@ -176,7 +184,7 @@ class _NoInfo(StreamError):
     """The Redis user may not run INFO: the servers cannot be compared (for good, in this worker)."""
 
 
-def judge(fast_path: FastPath, client: Any, producer: Any) -> tuple[Guarantee, int, str]:
+def judge(fast_path: FastPath, client: Client, producer: Producer) -> tuple[Guarantee, int, str]:
     """The guarantee of batches read on ``client`` and published by ``producer``; the broker's db and key prefix.
 
     Exactly once needs the fast path's messages, one Redis user for both sides
@@ -190,6 +198,8 @@ def judge(fast_path: FastPath, client: Any, producer: Any) -> tuple[Guarantee, i
     reason = reason or fast_path.unsupported(producer)
     if reason is not None:
         return Guarantee(AT_LEAST_ONCE, f"the fast path steps aside: {reason}"), 0, ""
+    if not isinstance(client, redis.Redis):
+        return Guarantee(AT_LEAST_ONCE, ON_CLUSTER), 0, ""
     channel = producer.channel
     with channel.conn_or_acquire() as broker:
         if _user(broker) != _user(client):
@@ -208,7 +218,7 @@ def judge(fast_path: FastPath, client: Any, producer: Any) -> tuple[Guarantee, i
     return Guarantee(EXACTLY_ONCE, f"the streams and the broker share one Redis server ({where})"), other.db, prefix
 
 
-def assess(app: Any, config: BridgeConfig) -> dict[str, Guarantee]:
+def assess(app: Celery, config: BridgeConfig) -> dict[str, Guarantee]:
     """The guarantee of each mapped stream as far as can be told before a batch: for the start-up line.
 
     Asks both servers for their run_id once (short timeouts). Later batches can
@@ -252,7 +262,7 @@ class ExactlyOnce:
         self.config = config
         self.fast_path = fast_path
         self.consumer = consumer
-        self.script: Any = None
+        self.script: Script | None = None
         self._verdict: tuple[Guarantee, int, str] | None = None  # the guarantee, the broker's db, its key prefix
         self.refused: str | None = None  # set for good when the streams user may not run the script
 
@@ -262,7 +272,7 @@ class ExactlyOnce:
 
     def step(
         self,
-        client: Any,
+        client: Client,
         sc: StreamConfig,
         ids: Sequence[str],
         trimmed: Sequence[str],
@@ -275,14 +285,14 @@ class ExactlyOnce:
         reason = config_reason(self.config, sc) or self.refused
         if reason is None and sc.mode == "tracker" and (lease is None or after is None):
             reason = "the tracker position the batch was read after is unknown"
-        if reason is not None:
-            Guarantee(AT_LEAST_ONCE, reason).show(stats)
+        if reason is not None or not isinstance(client, redis.Redis):
+            Guarantee(AT_LEAST_ONCE, reason or ON_CLUSTER).show(stats)
             return None
         if self.script is None:
             self.script = client.register_script(STEP)
         return Step(self, client, sc, ids, trimmed, stats=stats, lease=lease, after=after)
 
-    def verdict(self, client: Any, producer: Any) -> tuple[Guarantee, int, str]:
+    def verdict(self, client: redis.Redis, producer: Producer) -> tuple[Guarantee, int, str]:
         if self._verdict is None:
             try:
                 self._verdict = judge(self.fast_path, client, producer)
@@ -298,7 +308,7 @@ class Step:
     def __init__(
         self,
         owner: ExactlyOnce,
-        client: Any,
+        client: redis.Redis,
         sc: StreamConfig,
         ids: Sequence[str],
         trimmed: Sequence[str],
@@ -311,10 +321,10 @@ class Step:
         self.stats, self.lease, self.after = stats, lease, after
         self.built: Built | None = None
         self.guarantee: Guarantee | None = None
-        self.extra: list[tuple[Any, ...]] = []
+        self.extra: list[tuple[EncodableT, ...]] = []
         self.target: tuple[str, str] = ("0", "")  # the broker's db and key prefix, set by take()
 
-    def add(self, *command: Any) -> None:
+    def add(self, *command: EncodableT) -> None:
         """Run ``command`` (in the streams database) in the same step, after the position move.
 
         For what must change with the position and nothing else (a record of
@@ -325,7 +335,7 @@ class Step:
             raise ValueError(f"a command of 1 to {MAX_COMMAND_ARGS} arguments, got {len(command)}")
         self.extra.append(command)
 
-    def take(self, producer: Any, built: Built) -> bool:
+    def take(self, producer: Producer, built: Built) -> bool:
         """Keep ``built`` for the atomic step (True), or leave it to the dispatcher to push (False)."""
         guarantee, db, prefix = self.owner.verdict(self.client, producer)
         self.guarantee = guarantee
@@ -352,68 +362,83 @@ class Step:
             self.guarantee.show(self.stats)
         return True
 
-    def _run(self, dead: Sequence[DeadLetter]) -> None:  # noqa: C901 -- one atomic script, built in order
+    def _run(self, dead: Sequence[DeadLetter]) -> None:
+        """Build the script's arguments (the fence, the type checks, the writes) and run it once."""
         sc = self.sc
         streams_db = str(int(self.client.connection_pool.connection_kwargs.get("db") or 0))
-        broker_db, prefix = self.target
-        checks: list[Any] = []
-        writes: list[Any] = []
-
-        def write(db: str, *args: Any) -> None:
-            writes.extend((db, len(args), *args))
-
+        argv = _Argv()
         # The pushes come first: the first write is where maxmemory refuses a script.
-        if self.built is not None and self.built.payloads:
-            key = prefix + self.built.key
-            checks += [broker_db, key, "list"]
-            payloads = self.built.payloads
-            for i in range(0, len(payloads), LPUSH_CHUNK):
-                write(broker_db, "LPUSH", key, *payloads[i : i + LPUSH_CHUNK])
+        self._pushes(argv)
+        self._dead_letters(argv, streams_db, dead)
+        if sc.mode == "group":
+            fence, keys = self._group(argv, streams_db)
+        else:
+            fence, keys = self._tracker(argv, streams_db)
+        for command in self.extra:
+            argv.write(streams_db, *command)
+        script = self.owner.script
+        assert script is not None  # registered by ExactlyOnce.step
+        try:
+            reply = script(keys=keys, args=argv.args(fence, streams_db), client=self.client)
+        except ResponseError as exc:
+            if not _noperm(exc):
+                raise
+            self.owner.refused = f"the streams Redis user may not run the atomic step ({str(exc)[:200]})"
+            logger.warning("redis-stream: stream=%s: %s; retrying the batch, at least once", sc.stream, exc)
+            raise AtomicStepRefused(self.owner.refused) from exc
+        if int(reply[0]) != 1:
+            self._refused(reply[1].decode() if isinstance(reply[1], bytes) else str(reply[1]))
+
+    def _pushes(self, argv: _Argv) -> None:
+        if self.built is None or not self.built.payloads:
+            return
+        broker_db, prefix = self.target
+        key = prefix + self.built.key
+        argv.check(broker_db, key, "list")
+        payloads = self.built.payloads
+        for i in range(0, len(payloads), LPUSH_CHUNK):
+            argv.write(broker_db, "LPUSH", key, *payloads[i : i + LPUSH_CHUNK])
+
+    def _dead_letters(self, argv: _Argv, streams_db: str, dead: Sequence[DeadLetter]) -> None:
+        sc = self.sc
         letters = [letter.pairs() for letter in dead]
         huge = [pairs for pairs in letters if len(pairs) + 3 > MAX_COMMAND_ARGS]
         if huge:
             # Too long for one unpack(): written before the step, at least once (a retry may repeat it).
             pipe = self.client.pipeline(transaction=False)
             for pairs in huge:
-                pipe.execute_command("XADD", sc.dead_letter, "*", *pairs)
+                pipe.execute_command("XADD", sc.dead_letter, "*", *pairs)  # type: ignore[no-untyped-call]
             pipe.execute()
         if len(huge) < len(letters):
-            checks += [streams_db, sc.dead_letter, "stream"]
+            argv.check(streams_db, sc.dead_letter, "stream")
             for pairs in letters:
                 if len(pairs) + 3 <= MAX_COMMAND_ARGS:
-                    write(streams_db, "XADD", sc.dead_letter, "*", *pairs)
-        if sc.mode == "group":
-            acks = list(self.trimmed)
-            if len(self.ids) + 3 <= MAX_COMMAND_ARGS:
-                writes.extend((streams_db, -3, "XACK", sc.stream, sc.group))  # + the fence's ids
-            else:
-                acks = [*self.ids, *acks]
-            for i in range(0, len(acks), MAX_COMMAND_ARGS):
-                write(streams_db, "XACK", sc.stream, sc.group, *acks[i : i + MAX_COMMAND_ARGS])
-            first = min(self.ids, key=_id_key, default="0-0")
-            last = max(self.ids, key=_id_key, default="0-0")
-            fence = ["group", sc.group, self.owner.consumer, first, last, len(self.ids), *self.ids]
-            keys = [sc.stream]
+                    argv.write(streams_db, "XADD", sc.dead_letter, "*", *pairs)
+
+    def _group(self, argv: _Argv, streams_db: str) -> tuple[list[EncodableT], list[str]]:
+        """The XACK of the batch (its ids sent once, in the fence) and the group fence."""
+        sc, ids = self.sc, self.ids
+        acks = list(self.trimmed)
+        if len(ids) + 3 <= MAX_COMMAND_ARGS:
+            argv.writes.extend((streams_db, -3, "XACK", sc.stream, sc.group))  # + the fence's ids
         else:
-            assert self.lease is not None and self.after is not None
-            write(streams_db, "SET", sc.tracker_key, self.ids[-1])
-            write(streams_db, "PEXPIRE", sc.lease_key, self.lease.ttl_ms)
-            fence = ["tracker", self.lease.owner, self.after, "", "", 0]
-            keys = [sc.tracker_key, sc.lease_key]
-        for command in self.extra:
-            write(streams_db, *command)
-        argv = [*fence, streams_db, len(checks) // 3, *checks, *writes]
-        try:
-            reply = self.owner.script(keys=keys, args=argv, client=self.client)
-        except ResponseError as exc:
-            if not isinstance(exc, NoPermissionError) and not str(exc).startswith("NOPERM"):
-                raise
-            self.owner.refused = f"the streams Redis user may not run the atomic step ({str(exc)[:200]})"
-            logger.warning("redis-stream: stream=%s: %s; retrying the batch, at least once", sc.stream, exc)
-            raise AtomicStepRefused(self.owner.refused) from exc
-        if int(reply[0]) == 1:
-            return
-        why = reply[1].decode() if isinstance(reply[1], bytes) else str(reply[1])
+            acks = [*ids, *acks]
+        for i in range(0, len(acks), MAX_COMMAND_ARGS):
+            argv.write(streams_db, "XACK", sc.stream, sc.group, *acks[i : i + MAX_COMMAND_ARGS])
+        first = min(ids, key=_id_key, default="0-0")
+        last = max(ids, key=_id_key, default="0-0")
+        return ["group", sc.group, self.owner.consumer, first, last, len(ids), *ids], [sc.stream]
+
+    def _tracker(self, argv: _Argv, streams_db: str) -> tuple[list[EncodableT], list[str]]:
+        """The tracker's move and the lease's renewal, fenced by both."""
+        sc, lease = self.sc, self.lease
+        assert lease is not None and self.after is not None
+        argv.write(streams_db, "SET", sc.tracker_key, self.ids[-1])
+        argv.write(streams_db, "PEXPIRE", sc.lease_key, lease.ttl_ms)
+        return ["tracker", lease.owner, self.after, "", "", 0], [sc.tracker_key, sc.lease_key]
+
+    def _refused(self, why: str) -> None:
+        sc = self.sc
         if why == "lease":
             raise LeaseLost(f"lost the lease on {sc.stream!r}; another worker reads it now")
         if why == "taken":
@@ -425,6 +450,25 @@ class Step:
             f"the tracker of {sc.stream!r} is no longer where the batch was read from: nothing of it was sent; "
             "reloading the tracker"
         )
+
+
+class _Argv:
+    """The script's ARGV after the fence: type checks (db, key, type) and writes (db, argc, argv...)."""
+
+    __slots__ = ("checks", "writes")
+
+    def __init__(self) -> None:
+        self.checks: list[EncodableT] = []
+        self.writes: list[EncodableT] = []
+
+    def check(self, db: str, key: str, kind: str) -> None:
+        self.checks += (db, key, kind)
+
+    def write(self, db: str, *args: EncodableT) -> None:
+        self.writes.extend((db, len(args), *args))
+
+    def args(self, fence: list[EncodableT], streams_db: str) -> list[EncodableT]:
+        return [*fence, streams_db, len(self.checks) // 3, *self.checks, *self.writes]
 
 
 def _id_key(entry_id: str) -> tuple[int, int]:

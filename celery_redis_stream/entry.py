@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal, cast
 
 from .exceptions import EntryError
 
 __all__ = ["CallShape", "RawEntry", "StreamEntry", "build_call", "decode", "parse_read_reply"]
 
 CallShape = Literal["fields", "kwargs", "entry"]
-Converter = Callable[["StreamEntry"], tuple[Sequence[Any], dict[str, Any]]]
+Converter = Callable[["StreamEntry"], tuple[Sequence[object], Mapping[str, object]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +69,9 @@ def decode(raw: RawEntry, *, max_bytes: int, delivery_count: int = 1) -> StreamE
     return StreamEntry(raw.stream, raw.id, fields, delivery_count)
 
 
-def build_call(entry: StreamEntry, call: CallShape, converter: Converter | None) -> tuple[list[Any], dict[str, Any]]:
+def build_call(
+    entry: StreamEntry, call: CallShape, converter: Converter | None
+) -> tuple[list[object], dict[str, object]]:
     """Turn ``entry`` into the ``(args, kwargs)`` of the mapped task."""
     if converter is not None:
         try:
@@ -87,28 +89,29 @@ def build_call(entry: StreamEntry, call: CallShape, converter: Converter | None)
     return [entry.stream, entry.id, entry.fields], {}
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def parse_entries(stream: str, items: Sequence[Any] | None) -> list[RawEntry]:
+def parse_entries(stream: str, items: Iterable[object] | None) -> list[RawEntry]:
     """Parse the ``[[id, [f, v, ...]], ...]`` part of an XREAD/XRANGE/XAUTOCLAIM reply."""
     entries = []
     for item in items or ():
-        if item is None:
-            continue
+        if not isinstance(item, (list, tuple)):
+            continue  # nil: an entry trimmed away (Redis 6.2's XAUTOCLAIM)
         entry_id, pairs = item[0], item[1]
-        entries.append(RawEntry(stream, _text(entry_id), tuple(pairs) if pairs is not None else None))
+        fields = tuple(cast("Sequence[bytes]", pairs)) if pairs is not None else None
+        entries.append(RawEntry(stream, _text(entry_id), fields))
     return entries
 
 
-def parse_read_reply(reply: Any) -> dict[str, list[RawEntry]]:
+def parse_read_reply(reply: object) -> dict[str, list[RawEntry]]:
     """Parse an XREAD/XREADGROUP reply in either RESP2 (list) or RESP3 (map) shape."""
     if not reply:
         return {}
-    items = reply.items() if isinstance(reply, dict) else reply
+    items = reply.items() if isinstance(reply, dict) else cast("Iterable[tuple[object, object]]", reply)
     out: dict[str, list[RawEntry]] = {}
     for key, entries in items:
         stream = _text(key)
-        out[stream] = parse_entries(stream, entries)
+        out[stream] = parse_entries(stream, cast("Iterable[object] | None", entries))
     return out

@@ -16,10 +16,11 @@ encoder were ever to disagree.
 from __future__ import annotations
 
 import binascii
+import operator
 import os
 from collections.abc import Callable, Mapping
 from json.encoder import encode_basestring_ascii
-from typing import Any
+from typing import NamedTuple
 
 __all__ = ["Envelope", "build", "uuid4_strings"]
 
@@ -31,32 +32,36 @@ _MARK = "\x00crs-envelope-%d\x00"  # never in a header: a NUL would have to be i
 class Envelope:
     """``fill(body, task_id, entry_id, argsrepr, kwargsrepr, delivery_tag)`` is one message's JSON text."""
 
-    __slots__ = ("_format", "_order", "quote")
+    __slots__ = ("_format", "_order", "_pick", "quote")
 
     def __init__(self, fmt: str, order: tuple[int, ...], quote: Callable[[str], str]) -> None:
         self._format = fmt
         self._order = order
         self.quote = quote
+        # the values in the text's order, as one tuple (itemgetter of one index gives the value itself)
+        pick = operator.itemgetter(*order) if len(order) > 1 else None
+        self._pick: Callable[[tuple[str, ...]], tuple[str, ...]] | None = pick
 
     def fill(self, body: str, task_id: str, entry_id: str, argsrepr: str, kwargsrepr: str, tag: str) -> str:
         quote = self.quote
         values = (quote(body), quote(task_id), quote(entry_id), quote(argsrepr), quote(kwargsrepr), quote(tag))
-        return self._format % tuple([values[i] for i in self._order])
+        pick = self._pick
+        return self._format % (pick(values) if pick is not None else tuple([values[i] for i in self._order]))
 
 
-def _quote_for(json_dumps: Callable[[Any], str]) -> Callable[[str], str]:
+def _quote_for(json_dumps: Callable[[object], str]) -> Callable[[str], str]:
     """How ``json_dumps`` encodes a string: the C ASCII encoder itself when they agree, else ``json_dumps``."""
     probe = "é\"\\\n\u2028\x00\U0001f600/<>&'"
     return encode_basestring_ascii if json_dumps(probe) == encode_basestring_ascii(probe) else json_dumps
 
 
 def build(
-    json_dumps: Callable[[Any], str],
+    json_dumps: Callable[[object], str],
     *,
     content_type: str,
     content_encoding: str,
-    headers: Mapping[str, Any],
-    properties: Mapping[str, Any],
+    headers: Mapping[str, object],
+    properties: Mapping[str, object],
     id_header_keys: tuple[str, ...],
     id_property_keys: tuple[str, ...],
     sample: tuple[str, str, str, str, str, str],
@@ -67,56 +72,70 @@ def build(
     absent); the per-entry keys are set in the order the message dict gets
     them. ``sample`` is the first message's values, used for the check.
     """
-    marks = [_MARK % i for i in range(6)]
-    kinds: dict[str, int] = {}
-
-    def mark(kind: int) -> str:
-        text = marks[kind] + str(len(kinds))  # one placeholder per occurrence (the task id appears several times)
-        kinds[text] = kind
-        return text
-
-    def message(values: tuple[str, ...] | None) -> dict[str, Any]:
-        def v(kind: int) -> str:
-            return values[kind] if values is not None else mark(kind)
-
-        h = dict(headers)
-        for k in id_header_keys:
-            h[k] = v(TASK_ID)
-        h["redis_stream_id"] = v(ENTRY_ID)
-        h["argsrepr"] = v(ARGSREPR)
-        h["kwargsrepr"] = v(KWARGSREPR)
-        p = dict(properties)
-        for k in id_property_keys:
-            p[k] = v(TASK_ID)
-        p["delivery_tag"] = v(DELIVERY_TAG)
-        return {
-            "body": v(BODY),
-            "content-encoding": content_encoding,
-            "content-type": content_type,
-            "headers": h,
-            "properties": p,
-        }
-
+    shape = _Shape(content_type, content_encoding, headers, properties, id_header_keys, id_property_keys)
     try:
         quote = _quote_for(json_dumps)
-        text = json_dumps(message(None))
-        # A placeholder that was overwritten (redis_stream_id first gets the
-        # task id like every header the template held it in) is not in the text.
-        found = sorted((text.find(quote(m)), m) for m in kinds if quote(m) in text)
-        if any(text.count(quote(m)) != 1 for _, m in found):
-            return None
-        pieces, order, at = [], [], 0
-        for pos, m in found:
-            pieces.append(text[at:pos].replace("%", "%%"))
-            order.append(kinds[m])
-            at = pos + len(quote(m))
-        pieces.append(text[at:].replace("%", "%%"))
-        envelope = Envelope("%s".join(pieces), tuple(order), quote)
-        if envelope.fill(*sample) != json_dumps(message(sample)):
+        kinds: dict[str, int] = {}
+        text = json_dumps(shape.message(lambda kind: _mark(kinds, kind)))
+        envelope = _cut(text, kinds, quote)
+        if envelope is None or envelope.fill(*sample) != json_dumps(shape.message(lambda kind: sample[kind])):
             return None
     except Exception:  # an encoder that cannot do this; the caller encodes each message whole
         return None
     return envelope
+
+
+class _Shape(NamedTuple):
+    """The batch's message dict, with the per-entry values given by a function of their kind."""
+
+    content_type: str
+    content_encoding: str
+    headers: Mapping[str, object]
+    properties: Mapping[str, object]
+    id_header_keys: tuple[str, ...]
+    id_property_keys: tuple[str, ...]
+
+    def message(self, v: Callable[[int], str]) -> dict[str, object]:
+        h = dict(self.headers)
+        for k in self.id_header_keys:
+            h[k] = v(TASK_ID)
+        h["redis_stream_id"] = v(ENTRY_ID)
+        h["argsrepr"] = v(ARGSREPR)
+        h["kwargsrepr"] = v(KWARGSREPR)
+        p = dict(self.properties)
+        for k in self.id_property_keys:
+            p[k] = v(TASK_ID)
+        p["delivery_tag"] = v(DELIVERY_TAG)
+        return {
+            "body": v(BODY),
+            "content-encoding": self.content_encoding,
+            "content-type": self.content_type,
+            "headers": h,
+            "properties": p,
+        }
+
+
+def _mark(kinds: dict[str, int], kind: int) -> str:
+    """A placeholder for one occurrence of a per-entry value (the task id appears several times)."""
+    text = _MARK % kind + str(len(kinds))
+    kinds[text] = kind
+    return text
+
+
+def _cut(text: str, kinds: dict[str, int], quote: Callable[[str], str]) -> Envelope | None:
+    """The envelope of ``text`` cut at its placeholders, or None if one is not there exactly once."""
+    # A placeholder that was overwritten (redis_stream_id first gets the
+    # task id like every header the template held it in) is not in the text.
+    found = sorted((text.find(quote(m)), m) for m in kinds if quote(m) in text)
+    if any(text.count(quote(m)) != 1 for _, m in found):
+        return None
+    pieces, order, at = [], [], 0
+    for pos, m in found:
+        pieces.append(text[at:pos].replace("%", "%%"))
+        order.append(kinds[m])
+        at = pos + len(quote(m))
+    pieces.append(text[at:].replace("%", "%%"))
+    return Envelope("%s".join(pieces), tuple(order), quote)
 
 
 def uuid4_strings(n: int) -> list[str]:

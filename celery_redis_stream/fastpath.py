@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
-import base64
+import binascii
 import contextlib
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from json.encoder import c_make_encoder, encode_basestring, encode_basestring_ascii  # type: ignore[attr-defined]
+from typing import NamedTuple, cast
 
-from celery import signals
+import redis
+from celery import Celery, signals
 from celery.utils.log import get_logger
 from celery.utils.saferepr import saferepr
 from kombu import serialization
+from kombu.messaging import Producer
 from kombu.utils import json as kombu_json
 
+from .config import StreamConfig
 from .envelope import Envelope, uuid4_strings
 from .envelope import build as build_envelope
 from .exceptions import StreamError
@@ -26,10 +30,10 @@ logger = get_logger(__name__)
 
 # kombu's own encoders: the body as Producer.publish serializes it, the
 # envelope as the Redis transport's _put dumps it.
-serialize: Callable[..., tuple[str, str, Any]] = serialization.dumps
-json_dumps: Callable[[Any], str] = kombu_json.dumps
+serialize: Callable[..., tuple[str, str, str | bytes]] = serialization.dumps
+json_dumps: Callable[[object], str] = kombu_json.dumps
 
-Call = tuple[str, str, list[Any], dict[str, Any]]  # entry id, task id, args, kwargs
+Call = tuple[str, str, list[object], dict[str, object]]  # entry id, task id, args, kwargs
 
 KOMBU_PRIORITY_STEPS = [0, 3, 6, 9]
 LPUSH_CHUNK = 500
@@ -38,28 +42,28 @@ TEMPLATE_MAX_AGE = 1.0  # seconds a batch template is reused for the same stream
 PUBLISH_SIGNALS = (signals.before_task_publish, signals.after_task_publish, signals.task_sent)
 
 
-def _plain(s: Any) -> bool:
+def _plain(s: object) -> bool:
     return type(s) is str and s.isprintable() and "'" not in s and "\\" not in s
 
 
-def _plain_dict(d: dict[Any, Any]) -> bool:
+def _plain_dict(d: dict[object, object]) -> bool:
     """``all(_plain(k) and _plain(v) for k, v in d.items())``, checked on all its strings at once."""
     parts = [*d, *d.values()]
     if not parts:
         return True
     if set(map(type, parts)) != {str}:
         return False
-    text = "".join(parts)
+    text = "".join(cast("list[str]", parts))  # every part is a str (just checked)
     return text.isprintable() and "'" not in text and "\\" not in text
 
 
-def repr_limits(app: Any) -> tuple[int, int, int]:
+def repr_limits(app: Celery) -> tuple[int, int, int]:
     """``(argsrepr maxsize, kwargsrepr maxsize, maxlevels)`` as Celery's ``as_task_v2`` applies them; once per batch."""
     # Celery < 5.5 has no task_repr_maxlevels; its saferepr default is 3 levels.
     return app.amqp.argsrepr_maxsize, app.amqp.kwargsrepr_maxsize, app.conf.get("task_repr_maxlevels") or 3
 
 
-def argument_repr(value: Any, maxsize: int, maxlevels: int) -> str:
+def argument_repr(value: object, maxsize: int, maxlevels: int) -> str:
     """``saferepr(value, maxsize, maxlevels=maxlevels)``, faster for flat lists and dicts of plain strings.
 
     Celery's saferepr costs ~25 µs per entry; for printable strings without
@@ -71,9 +75,13 @@ def argument_repr(value: Any, maxsize: int, maxlevels: int) -> str:
         return repr(value)  # "{}", "[]", "()": what saferepr shows for any maxsize
     if maxlevels >= 3 and value:
         if t is dict:
-            simple = _plain_dict(value)
+            simple = _plain_dict(cast("dict[object, object]", value))
         elif t is list:
-            simple = all(_plain_dict(x) if type(x) is dict else _plain(x) for x in value)
+            items = cast("list[object]", value)
+            if len(items) == 1 and type(items[0]) is dict:  # call: fields, the common case
+                simple = _plain_dict(cast("dict[object, object]", items[0]))
+            else:
+                simple = all(_plain_dict(x) if type(x) is dict else _plain(x) for x in items)
         else:
             simple = False
         if simple:
@@ -84,7 +92,12 @@ def argument_repr(value: Any, maxsize: int, maxlevels: int) -> str:
 
 
 def _body(
-    args: Any, kwargs: Any, embed: Any, serializer: str, tail: str | None, encode: Callable[[Any], str] = json_dumps
+    args: object,
+    kwargs: object,
+    embed: object,
+    serializer: str,
+    tail: str | None,
+    encode: Callable[[object], str] = json_dumps,
 ) -> str | bytes:
     """The serialized body ``(args, kwargs, embed)``; with ``tail`` (``", <embed>]"``), spliced from its parts.
 
@@ -113,14 +126,14 @@ class _Recorder:
     ``priority``) and header defaults come out exactly as Celery makes them.
     """
 
-    def __init__(self, producer: Any) -> None:
+    def __init__(self, producer: Producer) -> None:
         self._producer = producer
-        self.published: tuple[Any, dict[str, Any]] | None = None
+        self.published: tuple[object, dict[str, object]] | None = None
 
-    def __getattr__(self, name: str) -> Any:
+    def __getattr__(self, name: str) -> object:
         return getattr(self._producer, name)
 
-    def publish(self, body: Any, **kwargs: Any) -> None:
+    def publish(self, body: object, **kwargs: object) -> None:
         self.published = (body, kwargs)
 
 
@@ -138,15 +151,15 @@ class _Template:
     """One batch's message skeleton: everything but the ids, the body and the argument reprs."""
 
     key: str
-    headers: dict[str, Any]
-    properties: dict[str, Any]
+    headers: dict[str, object]
+    properties: dict[str, object]
     content_type: str
     content_encoding: str
     serializer: str
     ignore_result: bool
     id_header_keys: tuple[str, ...]
     id_property_keys: tuple[str, ...]
-    embed: Any
+    embed: object
 
 
 class FastPath:
@@ -159,20 +172,22 @@ class FastPath:
     batch goes through the standard path instead, and the reason is logged once.
     """
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Celery) -> None:
         self.app = app
         self._told: set[str] = set()
         self._uuid4 = uuid.uuid4
         self.reason: str | None = None  # why the last batch needed the standard path; None when it did not
-        self._client: tuple[Any, Any] | None = None
-        self._templates: dict[str, tuple[float, Any, Any, dict[str, Any], dict[str, Any], _Template]] = {}
+        self._client: tuple[object, redis.Redis] | None = None
+        self._templates: dict[str, _Cached] = {}
+        # The envelope each template's batches last got (envelope.build): made once per template, not per batch.
+        self._envelopes: dict[str, tuple[_Template, Envelope]] = {}
 
     def _skip(self, reason: str) -> None:
         if reason not in self._told and len(self._told) < 32:  # once per reason, and never an unbounded set
             self._told.add(reason)
             logger.info("redis-stream: fast path not used (%s); publishing through send_task", reason)
 
-    def _static_reason(self, producer: Any) -> str | None:
+    def _static_reason(self, producer: Producer) -> str | None:
         conf = self.app.conf
         if conf.task_protocol != 2:
             return f"task_protocol is {conf.task_protocol}, the fast path writes protocol 2"
@@ -192,7 +207,7 @@ class FastPath:
         return None
 
     def template(
-        self, producer: Any, sc: Any, extra_headers: Mapping[str, Any], options: Mapping[str, Any]
+        self, producer: Producer, sc: StreamConfig, extra_headers: Mapping[str, object], options: Mapping[str, object]
     ) -> _Template:
         """Run ``send_task`` once against a recorder and turn what it published into a template.
 
@@ -213,66 +228,22 @@ class FastPath:
         if recorder.published is None:
             raise Unsupported("send_task published nothing")
         body, kw = recorder.published
-        kw = dict(kw)
-        exchange = kw.pop("exchange", None)
-        exchange_name = getattr(exchange, "name", exchange)
-        if exchange_name:
-            raise Unsupported(f"the task is routed through exchange {exchange_name!r}")
-        if kw.pop("compression", None):
-            raise Unsupported("task_compression is set")
-        serializer = kw.pop("serializer", None) or producer.serializer
-        if serializer != "json":
-            raise Unsupported(f"the task serializer is {serializer!r}")
-        if not isinstance(body, tuple) or len(body) != 3:
-            raise Unsupported("the task body is not protocol 2")
-        routing_key = kw.pop("routing_key")
-        headers = dict(kw.pop("headers", None) or {})
-        priority = kw.pop("priority", 0)
-        for entity in kw.pop("declare", None) or ():
-            producer.maybe_declare(entity)
-        for unused in ("retry", "retry_policy", "timeout", "confirm_timeout", "mandatory", "immediate"):
-            kw.pop(unused, None)
-        expiration = kw.pop("expiration", None)
-        properties = kw  # correlation_id, reply_to and any other message property, as kombu keeps them
-        _, properties["delivery_mode"] = producer._delivery_details(producer.exchange, kw.pop("delivery_mode", None))
-        if expiration is not None:
-            properties["expiration"] = str(int(expiration * 1000))
-        content_type, content_encoding, _ = serialize(body, serializer=serializer)
-        channel = producer.channel
-        message = channel.prepare_message(b"", priority, content_type, content_encoding, headers, properties)
-        channel._inplace_augment_message(message, "", routing_key)
-        props = message["properties"]
-        if props.get("body_encoding") != "base64":
-            raise Unsupported(f"the channel body encoding is {props.get('body_encoding')!r}")
-        key = channel._q_for_pri(routing_key, channel._get_message_priority(message, reverse=False))
-        props.pop("delivery_tag", None)
-        return _Template(
-            key=key,
-            headers=message["headers"],
-            properties=props,
-            content_type=message["content-type"],
-            content_encoding=message["content-encoding"],
-            serializer=serializer,
-            ignore_result=bool(message["headers"].get("ignore_result")),
-            id_header_keys=tuple(k for k, v in message["headers"].items() if v == TEMPLATE_ID),
-            id_property_keys=tuple(k for k, v in props.items() if v == TEMPLATE_ID),
-            embed=body[2],
-        )
+        return _from_published(producer, body, dict(kw))
 
-    def unsupported(self, producer: Any) -> str | None:
+    def unsupported(self, producer: Producer) -> str | None:
         """Why no batch of this app can take the fast path on ``producer``'s broker, or None."""
         return self._static_reason(producer)
 
-    def _client_for(self, channel: Any) -> Any:
+    def _client_for(self, channel: object) -> contextlib.nullcontext[redis.Redis]:
         """``channel.conn_or_acquire()``, whose new Redis client per call (~0.4 ms) is made once per channel."""
         cached = self._client
         if cached is None or cached[0] is not channel:
-            with channel.conn_or_acquire() as client:
+            with channel.conn_or_acquire() as client:  # type: ignore[attr-defined]  # kombu's Redis Channel
                 self._client = cached = (channel, client)
         return contextlib.nullcontext(cached[1])
 
     def _recent_template(
-        self, producer: Any, sc: Any, extra_headers: Mapping[str, Any], options: Mapping[str, Any]
+        self, producer: Producer, sc: StreamConfig, extra_headers: Mapping[str, object], options: Mapping[str, object]
     ) -> _Template:
         """:meth:`template`, reused for the stream's next batches for up to ``TEMPLATE_MAX_AGE`` seconds.
 
@@ -284,26 +255,26 @@ class FastPath:
         """
         now = time.monotonic()
         cached = self._templates.get(sc.stream)
-        if cached is not None:
-            born, c_producer, c_sc, c_headers, c_options, tpl = cached
-            if now - born < TEMPLATE_MAX_AGE and c_producer is producer and c_sc is sc:
-                if c_headers == extra_headers and c_options == options:
-                    return tpl
+        if cached is not None and now - cached.born < TEMPLATE_MAX_AGE:
+            if cached.producer is producer and cached.sc is sc:
+                if cached.headers == extra_headers and cached.options == options:
+                    return cached.template
         tpl = self.template(producer, sc, extra_headers, options)
         if tpl.headers.get("expires") is None and tpl.headers.get("eta") is None:
             if len(self._templates) >= 1024:  # streams found by patterns come and go: never an unbounded cache
                 self._templates.clear()
-            self._templates[sc.stream] = (now, producer, sc, dict(extra_headers), dict(options), tpl)
+                self._envelopes.clear()
+            self._templates[sc.stream] = _Cached(now, producer, sc, dict(extra_headers), dict(options), tpl)
         return tpl
 
     def publish(
         self,
-        producer: Any,
-        sc: Any,
+        producer: Producer,
+        sc: StreamConfig,
         calls: Sequence[Call],
         *,
-        extra_headers: Mapping[str, Any],
-        options: Mapping[str, Any],
+        extra_headers: Mapping[str, object],
+        options: Mapping[str, object],
         trace: Mapping[str, Mapping[str, str]] | None = None,
     ) -> list[tuple[str, str]] | None:
         """LPUSH one message per call in one pipeline; ``None`` means "use the standard path".
@@ -319,14 +290,14 @@ class FastPath:
         self.push(producer, built)
         return built.failed
 
-    def build(  # noqa: C901 -- every case where the template cannot give send_task's bytes steps aside here
+    def build(
         self,
-        producer: Any,
-        sc: Any,
+        producer: Producer,
+        sc: StreamConfig,
         calls: Sequence[Call],
         *,
-        extra_headers: Mapping[str, Any],
-        options: Mapping[str, Any],
+        extra_headers: Mapping[str, object],
+        options: Mapping[str, object],
         trace: Mapping[str, Mapping[str, str]] | None = None,
     ) -> Built | None:
         """The batch's messages, built but not sent; ``None`` means "use the standard path" (see ``reason``).
@@ -334,93 +305,52 @@ class FastPath:
         ``trace`` maps entry ids to their trace headers (``stream_trace_fields``): such
         an entry's headers differ from the batch's envelope, so its message is encoded whole.
         """
+        tpl = self._batch_template(producer, sc, extra_headers, options)
+        if tpl is None:
+            return None
+        on_task_call = None if tpl.ignore_result else self.app.backend.on_task_call
+        uuid4 = self._uuid4
+        # Per batch, once: the delivery tags, the body's constant tail and the
+        # envelope text around the per-entry values (envelope.py).
+        tags = uuid4_strings(len(calls)) if uuid4 is uuid.uuid4 else [str(uuid4()) for _ in calls]
+        kept = self._envelopes.get(sc.stream)
+        batch = _Batch(tpl, repr_limits(self.app), kept[1] if kept is not None and kept[0] is tpl else None)
+        payloads: list[str] = []
+        failed: list[tuple[str, str]] = []
+        message = batch.message
+        for (entry_id, task_id, args, kwargs), tag in zip(calls, tags, strict=True):
+            try:
+                payloads.append(message(entry_id, task_id, args, kwargs, tag, trace.get(entry_id) if trace else None))
+            except Exception as exc:  # this entry cannot be encoded; the rest can
+                failed.append((entry_id, f"{type(exc).__name__}: {exc}"))
+                continue
+            if on_task_call is not None:
+                on_task_call(producer, task_id)
+        if batch.envelope is not None:
+            if len(self._envelopes) >= 1024:  # never an unbounded cache
+                self._envelopes.clear()
+            self._envelopes[sc.stream] = (tpl, batch.envelope)
+        return Built(tpl.key, payloads, failed)
+
+    def _batch_template(
+        self, producer: Producer, sc: StreamConfig, extra_headers: Mapping[str, object], options: Mapping[str, object]
+    ) -> _Template | None:
+        """The batch's template, or None (``reason`` set and logged once) when it needs the standard path."""
         reason = self.reason = self._static_reason(producer)
         if reason is None:
             try:
-                tpl = self._recent_template(producer, sc, extra_headers, options)
+                return self._recent_template(producer, sc, extra_headers, options)
             except Unsupported as exc:
                 reason = str(exc)
             except producer.connection.connection_errors:
                 raise
             except Exception as exc:  # the standard path will dead-letter or retry as it always does
                 reason = f"building the message template failed: {type(exc).__name__}: {exc}"
-        if reason is not None:
-            self.reason = reason
-            self._skip(reason)
-            return None
-        failed: list[tuple[str, str]] = []
-        args_max, kwargs_max, maxlevels = repr_limits(self.app)
-        on_task_call = None if tpl.ignore_result else self.app.backend.on_task_call
-        headers_tpl, props_tpl, embed = tpl.headers, tpl.properties, tpl.embed
-        id_headers, id_props = tpl.id_header_keys, tpl.id_property_keys
-        ctype, cenc, serializer = tpl.content_type, tpl.content_encoding, tpl.serializer
-        uuid4, b64encode = self._uuid4, base64.b64encode
-        payloads = []
-        # Per batch, once: the delivery tags, the body's constant tail and the
-        # envelope text around the per-entry values (envelope.py).
-        tags = uuid4_strings(len(calls)) if uuid4 is uuid.uuid4 else [str(uuid4()) for _ in calls]
-        body_tail = ", " + json_dumps(embed) + "]"
-        # kombu's dumps makes an encoder per call; one per batch encodes the same (checked on the first entry)
-        encode = kombu_json.JSONEncoder().encode
-        envelope: Envelope | None = None
-        spliced, checked = True, False  # the batch's first message decides how the others are made
-        for i, (entry_id, task_id, args, kwargs) in enumerate(calls):
-            # as as_task_v2 does: an empty argument list is shown as "()"
-            shown_args: list[Any] | tuple[()] = args or ()
-            kwargs = kwargs or {}
-            try:
-                if checked:
-                    body = _body(shown_args, kwargs, embed, serializer, body_tail if spliced else None, encode)
-                else:
-                    body = serialize((shown_args, kwargs, embed), serializer=serializer)[2]
-                    spliced = _body(shown_args, kwargs, embed, serializer, body_tail, encode) == body
-                body64 = b64encode(body if isinstance(body, bytes) else body.encode(cenc)).decode()
-                argsrepr = argument_repr(shown_args, args_max, maxlevels)
-                kwargsrepr = argument_repr(kwargs, kwargs_max, maxlevels)
-                if not checked:
-                    checked = True
-                    envelope = build_envelope(
-                        json_dumps, content_type=ctype, content_encoding=cenc, headers=headers_tpl,
-                        properties=props_tpl, id_header_keys=id_headers, id_property_keys=id_props,
-                        sample=(body64, task_id, entry_id, argsrepr, kwargsrepr, tags[i]),
-                    )  # fmt: skip
-                traced = trace.get(entry_id) if trace else None
-                if envelope is not None and traced is None:
-                    payloads.append(envelope.fill(body64, task_id, entry_id, argsrepr, kwargsrepr, tags[i]))
-                    if on_task_call is not None:
-                        on_task_call(producer, task_id)
-                    continue
-                headers = dict(headers_tpl)
-                for k in id_headers:
-                    headers[k] = task_id
-                headers["redis_stream_id"] = entry_id
-                if traced:
-                    headers.update(traced)  # after redis_stream_id, as message_headers() orders them
-                headers["argsrepr"] = argsrepr
-                headers["kwargsrepr"] = kwargsrepr
-                props = dict(props_tpl)
-                for k in id_props:
-                    props[k] = task_id
-                props["delivery_tag"] = tags[i]
-                payloads.append(
-                    json_dumps(
-                        {
-                            "body": body64,
-                            "content-encoding": cenc,
-                            "content-type": ctype,
-                            "headers": headers,
-                            "properties": props,
-                        }
-                    )
-                )
-            except Exception as exc:  # this entry cannot be encoded; the rest can
-                failed.append((entry_id, f"{type(exc).__name__}: {exc}"))
-                continue
-            if on_task_call is not None:
-                on_task_call(producer, task_id)
-        return Built(tpl.key, payloads, failed)
+        self.reason = reason
+        self._skip(reason)
+        return None
 
-    def push(self, producer: Any, built: Built) -> None:
+    def push(self, producer: Producer, built: Built) -> None:
         """LPUSH the built messages in one pipeline on the broker connection."""
         if built.payloads:
             with self._client_for(producer.channel) as client:
@@ -431,3 +361,183 @@ class FastPath:
                 for i in range(0, len(built.payloads), LPUSH_CHUNK):
                     pipe.lpush(built.key, *built.payloads[i : i + LPUSH_CHUNK])
                 pipe.execute()
+
+
+class _Cached(NamedTuple):
+    """A template kept for a stream's next batches, with what it was built for."""
+
+    born: float
+    producer: Producer
+    sc: StreamConfig
+    headers: dict[str, object]
+    options: dict[str, object]
+    template: _Template
+
+
+def _from_published(producer: Producer, body: object, kw: dict[str, object]) -> _Template:
+    """The template of the message ``send_task`` published (``body``, publish keywords ``kw``)."""
+    exchange = kw.pop("exchange", None)
+    exchange_name = getattr(exchange, "name", exchange)
+    if exchange_name:
+        raise Unsupported(f"the task is routed through exchange {exchange_name!r}")
+    if kw.pop("compression", None):
+        raise Unsupported("task_compression is set")
+    serializer = kw.pop("serializer", None) or producer.serializer
+    if serializer != "json":
+        raise Unsupported(f"the task serializer is {serializer!r}")
+    if not isinstance(body, tuple) or len(body) != 3:
+        raise Unsupported("the task body is not protocol 2")
+    routing_key = kw.pop("routing_key")
+    headers = dict(kw.pop("headers", None) or {})  # type: ignore[call-overload]  # send_task's headers dict
+    priority = kw.pop("priority", 0)
+    for entity in kw.pop("declare", None) or ():  # type: ignore[attr-defined]  # send_task's declare list
+        producer.maybe_declare(entity)  # type: ignore[no-untyped-call]
+    for unused in ("retry", "retry_policy", "timeout", "confirm_timeout", "mandatory", "immediate"):
+        kw.pop(unused, None)
+    expiration = kw.pop("expiration", None)
+    properties = kw  # correlation_id, reply_to and any other message property, as kombu keeps them
+    delivery_mode = kw.pop("delivery_mode", None)
+    _, properties["delivery_mode"] = producer._delivery_details(producer.exchange, delivery_mode)  # type: ignore[no-untyped-call]
+    if expiration is not None:
+        properties["expiration"] = str(int(expiration * 1000))  # type: ignore[operator]  # seconds, a number
+    content_type, content_encoding, _ = serialize(body, serializer=serializer)
+    channel = producer.channel
+    message = channel.prepare_message(b"", priority, content_type, content_encoding, headers, properties)
+    channel._inplace_augment_message(message, "", routing_key)
+    props = message["properties"]
+    if props.get("body_encoding") != "base64":
+        raise Unsupported(f"the channel body encoding is {props.get('body_encoding')!r}")
+    key = channel._q_for_pri(routing_key, channel._get_message_priority(message, reverse=False))
+    props.pop("delivery_tag", None)
+    return _Template(
+        key=key,
+        headers=message["headers"],
+        properties=props,
+        content_type=message["content-type"],
+        content_encoding=message["content-encoding"],
+        serializer=str(serializer),
+        ignore_result=bool(message["headers"].get("ignore_result")),
+        id_header_keys=tuple(k for k, v in message["headers"].items() if v == TEMPLATE_ID),
+        id_property_keys=tuple(k for k, v in props.items() if v == TEMPLATE_ID),
+        embed=body[2],
+    )
+
+
+def _encoder() -> Callable[[object], str]:
+    """kombu's ``JSONEncoder().encode``, without its per-call set-up where CPython's C encoder is there.
+
+    ``JSONEncoder.encode`` rebuilds the C encoder and looks up its options on
+    every call (a micro-second of the ~3 it takes for an entry's arguments);
+    this builds it from the same options directly. The batch's first body is
+    compared with kombu's own, so an encoder that differed would only cost
+    the splice for that batch.
+    """
+    encoder = kombu_json.JSONEncoder()
+    make = c_make_encoder
+    if make is None or encoder.indent is not None:
+        return cast("Callable[[object], str]", encoder.encode)
+    quote = encode_basestring_ascii if encoder.ensure_ascii else encode_basestring
+    default, key_sep, item_sep = encoder.default, encoder.key_separator, encoder.item_separator
+    sort_keys, skipkeys, allow_nan, circular = (
+        encoder.sort_keys,
+        encoder.skipkeys,
+        encoder.allow_nan,
+        encoder.check_circular,
+    )
+
+    def encode(value: object) -> str:
+        if isinstance(value, str):
+            return quote(value)
+        markers: dict[int, object] | None = {} if circular else None
+        run = make(markers, default, quote, None, key_sep, item_sep, sort_keys, skipkeys, allow_nan)
+        return "".join(run(value, 0))
+
+    return encode
+
+
+class _Batch:
+    """One batch's encoding state: the template, the repr limits, and what its first message decided."""
+
+    __slots__ = (
+        "args_max",
+        "checked",
+        "encode",
+        "envelope",
+        "kwargs_max",
+        "maxlevels",
+        "spliced",
+        "tail",
+        "tpl",
+        "tried",
+    )
+
+    def __init__(self, tpl: _Template, limits: tuple[int, int, int], envelope: Envelope | None = None) -> None:
+        self.tpl = tpl
+        self.args_max, self.kwargs_max, self.maxlevels = limits
+        self.tail = ", " + json_dumps(tpl.embed) + "]"  # the body's constant tail
+        # kombu's dumps makes an encoder per call; one per batch encodes the same (checked on the first entry)
+        self.encode = _encoder()
+        self.envelope = envelope  # given: an earlier batch of the same template built and checked it
+        self.spliced, self.checked = True, False  # the batch's first message decides how the others are made
+        self.tried = False  # whether this batch built an envelope (once, on its first message)
+
+    def message(
+        self, entry_id: str, task_id: str, args: list[object], kwargs: dict[str, object], tag: str,
+        traced: Mapping[str, str] | None,
+    ) -> str:  # fmt: skip
+        """One message's JSON text, as kombu's Redis transport would LPUSH it."""
+        tpl = self.tpl
+        # as as_task_v2 does: an empty argument list is shown as "()"
+        shown_args: list[object] | tuple[()] = args or ()
+        kwargs = kwargs or {}
+        if self.checked:
+            body = _body(
+                shown_args, kwargs, tpl.embed, tpl.serializer, self.tail if self.spliced else None, self.encode
+            )
+        else:
+            body = serialize((shown_args, kwargs, tpl.embed), serializer=tpl.serializer)[2]
+            self.spliced = _body(shown_args, kwargs, tpl.embed, tpl.serializer, self.tail, self.encode) == body
+        raw = body if isinstance(body, bytes) else body.encode(tpl.content_encoding)
+        body64 = binascii.b2a_base64(raw, newline=False).decode()  # base64.b64encode's text, one call less
+        argsrepr = argument_repr(shown_args, self.args_max, self.maxlevels)
+        kwargsrepr = argument_repr(kwargs, self.kwargs_max, self.maxlevels)
+        if not self.checked:
+            self.checked = True
+        if self.envelope is None and not self.tried:
+            self.tried = True
+            self.envelope = build_envelope(
+                json_dumps, content_type=tpl.content_type, content_encoding=tpl.content_encoding,
+                headers=tpl.headers, properties=tpl.properties, id_header_keys=tpl.id_header_keys,
+                id_property_keys=tpl.id_property_keys, sample=(body64, task_id, entry_id, argsrepr, kwargsrepr, tag),
+            )  # fmt: skip
+        if self.envelope is not None and traced is None:
+            return self.envelope.fill(body64, task_id, entry_id, argsrepr, kwargsrepr, tag)
+        return self._whole(body64, task_id, entry_id, argsrepr, kwargsrepr, tag, traced)
+
+    def _whole(
+        self, body64: str, task_id: str, entry_id: str, argsrepr: str, kwargsrepr: str, tag: str,
+        traced: Mapping[str, str] | None,
+    ) -> str:  # fmt: skip
+        """The message encoded whole (a traced entry, or an encoder the envelope could not split)."""
+        tpl = self.tpl
+        headers = dict(tpl.headers)
+        for k in tpl.id_header_keys:
+            headers[k] = task_id
+        headers["redis_stream_id"] = entry_id
+        if traced:
+            headers.update(traced)  # after redis_stream_id, as message_headers() orders them
+        headers["argsrepr"] = argsrepr
+        headers["kwargsrepr"] = kwargsrepr
+        props = dict(tpl.properties)
+        for k in tpl.id_property_keys:
+            props[k] = task_id
+        props["delivery_tag"] = tag
+        return json_dumps(
+            {
+                "body": body64,
+                "content-encoding": tpl.content_encoding,
+                "content-type": tpl.content_type,
+                "headers": headers,
+                "properties": props,
+            }
+        )

@@ -25,12 +25,16 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import cast
 
+from redis.cluster import ClusterNode, RedisCluster
 from redis.crc import key_slot
 from redis.exceptions import AskError, ClusterDownError, MovedError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.typing import EncodableT
+
+Items = list[tuple[object, object]]  # a read reply's (stream, entries) pairs
 
 __all__ = ["IDLE_WAIT_MAX_MS", "IDLE_WAIT_MIN_MS", "is_cluster", "read_slots"]
 
@@ -46,50 +50,57 @@ class _Idle(threading.local):
     """Per reader thread and per read command: the current idle wait and the slot last seen busy."""
 
     def __init__(self) -> None:
-        self.wait: dict[tuple[Any, ...], int] = {}
-        self.hot: dict[tuple[Any, ...], int] = {}
+        self.wait: dict[tuple[EncodableT, ...], int] = {}
+        self.hot: dict[tuple[EncodableT, ...], int] = {}
 
 
 _idle = _Idle()
 
 
-def is_cluster(client: Any) -> bool:
+def is_cluster(client: object) -> bool:
     return hasattr(client, "nodes_manager")
 
 
-def _command(head: Sequence[Any], positions: Mapping[str, str]) -> list[Any]:
+def _command(head: Sequence[EncodableT], positions: Mapping[str, str]) -> list[EncodableT]:
     return [*head, "STREAMS", *positions.keys(), *positions.values()]
 
 
-def _items(reply: Any) -> list[Any]:
+def _execute(target: object, command: Sequence[EncodableT]) -> object:
+    """``target.execute_command(*command)`` on a cluster client or a node's pipeline (untyped in redis-py)."""
+    return target.execute_command(*command)  # type: ignore[attr-defined]
+
+
+def _items(reply: object) -> Items:
     if not reply:
         return []
-    return list(reply.items()) if isinstance(reply, dict) else list(reply)
+    return list(reply.items()) if isinstance(reply, dict) else list(cast("Items", reply))
 
 
-def _poll(client: Any, head: Sequence[Any], by_slot: Mapping[int, Mapping[str, str]]) -> tuple[list[Any], int | None]:
+def _poll(
+    client: RedisCluster, head: Sequence[EncodableT], by_slot: Mapping[int, Mapping[str, str]]
+) -> tuple[Items, int | None]:
     """One non-blocking read per slot, pipelined per master; the entries read and a slot that had some."""
     manager = client.nodes_manager
-    by_node: dict[str, tuple[Any, list[int]]] = {}
+    by_node: dict[str, tuple[ClusterNode, list[int]]] = {}
     for slot in by_slot:
         node = manager.get_node_from_slot(slot)
         by_node.setdefault(node.name, (node, []))[1].append(slot)
-    items: list[Any] = []
+    items: Items = []
     busy: int | None = None
     for node, slots in by_node.values():
         commands = [_command(head, by_slot[slot]) for slot in slots]
         try:
             pipe = client.get_redis_connection(node).pipeline(transaction=False)
             for command in commands:
-                pipe.execute_command(*command)
+                _execute(pipe, command)
             replies = pipe.execute(raise_on_error=False)
         except UNREACHABLE:
             # The master is gone or moved (failover): the cluster client finds
             # the new one, or raises and the reader backs off.
-            replies = [client.execute_command(*command) for command in commands]
+            replies = [_execute(client, command) for command in commands]
         for slot, command, reply in zip(slots, commands, replies, strict=True):
             if isinstance(reply, REDIRECTS):
-                reply = client.execute_command(*command)
+                reply = _execute(client, command)
             elif isinstance(reply, Exception):
                 raise reply
             found = _items(reply)
@@ -99,7 +110,9 @@ def _poll(client: Any, head: Sequence[Any], by_slot: Mapping[int, Mapping[str, s
     return items, busy
 
 
-def read_slots(client: Any, head: Sequence[Any], positions: Mapping[str, str], block_ms: int | None) -> list[Any]:
+def read_slots(
+    client: RedisCluster, head: Sequence[EncodableT], positions: Mapping[str, str], block_ms: int | None
+) -> Items:
     """``head + [BLOCK] + STREAMS ...`` over streams of any number of slots; the reply's (key, entries) pairs.
 
     ``head`` is the read command without BLOCK and STREAMS
@@ -108,9 +121,9 @@ def read_slots(client: Any, head: Sequence[Any], positions: Mapping[str, str], b
     by_slot: dict[int, dict[str, str]] = {}
     for stream, position in positions.items():
         by_slot.setdefault(key_slot(stream.encode()), {})[stream] = position
-    block = [] if block_ms is None else ["BLOCK", block_ms]
+    block: list[EncodableT] = [] if block_ms is None else ["BLOCK", block_ms]
     if len(by_slot) <= 1:
-        return _items(client.execute_command(*_command([*head, *block], positions)))
+        return _items(_execute(client, _command([*head, *block], positions)))
     key = tuple(head)
     items, busy = _poll(client, head, by_slot)
     if busy is not None:
@@ -121,7 +134,7 @@ def read_slots(client: Any, head: Sequence[Any], positions: Mapping[str, str], b
     wait = max(1, min(_idle.wait.get(key, IDLE_WAIT_MIN_MS), block_ms))
     hot = _idle.hot.get(key)
     slot = hot if hot in by_slot else next(iter(by_slot))
-    found = _items(client.execute_command(*_command([*head, "BLOCK", wait], by_slot[slot])))
+    found = _items(_execute(client, _command([*head, "BLOCK", wait], by_slot[slot])))
     if any(entries for _, entries in found):
         _idle.wait[key] = IDLE_WAIT_MIN_MS
     else:
