@@ -11,11 +11,11 @@ from celery import Celery
 from celery.utils.log import get_logger
 from kombu.messaging import Producer
 from redis.commands.core import Script
-from redis.exceptions import NoPermissionError, ResponseError
+from redis.exceptions import ResponseError
 from redis.typing import EncodableT
 
 from .config import PUBLISH_TIMEOUTS, BridgeConfig, StreamConfig
-from .connection import Client, connect
+from .connection import Client, connect, is_denied
 from .exceptions import StreamError
 from .fastpath import LPUSH_CHUNK, Built, FastPath
 from .position import DeadLetter, Lease, LeaseLost
@@ -176,10 +176,6 @@ def _user(client: redis.Redis) -> str | None:
     return client.connection_pool.connection_kwargs.get("username") or None  # None and "": the default user
 
 
-def _noperm(exc: BaseException) -> bool:
-    return isinstance(exc, NoPermissionError) or (isinstance(exc, ResponseError) and str(exc).startswith("NOPERM"))
-
-
 class _NoInfo(StreamError):
     """The Redis user may not run INFO: the servers cannot be compared (for good, in this worker)."""
 
@@ -208,7 +204,7 @@ def judge(fast_path: FastPath, client: Client, producer: Producer) -> tuple[Guar
         try:
             streams, other = server_of(client), server_of(broker)
         except ResponseError as exc:
-            if _noperm(exc):
+            if is_denied(exc):
                 raise _NoInfo("the Redis user may not run INFO, which tells whether both are one server") from exc
             raise
     if streams.run_id != other.run_id:
@@ -381,7 +377,7 @@ class Step:
         try:
             reply = script(keys=keys, args=argv.args(fence, streams_db), client=self.client)
         except ResponseError as exc:
-            if not _noperm(exc):
+            if not is_denied(exc):
                 raise
             self.owner.refused = f"the streams Redis user may not run the atomic step ({str(exc)[:200]})"
             logger.warning("redis-stream: stream=%s: %s; retrying the batch, at least once", sc.stream, exc)

@@ -7,6 +7,7 @@ from redis.exceptions import ResponseError
 
 from .cli_common import Client, client_for, config_of, confirm, echo, mapped, redis_errors, rows
 from .config import StreamConfig
+from .connection import is_missing_key
 from .reader import as_entry_id, ensure_group, last_id
 from .status import parse_target, text
 from .terminal import safe
@@ -48,7 +49,7 @@ def _group_position(client: Client, sc: StreamConfig) -> str | None:
     try:
         groups = client.xinfo_groups(sc.stream)
     except ResponseError as exc:
-        if "no such key" in str(exc).lower():
+        if is_missing_key(exc):
             return None
         raise
     found = next((g for g in rows(groups) if text(g.get("name")) == sc.group), None)

@@ -31,6 +31,7 @@ __all__ = [
     "connect",
     "describe",
     "is_busy_group",
+    "is_denied",
     "is_missing_key",
     "items",
     "mapping",
@@ -77,6 +78,11 @@ def is_cluster(client: object) -> TypeGuard[RedisCluster]:
 def is_busy_group(exc: BaseException) -> bool:
     """XGROUP CREATE's BUSYGROUP: the group exists already, which is success."""
     return classify(exc) == "busy group"
+
+
+def is_denied(exc: BaseException) -> bool:
+    """The Redis user may not run the command (an ACL NOPERM), as opposed to a server that is away."""
+    return isinstance(exc, NoPermissionError) or (isinstance(exc, ResponseError) and str(exc).startswith("NOPERM"))
 
 
 def is_missing_key(exc: BaseException) -> bool:
