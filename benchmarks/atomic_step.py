@@ -37,14 +37,14 @@ import celery  # noqa: E402
 import redis  # noqa: E402
 from celery import Celery  # noqa: E402
 
-from benchmarks.run import fill_stream, group_done, log_time  # noqa: E402
+from benchmarks.common import RedisServer, Worker, fill_stream, group_done, wait_for  # noqa: E402
 from celery_redis_stream.atomic import ExactlyOnce  # noqa: E402
 from celery_redis_stream.config import load_config  # noqa: E402
 from celery_redis_stream.dispatch import Dispatcher  # noqa: E402
+from celery_redis_stream.harness import Ready  # noqa: E402
 from celery_redis_stream.loops import StreamStats  # noqa: E402
 from celery_redis_stream.position import Lease, commit  # noqa: E402
 from celery_redis_stream.reader import connect, read_group, read_tracked  # noqa: E402
-from tests.support import RedisServer, Worker, wait_for  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 STREAM = "bench"
@@ -138,14 +138,14 @@ def worker_rate(streams: RedisServer, broker: RedisServer, batch: int, n: int, n
         "BENCH_RESULTS_URL": streams.url_db(2),
         "BENCH_CONF": json.dumps(conf),
     }
-    worker = Worker(env, name, queues="unused", app="benchmarks.benchapp").start()
+    worker = Worker(env, name, queues="unused").start()
     try:
         sink = broker.client(1)
         done = wait_for(
             lambda: group_done(streams.client(0), STREAM) == (0, 0) and sink.llen("sink") >= n and time.time(),
             600, "the backlog dispatched", interval=0.01,
         )  # fmt: skip
-        started = log_time(worker, "redis-stream: reading")
+        started = worker.event_time(Ready.STARTED)
         want = "exactly-once" if streams is broker else "at-least-once"
         if f"; {want}: " not in worker.output():
             raise RuntimeError(f"the worker did not run {want}:\n" + worker.output()[-2000:])

@@ -79,26 +79,27 @@ class Cluster(harness.Cluster):
 class Worker(harness.WorkerProcess):
     """A real `celery worker` subprocess on benchmarks/benchapp.py (settings from BENCH_* variables).
 
-    ``start()`` waits until the redis-stream step started its readers; ``log_time`` reads Celery's log times.
+    ``start()`` waits until the redis-stream step started its readers; ``event_time(Ready.STARTED)`` says when.
     """
 
-    def __init__(self, env: dict[str, str], name: str, *, queues: str, extra: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        name: str,
+        *,
+        queues: str,
+        extra: Iterable[str] = (),
+        app: str = "benchmarks.benchapp",
+    ) -> None:
         args = [
             "--pool", "solo", "--loglevel", "INFO", "--without-gossip", "--without-mingle", "--without-heartbeat",
             "-Q", queues, *extra,
         ]  # fmt: skip
-        super().__init__("benchmarks.benchapp", name, env={**env, "PYTHONPATH": str(ROOT)}, cwd=ROOT, args=args)
+        super().__init__(app, name, env={**env, "PYTHONPATH": str(ROOT)}, cwd=ROOT, args=args)
 
     def start(self, wait: Ready | str | None = Ready.STARTED, timeout: float = 60) -> Worker:
         super().start(wait, timeout)
         return self
-
-    def log_time(self, text: str) -> float:
-        """Wall time of the first log line containing ``text`` (Celery's asctime: local time, ms)."""
-        for line in self.output().splitlines():
-            if text in line and line.startswith("["):
-                return datetime.strptime(line[1:24], "%Y-%m-%d %H:%M:%S,%f").timestamp()
-        raise RuntimeError(f"no {text!r} in the log of worker {self.name}")
 
     def stop(self, timeout: float = 30) -> int | None:
         try:

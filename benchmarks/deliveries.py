@@ -20,27 +20,26 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.run import RESULTS, STREAM, Bench, fill_stream, group_done, log, log_time  # noqa: E402
-from tests.support import wait_for  # noqa: E402
+from benchmarks.common import RESULTS, STREAM, Bench, fill_stream, group_done, log, stream_conf, wait_for  # noqa: E402
+from celery_redis_stream.harness import Ready  # noqa: E402
 
 
-def drain(bench: Bench, max_deliveries: int | None) -> float:
-    """Entries/s of one worker dispatching the whole backlog (from its start-up log line to the last XACK)."""
-    n = bench.args.entries
+def drain(bench: Bench, n: int, batch: int, max_deliveries: int | None) -> float:
+    """Entries/s of one worker dispatching the whole backlog (from its step's start to the last XACK)."""
     bench.reset()
     fill_stream(bench.streams, STREAM, n)
-    conf = {**bench.stream_conf(fast=True), "stream_max_deliveries": max_deliveries}
+    conf = {**stream_conf(batch, fast=True), "stream_max_deliveries": max_deliveries}
     with bench.worker("unused", **conf) as worker:
         done = wait_for(
             lambda: group_done(bench.streams, STREAM) == (0, 0) and bench.broker.llen("sink") >= n and time.time(),
             600, "the backlog dispatched", interval=0.01,
         )  # fmt: skip
-        started = log_time(worker, "redis-stream: reading")
+        started = worker.event_time(Ready.STARTED)
     assert bench.broker.llen("sink") == n
     return n / (done - started)
 
 
-def record_cost(bench: Bench, batches: int = 2000) -> float:
+def record_cost(bench: Bench, batch: int, batches: int = 2000) -> float:
     """Seconds per batch of what the bookkeeping adds: the record's HSET, and an HDEL in a pipeline."""
     from celery_redis_stream import keys
     from celery_redis_stream.config import StreamConfig
@@ -51,7 +50,7 @@ def record_cost(bench: Bench, batches: int = 2000) -> float:
         tracker_key=keys.tracker(STREAM), batch_size=100, dead_letter=keys.dead_letter(STREAM),
     )  # fmt: skip
     deliveries, client = Deliveries("bench@host"), bench.streams
-    ids = [f"1700000000000-{i}" for i in range(bench.args.batch)]
+    ids = [f"1700000000000-{i}" for i in range(batch)]
     started = time.perf_counter()
     for _ in range(batches):
         deliveries.begin(client, sc, ids)
@@ -69,15 +68,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--batch", type=int, default=100)
     args = parser.parse_args(argv)
-    bench = Bench(args)
+    bench = Bench()
     rates: dict[str, list[float]] = {"off": [], "on": []}
     try:
         for _ in range(args.runs):
             for label, value in (("off", None), ("on", 5)):
-                rate = drain(bench, value)
+                rate = drain(bench, args.entries, args.batch, value)
                 rates[label].append(rate)
                 log(f"max_deliveries={value}: {rate:,.0f} entries/s")
-        cost = statistics.median(record_cost(bench) for _ in range(3))
+        cost = statistics.median(record_cost(bench, args.batch) for _ in range(3))
     finally:
         bench.close()
     off, on = statistics.median(rates["off"]), statistics.median(rates["on"])

@@ -15,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import psutil
 
 from benchmarks.common import Bench, log, stream_conf
+from celery_redis_stream.harness import Ready
 
 
 def cpu_percent(pid: int, seconds: float) -> float:
@@ -30,7 +31,7 @@ def cpu_percent(pid: int, seconds: float) -> float:
 def idle_cpu(bench: Bench, seconds: float, with_bridge: bool) -> float:
     bench.reset()
     extra = () if with_bridge else ("--without-redis-stream",)
-    wait = "redis-stream: reading" if with_bridge else "ready."
+    wait: Ready | str = Ready.STARTED if with_bridge else "ready."  # no redis-stream step: Celery's own line
     with bench.worker("idle", wait=wait, extra=extra, **stream_conf(100, start="$")) as worker:
         return cpu_percent(worker.pid, seconds)
 

@@ -30,7 +30,6 @@ import statistics
 import sys
 import time
 import uuid
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +44,8 @@ import redis  # noqa: E402
 from celery import Celery  # noqa: E402
 from kombu import Connection, Exchange, Queue  # noqa: E402
 
-from tests.support import RedisServer, Worker, wait_for  # noqa: E402
+from benchmarks.common import RedisServer, Worker, wait_for  # noqa: E402
+from celery_redis_stream.harness import Ready  # noqa: E402
 
 AMQP_URL = os.environ.get("CRS_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -138,7 +138,7 @@ class AmqpBench:
         worker.start()
         try:
             done = wait_for(lambda: self.acknowledged() and time.time(), 600, "every entry confirmed", interval=0.01)
-            started = log_time(worker, "redis-stream: reading")
+            started = worker.event_time(Ready.STARTED)
         finally:
             worker.stop()
         size = self.queue_size()
@@ -171,14 +171,6 @@ class AmqpBench:
         except AssertionError as exc:
             raise RuntimeError(f"{exc}: {self.queue_size()} there") from None
         return n / elapsed
-
-
-def log_time(worker: Worker, text: str) -> float:
-    """Wall time of the first worker log line containing ``text`` (Celery's asctime, local time, ms)."""
-    for line in worker.output().splitlines():
-        if text in line and line.startswith("["):
-            return datetime.strptime(line[1:24], "%Y-%m-%d %H:%M:%S,%f").timestamp()
-    raise RuntimeError(f"no {text!r} in the worker log")
 
 
 def machine(bench: AmqpBench) -> dict[str, Any]:

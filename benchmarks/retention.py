@@ -31,12 +31,12 @@ sys.path.insert(0, str(ROOT))
 import redis  # noqa: E402
 from celery import Celery  # noqa: E402
 
+from benchmarks.common import RedisServer  # noqa: E402
 from celery_redis_stream.config import StreamConfig, load_config  # noqa: E402
 from celery_redis_stream.hygiene import reap_consumers  # noqa: E402
 from celery_redis_stream.loops import StreamStats  # noqa: E402
 from celery_redis_stream.retention import retention_key, trim_passed  # noqa: E402
 from celery_redis_stream.upkeep import Upkeep  # noqa: E402
-from tests.support import RedisServer  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 STREAM = "bench"

@@ -27,7 +27,6 @@ import json
 import statistics
 import sys
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +35,8 @@ sys.path.insert(0, str(ROOT))
 
 import redis  # noqa: E402
 
-from tests.support import RedisServer, Worker, wait_for  # noqa: E402
+from benchmarks.common import RedisServer, Worker, wait_for  # noqa: E402
+from celery_redis_stream.harness import Ready  # noqa: E402
 
 STREAM = "bench"
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
@@ -50,13 +50,6 @@ def fill(client: redis.Redis, n: int, traced: bool) -> None:
         if i % 2000 == 1999:
             pipe.execute()
     pipe.execute()
-
-
-def started_at(worker: Worker) -> float:
-    for line in worker.output().splitlines():
-        if "redis-stream: reading" in line and line.startswith("["):
-            return datetime.strptime(line[1:24], "%Y-%m-%d %H:%M:%S,%f").timestamp()
-    raise RuntimeError("no 'redis-stream: reading' in the worker log")
 
 
 def bridge(server: RedisServer, n: int, batch: int, *, fast: bool, traced: bool, app: str) -> float:
@@ -83,7 +76,7 @@ def bridge(server: RedisServer, n: int, batch: int, *, fast: bool, traced: bool,
         used_fast = "fast path not used" not in worker.output()
         if fast and app == "benchmarks.benchapp" and not used_fast:
             raise RuntimeError("the fast path was not used:\n" + worker.output()[-2000:])
-        return n / (done - started_at(worker))
+        return n / (done - worker.event_time(Ready.STARTED))
     finally:
         worker.stop()
 
