@@ -5,11 +5,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from celery import Celery
-from celery.worker import state as worker_state
 from kombu import exceptions as kombu_exceptions
 from kombu.connection import Connection
 from kombu.entity import Queue
@@ -35,16 +34,6 @@ TASK_ID_NAMESPACE = uuid.UUID("6f1c5c2e-52d3-4b7e-9a55-0c6a2f3e1d10")
 BATCH_PUBLISH_ERRORS: tuple[type[BaseException], ...] = tuple(
     getattr(kombu_exceptions, name) for name in ("BatchPublishError",) if hasattr(kombu_exceptions, name)
 )
-
-# While the worker runs tasks of its own, a batch that took at least
-# YIELD_MIN_SECONDS, or held at least YIELD_MIN_ENTRIES entries (a backlog:
-# the fast path sends 100 in about 4 ms), is followed by a pause of its time
-# x YIELD_SHARE, capped.
-YIELD_MIN_SECONDS = 0.005
-YIELD_MIN_ENTRIES = 50
-YIELD_SHARE = 4.0
-YIELD_MAX_SECONDS = 0.5
-
 
 class BrokerUnavailable(StreamError):
     """The broker did not accept a publish; the batch is retried, nothing is acknowledged."""
@@ -117,7 +106,6 @@ class Dispatcher:
         self.fast_path = FastPath(app)
         self.amqp_fast_path = AmqpFastPath(app)
         self._bound: dict[str, Queue] = {}
-        self._executed = worker_state.all_total_count[0]
         self._retryable: tuple[type[BaseException], ...] = (OperationalError, OSError, *BATCH_PUBLISH_ERRORS)
         self._confirms: amqp_confirms.Confirms | None = None
         self._amqp = False
@@ -197,22 +185,6 @@ class Dispatcher:
         together with the position move.
         """
         return self._send(sc, entries, counts, step)
-
-    def pace(self, elapsed: float, wait: Callable[[float], object], entries: int = 0) -> None:
-        """After a large batch, pause for four times its time if this worker runs tasks of its own.
-
-        The reader thread and the worker's consumer share one GIL; a reader
-        bridging a backlog flat out would otherwise leave the worker a fifth
-        of it. While the worker holds or has just run tasks, the reader takes
-        about a fifth; an idle worker's reader never waits, and small batches
-        (a steady trickle, where latency matters) never wait either. Called
-        after the batch was acknowledged, so a pause never holds a position.
-        """
-        executed = worker_state.all_total_count[0]
-        busy = bool(worker_state.reserved_requests) or executed != self._executed
-        self._executed = executed
-        if busy and (elapsed >= YIELD_MIN_SECONDS or entries >= YIELD_MIN_ENTRIES):
-            wait(min(elapsed * YIELD_SHARE, YIELD_MAX_SECONDS))
 
     def _send(
         self, sc: StreamConfig, entries: Sequence[RawEntry], counts: dict[str, int] | None, step: Step | None = None

@@ -185,37 +185,6 @@ def test_argument_repr_is_celery_saferepr(value: Any) -> None:
     assert argument_repr(value, 30, 3) == saferepr(value, 30, maxlevels=3)
 
 
-def test_reader_pauses_between_batches_only_while_the_worker_runs_its_own_tasks(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    from celery.worker import state as worker_state
-
-    from celery_redis_stream import dispatch
-
-    app = Celery("pace", set_as_current=False)
-    pauses: list[float] = []
-    dispatcher = Dispatcher(app, max_entry_bytes=1 << 20)
-    dispatcher.pace(0.1, pauses.append)  # an idle worker: no pause
-    assert pauses == []
-    monkeypatch.setattr(worker_state, "all_total_count", [worker_state.all_total_count[0] + 1])
-    dispatcher.pace(0.1, pauses.append)  # the worker ran a task since the last batch
-    assert pauses == [0.1 * dispatch.YIELD_SHARE]
-    dispatcher.pace(0.1, pauses.append)  # and none since
-    assert len(pauses) == 1
-    monkeypatch.setattr(worker_state, "all_total_count", [worker_state.all_total_count[0] + 1])
-    dispatcher.pace(dispatch.YIELD_MIN_SECONDS / 2, pauses.append)  # busy, but a small batch: latency first
-    assert len(pauses) == 1
-    monkeypatch.setattr(worker_state, "all_total_count", [worker_state.all_total_count[0] + 1])
-    dispatcher.pace(10.0, pauses.append)  # capped
-    assert pauses[-1] == dispatch.YIELD_MAX_SECONDS
-    monkeypatch.setattr(worker_state, "all_total_count", [worker_state.all_total_count[0] + 1])
-    dispatcher.pace(0.001, pauses.append, dispatch.YIELD_MIN_ENTRIES)  # a quick batch, but a full one: a backlog
-    assert pauses[-1] == 0.001 * dispatch.YIELD_SHARE
-    monkeypatch.setattr(worker_state, "all_total_count", [worker_state.all_total_count[0] + 1])
-    dispatcher.pace(0.001, pauses.append, 3)  # a quick small batch: a trickle, latency first
-    assert len(pauses) == 3
-
-
 def test_worker_executes_fast_path_messages_like_send_task_messages(
     redis_server: RedisServer, workers: list[Any]
 ) -> None:
