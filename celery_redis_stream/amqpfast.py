@@ -17,7 +17,6 @@ from . import amqpframes
 from .config import StreamConfig
 from .confirms import Confirms
 from .fastpath import (
-    PUBLISH_SIGNALS,
     TEMPLATE_ID,
     TEMPLATE_MAX_AGE,
     Call,
@@ -25,6 +24,7 @@ from .fastpath import (
     _body,
     _Recorder,
     argument_repr,
+    celery_reason,
     json_dumps,
     repr_limits,
     serialize,
@@ -168,15 +168,7 @@ class AmqpFastPath:
             logger.info("redis-stream: fast path not used (%s); publishing through send_task", reason)
 
     def _static_reason(self) -> str | None:
-        conf = self.app.conf
-        if conf.task_protocol != 2:
-            return f"task_protocol is {conf.task_protocol}, the fast path writes protocol 2"
-        if conf.task_send_sent_event:
-            return "task_send_sent_event is on"
-        for signal in PUBLISH_SIGNALS:
-            if signal.receivers:
-                return f"a {signal.name} receiver is connected"
-        return None
+        return celery_reason(self.app)
 
     def _recent_template(
         self,

@@ -42,6 +42,19 @@ TEMPLATE_MAX_AGE = 1.0  # seconds a batch template is reused for the same stream
 PUBLISH_SIGNALS = (signals.before_task_publish, signals.after_task_publish, signals.task_sent)
 
 
+def celery_reason(app: Celery) -> str | None:
+    """Why the app's own settings or signal receivers need ``send_task`` for every message (both fast paths)."""
+    conf = app.conf
+    if conf.task_protocol != 2:
+        return f"task_protocol is {conf.task_protocol}, the fast path writes protocol 2"
+    if conf.task_send_sent_event:
+        return "task_send_sent_event is on"
+    for signal in PUBLISH_SIGNALS:
+        if signal.receivers:
+            return f"a {signal.name} receiver is connected"
+    return None
+
+
 def _plain(s: object) -> bool:
     return type(s) is str and s.isprintable() and "'" not in s and "\\" not in s
 
@@ -188,14 +201,9 @@ class FastPath:
             logger.info("redis-stream: fast path not used (%s); publishing through send_task", reason)
 
     def _static_reason(self, producer: Producer) -> str | None:
-        conf = self.app.conf
-        if conf.task_protocol != 2:
-            return f"task_protocol is {conf.task_protocol}, the fast path writes protocol 2"
-        if conf.task_send_sent_event:
-            return "task_send_sent_event is on"
-        for signal in PUBLISH_SIGNALS:
-            if signal.receivers:
-                return f"a {signal.name} receiver is connected"
+        reason = celery_reason(self.app)
+        if reason is not None:
+            return reason
         channel = producer.channel
         transport = type(producer.connection.transport)
         if transport.__module__ != "kombu.transport.redis" or not hasattr(channel, "_q_for_pri"):
