@@ -160,12 +160,25 @@ class Discovery(Reader):
     def step(self, client: Client) -> None:
         for pattern in self.patterns:
             for key in client.scan_iter(match=pattern.stream, _type="STREAM", count=1000):
-                name = text(key)
+                try:
+                    name = key.decode() if isinstance(key, bytes) else text(key)
+                except UnicodeDecodeError:
+                    # Decoded with replacement it would name another key, which MKSTREAM would create.
+                    self._refuse_undecodable(pattern, key)
+                    continue
                 if name in self.refused or self.known(name):
                     continue
                 self._consider(pattern, name)
         self.first_scan = False
         self.stop_event.wait(self.config.discovery_interval)
+
+    def _refuse_undecodable(self, pattern: StreamConfig, key: bytes) -> None:
+        shown = repr(key)
+        if shown not in self.refused:
+            self.refused.add(shown)
+            logger.error(
+                "redis-stream: not reading stream %s matching %s: its name is not UTF-8", shown, pattern.stream
+            )
 
     def _consider(self, pattern: StreamConfig, name: str) -> None:
         sc = pattern.for_stream(name, cluster=self.config.cluster)

@@ -61,9 +61,11 @@ def _walk(lines: list[bytes], k: int, n: int, last: int) -> tuple[list[object], 
                 append(None)
                 k += 1
                 continue
+            if k + 1 >= last:
+                raise _Incomplete  # the value, or the CRLF after it, has not all arrived
             value = lines[k + 1]
             if len(value) != size:
-                raise _Incomplete if k + 1 >= last else _Other
+                raise _Other  # a value holding CRLF: redis-py's parser reads it
             append(value)
             k += 2
         elif kind == _STAR:

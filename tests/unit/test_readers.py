@@ -131,3 +131,24 @@ def test_discovery_hands_over_new_matching_streams_once(unit_db: UnitDB, client:
     discovery.step(client)
     ((later,), _) = found.call_args
     assert later.stream == "orders:us" and later.start == "0" and found.call_count == 2
+
+
+def test_discovery_refuses_a_stream_whose_name_is_not_utf8_with_an_error(
+    unit_db: UnitDB, client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    pattern = stream_config("orders:*")
+    client.xadd(b"orders:\xff", {"n": 1})
+    found = Mock()
+    stop = threading.Event()
+    stop.set()
+    discovery = Discovery(
+        [pattern], config=bridge_config(unit_db.url, pattern), stop_event=stop, known=lambda name: False,
+        check=Mock(), found=found,
+    )  # fmt: skip
+    with caplog.at_level("ERROR"):
+        discovery.step(client)
+        discovery.step(client)
+    assert found.call_count == 0  # never read under a replacement name, which MKSTREAM would create
+    assert client.exists("orders:\ufffd") == 0
+    errors = [r.getMessage() for r in caplog.records if "not UTF-8" in r.getMessage()]
+    assert errors == ["redis-stream: not reading stream b'orders:\\xff' matching orders:*: its name is not UTF-8"]

@@ -94,3 +94,42 @@ def test_parser_options_leave_hiredis_in_place(monkeypatch: pytest.MonkeyPatch, 
 
     monkeypatch.setattr(resp, "HIREDIS_AVAILABLE", hiredis)
     assert resp.parser_options() == ({} if hiredis else {"parser_class": StreamReplyParser})
+
+
+def sized_read_reply(total: int) -> list[object]:
+    """An XREAD reply of one entry whose encoding is exactly ``total`` bytes."""
+    for n in range(total, 0, -1):
+        reply: list[object] = [[b"s", [[b"1-0", [b"f", b"x" * n]]]]]
+        if len(encode(reply)) == total:
+            return reply
+    raise AssertionError(total)
+
+
+@pytest.mark.parametrize("total", [65536 + 2, 2 * 65536 + 2, 65536 + 1, 65536 + 3])
+def test_a_socket_read_that_ends_just_before_the_reply_s_last_crlf(total: int) -> None:
+    # A 64 KiB socket read that stops two bytes short of the reply leaves its
+    # last value whole but not the CRLF after it: the reply is not complete yet.
+    reply = sized_read_reply(total)
+    payload = encode(reply) + encode([b"next"]) * 2
+    assert parse(StreamReplyParser, payload, []) == [reply, [b"next"], [b"next"]]
+
+
+def test_the_rest_of_a_reply_arriving_later_is_waited_for() -> None:
+    import threading
+
+    reply = [[b"s", [[b"1-0", [b"f", b"v" * 100]]]]]
+    payload = encode(reply)
+    for cut in (1, 2, 3, 50):
+        ours, theirs = socket.socketpair()
+        try:
+            parser = StreamReplyParser(socket_read_size=65536)
+            parser.on_connect(_Connection(ours))
+            theirs.sendall(payload[:-cut])
+            later = threading.Timer(0.05, theirs.sendall, (payload[-cut:] + encode([b"after"]),))
+            later.start()
+            assert parser.read_response() == reply
+            assert parser.read_response() == [b"after"]  # the buffer's position is right after the first reply
+            later.join()
+        finally:
+            ours.close()
+            theirs.close()
