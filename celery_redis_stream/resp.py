@@ -111,11 +111,14 @@ def _one(data: bytes) -> tuple[object, int]:
 class StreamReplyParser(_RESP2Parser):
     """redis-py's RESP2 parser; arrays (stream reads, script replies) are read in one pass."""
 
+    _fallback = False  # True while redis-py's parser reads a reply: its nested elements are its own
+
     def _read_response(self, disable_decoding: bool = False, timeout: float | object = SENTINEL) -> object:
         socket_buffer, encoder = self._buffer, self.encoder
         buffer = getattr(socket_buffer, "_buffer", None)
         if (
-            socket_buffer is None
+            self._fallback
+            or socket_buffer is None
             or buffer is None
             or encoder is None
             or (encoder.decode_responses and not disable_decoding)
@@ -139,7 +142,13 @@ class StreamReplyParser(_RESP2Parser):
                     buffer.seek(start + size)
                     return value
             socket_buffer._read_from_socket(timeout=timeout)  # raises on a timeout or a closed connection
-        return super()._read_response(disable_decoding=disable_decoding, timeout=timeout)
+        # redis-py's parser from the reply's first byte; it calls _read_response for each nested
+        # element, which must not walk the buffer again (quadratic on a large reply).
+        self._fallback = True
+        try:
+            return super()._read_response(disable_decoding=disable_decoding, timeout=timeout)
+        finally:
+            self._fallback = False
 
 
 def parser_options() -> dict[str, object]:
