@@ -6,33 +6,17 @@ Each test uses its own queue names on the default vhost and deletes them.
 from __future__ import annotations
 
 import json
-import os
-import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from kombu import Connection
 
 from ..support import RedisServer, Worker, produce_many, wait_for, worker_env
+from .conftest import AMQP_URL
 
-# The machine's one RabbitMQ, hung and cut through proxies: `make test` runs these after the rest, alone.
+# The machine's one RabbitMQ: queues and worker names of each test's own, deleted afterwards.
 pytestmark = pytest.mark.rabbitmq
 
-AMQP_URL = os.environ.get("CRS_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
-
-
-@pytest.fixture
-def amqp() -> Iterator[Connection]:
-    connection = Connection(AMQP_URL, connect_timeout=5)
-    try:
-        connection.ensure_connection(max_retries=2)
-    except Exception as exc:
-        pytest.fail(f"these tests need RabbitMQ at {AMQP_URL} (set CRS_AMQP_URL): {exc}")
-    try:
-        yield connection
-    finally:
-        connection.release()
 
 
 def queue_size(connection: Connection, name: str) -> int:
@@ -58,21 +42,6 @@ def drain(connection: Connection, name: str) -> list[dict[str, Any]]:
             message.ack()
     finally:
         simple.close()
-
-
-@pytest.fixture
-def queue(amqp: Connection) -> Iterator[str]:
-    name = f"crs-test-{uuid.uuid4().hex[:8]}"
-    try:
-        yield name
-    finally:
-        channel = amqp.channel()
-        for q in (name, f"{name}-other"):
-            try:
-                channel.queue_delete(q)
-            except amqp.channel_errors:
-                channel = amqp.channel()
-        channel.close()
 
 
 def env_for(server: RedisServer, queue: str, **conf: Any) -> dict[str, str]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -25,27 +24,13 @@ from kombu import Connection
 from ..ledger import acked_ids, id_key
 from ..proxy import Proxy
 from ..support import RedisServer, Worker, produce_many, wait_for, worker_env
-from .test_amqp import AMQP_URL, amqp, queue_size  # noqa: F401  (amqp is a fixture)
+from .conftest import AMQP_URL
+from .test_amqp import queue_size
 
-# The machine's one RabbitMQ, hung and cut through proxies: `make test` runs these after the rest, alone.
+# The machine's one RabbitMQ, hung and cut through proxies: queues and worker names of each test's own.
 pytestmark = pytest.mark.rabbitmq
 
 RABBITMQ_PORT = 5672
-
-
-@pytest.fixture
-def queue(amqp: Connection) -> Iterator[str]:  # noqa: F811
-    name = f"crs-confirms-{uuid.uuid4().hex[:8]}"
-    try:
-        yield name
-    finally:
-        channel = amqp.channel()
-        for q in (name, f"{name}-other"):
-            try:
-                channel.queue_delete(q)
-            except amqp.channel_errors:
-                channel = amqp.channel()
-        channel.close()
 
 
 @pytest.fixture
@@ -111,7 +96,7 @@ class Trickle(threading.Thread):
 @pytest.mark.parametrize("app_confirms", [False, True], ids=["app-without-confirm_publish", "app-confirm_publish"])
 def test_rabbitmq_hang_then_dropped_connections_lose_no_acknowledged_entry(
     redis_server: RedisServer,
-    amqp: Connection,  # noqa: F811
+    amqp: Connection,
     queue: str,
     proxy: Proxy,
     workers: list[Worker],
@@ -162,7 +147,7 @@ def test_rabbitmq_hang_then_dropped_connections_lose_no_acknowledged_entry(
 
 def test_hanging_rabbitmq_warns_within_the_confirm_timeout_and_acknowledges_nothing(
     redis_server: RedisServer,
-    amqp: Connection,  # noqa: F811
+    amqp: Connection,
     queue: str,
     proxy: Proxy,
     workers: list[Worker],
@@ -201,7 +186,7 @@ def test_hanging_rabbitmq_warns_within_the_confirm_timeout_and_acknowledges_noth
 
 def test_a_full_queue_that_rejects_publishes_is_retried_and_nothing_is_acknowledged_before_it_fits(
     redis_server: RedisServer,
-    amqp: Connection,  # noqa: F811
+    amqp: Connection,
     queue: str,
     workers: list[Worker],
 ) -> None:
@@ -237,7 +222,7 @@ def test_a_full_queue_that_rejects_publishes_is_retried_and_nothing_is_acknowled
 
 def test_a_message_no_queue_receives_is_not_dispatched_until_a_queue_is_bound(
     redis_server: RedisServer,
-    amqp: Connection,  # noqa: F811
+    amqp: Connection,
     queue: str,
     workers: list[Worker],
 ) -> None:
@@ -275,7 +260,7 @@ def test_a_message_no_queue_receives_is_not_dispatched_until_a_queue_is_bound(
 
 def test_a_missing_exchange_keeps_the_position_until_it_is_declared(
     redis_server: RedisServer,
-    amqp: Connection,  # noqa: F811
+    amqp: Connection,
     queue: str,
     workers: list[Worker],
 ) -> None:
@@ -312,7 +297,7 @@ def test_a_missing_exchange_keeps_the_position_until_it_is_declared(
 
 def test_amqp_task_messages_are_the_ones_celery_send_task_publishes(
     redis_server: RedisServer,
-    amqp: Connection,  # noqa: F811
+    amqp: Connection,
     queue: str,
     workers: list[Worker],
 ) -> None:

@@ -25,7 +25,7 @@ from celery_redis_stream.confirms import Confirms
 from celery_redis_stream.dispatch import BrokerUnavailable, Dispatcher, task_id_for
 from celery_redis_stream.entry import RawEntry
 
-from .test_amqp import AMQP_URL, amqp  # noqa: F401  (amqp is a fixture)
+from .conftest import AMQP_URL
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -65,7 +65,7 @@ class Names:
 
 
 @pytest.fixture
-def names(amqp: Connection) -> Iterator[Names]:  # noqa: F811
+def names(amqp: Connection) -> Iterator[Names]:
     names = Names()
     try:
         yield names
@@ -108,7 +108,7 @@ def make_app(names: Names, spec: dict[str, Any], **conf: Any) -> Celery:
     return app
 
 
-def take_all(amqp: Connection, queue: str) -> list[Message]:  # noqa: F811
+def take_all(amqp: Connection, queue: str) -> list[Message]:
     out = []
     channel = amqp.channel()
     try:
@@ -121,7 +121,7 @@ def take_all(amqp: Connection, queue: str) -> list[Message]:  # noqa: F811
 
 def send_both_ways(
     app: Celery,
-    amqp: Connection,  # noqa: F811
+    amqp: Connection,
     sc: StreamConfig,
     entries: list[RawEntry],
     queue: str,
@@ -178,7 +178,7 @@ SPECS = {
 
 @pytest.mark.parametrize("name", list(SPECS))
 def test_fast_path_messages_equal_send_task_messages(
-    amqp: Connection,  # noqa: F811
+    amqp: Connection,
     names: Names,
     name: str,
     spliced: list[bool],
@@ -207,7 +207,7 @@ def test_fast_path_messages_equal_send_task_messages(
 
 
 def test_prebuilt_properties_are_py_amqps_bytes(
-    amqp: Connection,  # noqa: F811
+    amqp: Connection,
     names: Names,
     spliced: list[bool],
 ) -> None:
@@ -242,7 +242,7 @@ def test_prebuilt_properties_are_py_amqps_bytes(
     assert header.fill(*values) == whole._serialize_properties()
 
 
-def test_fast_path_steps_aside_for_a_publish_signal_receiver(amqp: Connection, names: Names) -> None:  # noqa: F811
+def test_fast_path_steps_aside_for_a_publish_signal_receiver(amqp: Connection, names: Names) -> None:
     app = make_app(names, {"task": "tests.record", "queue": names("q")})
     sc = load_config(app).streams[0]
     seen: list[str] = []
@@ -263,7 +263,7 @@ def test_fast_path_steps_aside_for_a_publish_signal_receiver(amqp: Connection, n
 
 
 def test_stream_fast_path_off_always_publishes_through_send_task(
-    amqp: Connection,  # noqa: F811
+    amqp: Connection,
     names: Names,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -280,7 +280,7 @@ def test_stream_fast_path_off_always_publishes_through_send_task(
 
 
 def test_an_entry_whose_arguments_do_not_serialize_is_dead_lettered_as_by_send_task(
-    amqp: Connection,  # noqa: F811
+    amqp: Connection,
     names: Names,
 ) -> None:
     converter = "tests.e2e.test_amqp_fastpath:unserializable"
@@ -306,7 +306,7 @@ def test_an_entry_whose_arguments_do_not_serialize_is_dead_lettered_as_by_send_t
     ]
 
 
-def test_returned_messages_are_not_dispatched(amqp: Connection, names: Names) -> None:  # noqa: F811
+def test_returned_messages_are_not_dispatched(amqp: Connection, names: Names) -> None:
     """No queue bound to the route: RabbitMQ returns the mandatory messages; the batch is retried, not lost."""
     exchange = names("x")
     with amqp.channel() as channel:
@@ -325,7 +325,7 @@ def test_returned_messages_are_not_dispatched(amqp: Connection, names: Names) ->
 
 
 def test_nacked_messages_are_not_dispatched_and_the_retry_sends_only_those(
-    amqp: Connection,  # noqa: F811
+    amqp: Connection,
     names: Names,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -364,7 +364,7 @@ def stream_id(message: Message) -> str:
 
 @pytest.mark.parametrize("unchecked", ["properties", "frames"])
 def test_what_cannot_be_checked_is_left_to_py_amqp_and_stays_the_same(
-    amqp: Connection,  # noqa: F811
+    amqp: Connection,
     names: Names,
     monkeypatch: pytest.MonkeyPatch,
     unchecked: str,

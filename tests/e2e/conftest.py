@@ -1,0 +1,40 @@
+"""Fixtures of the end-to-end tier that reach the machine's RabbitMQ (queues of each test's own, deleted after)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from kombu import Connection
+
+AMQP_URL = os.environ.get("CRS_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
+
+
+@pytest.fixture
+def amqp() -> Iterator[Connection]:
+    connection = Connection(AMQP_URL, connect_timeout=5)
+    try:
+        connection.ensure_connection(max_retries=2)
+    except Exception as exc:
+        pytest.fail(f"these tests need RabbitMQ at {AMQP_URL} (set CRS_AMQP_URL): {exc}")
+    try:
+        yield connection
+    finally:
+        connection.release()
+
+
+@pytest.fixture
+def queue(amqp: Connection) -> Iterator[str]:
+    name = f"crs-test-{uuid.uuid4().hex[:8]}"
+    try:
+        yield name
+    finally:
+        channel = amqp.channel()
+        for q in (name, f"{name}-other"):
+            try:
+                channel.queue_delete(q)
+            except amqp.channel_errors:
+                channel = amqp.channel()
+        channel.close()
