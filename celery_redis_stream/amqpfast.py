@@ -11,7 +11,6 @@ from celery import Celery
 from celery.utils.log import get_logger
 from kombu.entity import Queue
 from kombu.messaging import Producer
-from kombu.utils import json as kombu_json
 
 from . import amqpframes
 from .config import StreamConfig
@@ -22,6 +21,7 @@ from .fastpath import (
     Call,
     Unsupported,
     _body,
+    _encoder,
     _Recorder,
     argument_repr,
     celery_reason,
@@ -299,8 +299,9 @@ class AmqpFastPath:
         """
         args_max, kwargs_max, maxlevels = repr_limits(self.app)
         embed = tpl.embed
-        # kombu's dumps makes an encoder per call; one per batch encodes the same (checked on the first entry)
-        encode = kombu_json.JSONEncoder().encode
+        # kombu's dumps makes an encoder per call; the Redis path's one per batch encodes the same
+        # (checked on the first entry)
+        encode = _encoder()
         tail = ", " + json_dumps(embed) + "]"
         cenc = str(tpl.properties["content_encoding"])
         spliced: bool | None = None  # the batch's first body decides how the others are made

@@ -281,10 +281,8 @@ class Deliveries:
     def abandon(self, client: Client, streams: Sequence[StreamConfig]) -> None:
         """After an error this process handled: its records do not stand for a crash (best effort)."""
         for sc in streams:
-            if sc.stream in self.dirty:
-                with contextlib.suppress(Exception):  # Redis may be down; tidy() retries on the next round
-                    client.hdel(inflight_key(sc), self.consumer, SEEN + self.consumer)
-                    self.dirty.discard(sc.stream)
+            with contextlib.suppress(Exception):  # Redis may be down; tidy() retries on the next round
+                self.tidy(client, sc)
 
     def tidy(self, client: Client, sc: StreamConfig) -> None:
         """Remove our own record left by an error that could not reach Redis to remove it."""

@@ -275,29 +275,6 @@ class FastPath:
             self._templates[sc.stream] = _Cached(now, producer, sc, dict(extra_headers), dict(options), tpl)
         return tpl
 
-    def publish(
-        self,
-        producer: Producer,
-        sc: StreamConfig,
-        calls: Sequence[Call],
-        *,
-        extra_headers: Mapping[str, object],
-        options: Mapping[str, object],
-        trace: Mapping[str, Mapping[str, str]] | None = None,
-    ) -> list[tuple[str, str]] | None:
-        """LPUSH one message per call in one pipeline; ``None`` means "use the standard path".
-
-        Returns ``(entry id, error)`` for the calls whose arguments could not be
-        encoded (they are dead-lettered by the caller, like a failed ``send_task``).
-        Broker errors propagate: the caller treats the batch as not dispatched.
-        ``trace`` maps entry ids to their trace headers (``stream_trace_fields``).
-        """
-        built = self.build(producer, sc, calls, extra_headers=extra_headers, options=options, trace=trace)
-        if built is None:
-            return None
-        self.push(producer, built)
-        return built.failed
-
     def build(
         self,
         producer: Producer,
