@@ -31,7 +31,6 @@ from ..proxy import Proxy
 from ..support import RedisServer, Worker, wait_for
 from .test_inspect import inspect
 
-FAST_PATH = {"stream_fast_path": True}  # until the fast path is the default
 TRACKER_KEY = keys.tracker(STREAM)
 TOTAL = 4000
 RESETS = 40
@@ -67,7 +66,7 @@ def test_random_resets_and_kill_9_dispatch_every_entry_exactly_once(redis_server
     urls = (proxy.url(0), proxy.url(broker_db), redis_server.url_db(2))
     ledger = Ledger(STREAM, redis_server.client(broker_db))
     queue = redis_server.client(broker_db)
-    worker = spawn(*urls, mode=mode, **FAST_PATH).start()
+    worker = spawn(*urls, mode=mode).start()
     assert f"{EXACTLY_ONCE}: the streams and the broker share one Redis server" in startup_line(worker)
 
     # Resets at random byte counts, in both directions: requests cut mid-command,
@@ -81,7 +80,7 @@ def test_random_resets_and_kill_9_dispatch_every_entry_exactly_once(redis_server
         time.sleep(random.uniform(0.0, 0.3))
         worker.kill()  # anywhere in read / script / recovery
         kills += 1
-        worker = spawn(*urls, mode=mode, **FAST_PATH).start()
+        worker = spawn(*urls, mode=mode).start()
     producer.join(90)
     assert len(ledger.produced) == TOTAL
     wait_for(lambda: queue.llen("celery") >= TOTAL, 120, "every entry dispatched", interval=0.2)
@@ -103,7 +102,7 @@ def test_random_resets_and_kill_9_dispatch_every_entry_exactly_once(redis_server
 def test_a_lost_script_reply_or_request_dispatches_nothing_twice_and_loses_nothing(
     redis_server, proxy, spawn, mode, lost
 ):
-    worker = spawn(proxy.url(0), proxy.url(1), redis_server.url_db(2), mode=mode, **FAST_PATH).start()
+    worker = spawn(proxy.url(0), proxy.url(1), redis_server.url_db(2), mode=mode).start()
     ledger = Ledger(STREAM, redis_server.client(1))
     client = redis_server.client()
     ledger.produce(client, 200)
@@ -139,7 +138,7 @@ def _inspect_stream(worker: Worker) -> dict[str, Any]:
 def test_startup_line_and_inspect_say_which_guarantee_applies(redis_server, spawn, servers):
     broker = redis_server if servers == "shared" else RedisServer().start()
     try:
-        worker = spawn(redis_server.url, broker.url_db(1), redis_server.url_db(2), **FAST_PATH).start()
+        worker = spawn(redis_server.url, broker.url_db(1), redis_server.url_db(2)).start()
         ledger = Ledger(STREAM, broker.client(1))
         ledger.produce(redis_server.client(), 300)
         wait_for(ledger.all_dispatched, 30, "300 entries dispatched")
@@ -167,7 +166,7 @@ def test_a_fast_path_fallback_is_at_least_once_and_says_why(redis_server, worker
 
     env = worker_env(
         redis_server.url, redis_server.url_db(1), redis_server.url_db(2),
-        {STREAM: {"task": "tests.record"}}, **FAST, **FAST_PATH,
+        {STREAM: {"task": "tests.record"}}, **FAST,
     )  # fmt: skip
     worker = Worker(env, "w1", queues=BRIDGE_ONLY_QUEUE, app="tests.signalapp")
     workers.append(worker)
@@ -197,7 +196,6 @@ def make_app(server: RedisServer, mode: str) -> Celery:
     app.task(name="tests.record", shared=False)(record)
     app.conf.update(
         stream_url=server.url, stream_tasks={STREAM: {"task": "tests.record", "mode": mode}}, stream_start="0",
-        **FAST_PATH,
     )  # fmt: skip
     return app
 
@@ -328,8 +326,8 @@ def test_paused_group_worker_sends_nothing_that_another_consumer_claimed(redis_s
     from ..ledger import pending_of
 
     urls = (redis_server.url, redis_server.url_db(1), redis_server.url_db(2))
-    paused = spawn(*urls, name="w1", **FAST_PATH).start()
-    other = spawn(*urls, name="w2", **FAST_PATH).start()
+    paused = spawn(*urls, name="w1").start()
+    other = spawn(*urls, name="w2").start()
     ledger = Ledger(STREAM, redis_server.client(1))
     client = redis_server.client()
     ledger.produce(client, 300)
@@ -365,7 +363,7 @@ def test_paused_tracker_owner_sends_nothing_after_losing_its_lease(redis_server,
     from ..ledger import reader_blocked
 
     urls = (redis_server.url, redis_server.url_db(1), redis_server.url_db(2))
-    conf = {"mode": "tracker", "stream_block_ms": 1000, **FAST_PATH}
+    conf = {"mode": "tracker", "stream_block_ms": 1000}
     owner = spawn(*urls, name="w1", **conf).start()
     owner.wait_log("reading tracked stream", 30)
     standby = spawn(*urls, name="w2", **conf).start()
@@ -403,7 +401,7 @@ def test_a_least_privilege_streams_user_stays_at_least_once_without_a_single_acl
     admin = redis_server.client()
     admin.execute_command(*documented_acl("stream-group"))
     url = f"redis://stream-group:CHANGE-ME@127.0.0.1:{redis_server.port}/0"
-    worker = spawn(url, redis_server.url_db(1), redis_server.url_db(2), **FAST_PATH).start()
+    worker = spawn(url, redis_server.url_db(1), redis_server.url_db(2)).start()
     ledger = Ledger(STREAM, redis_server.client(1))
     ledger.produce(admin, 200)
     wait_for(ledger.all_dispatched, 30, "200 entries dispatched")

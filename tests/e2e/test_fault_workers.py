@@ -26,6 +26,11 @@ KILL_CYCLES = 20 if LONG else 5
 TRACKER_KEY = keys.tracker(STREAM)
 
 
+# Streams and broker share one server here, where the fast path would make every batch exactly once
+# (tests/e2e/test_exactly_once.py): these tests hold the at-least-once path to its bounds.
+AT_LEAST_ONCE = {"stream_fast_path": False}
+
+
 def urls(server: RedisServer) -> tuple[str, str, str]:
     return server.url, server.url_db(1), server.url_db(2)
 
@@ -52,8 +57,8 @@ class TrackerSampler(threading.Thread):
 
 
 def test_paused_group_worker_loses_nothing_and_duplicates_at_most_a_batch(redis_server, spawn):
-    paused = spawn(*urls(redis_server), name="w1").start()
-    other = spawn(*urls(redis_server), name="w2").start()
+    paused = spawn(*urls(redis_server), **AT_LEAST_ONCE, name="w1").start()
+    other = spawn(*urls(redis_server), **AT_LEAST_ONCE, name="w2").start()
     ledger = Ledger(STREAM, redis_server.client(1))
     client = redis_server.client()
     ledger.produce(client, 500)
@@ -91,9 +96,9 @@ def test_paused_group_worker_loses_nothing_and_duplicates_at_most_a_batch(redis_
 def test_paused_tracker_worker_never_moves_the_tracker_back(redis_server, spawn):
     # A longer block so the blocked read is still registered when the entries arrive.
     conf = {"mode": "tracker", "stream_block_ms": 1000}
-    owner = spawn(*urls(redis_server), name="w1", **conf).start()
+    owner = spawn(*urls(redis_server), **AT_LEAST_ONCE, name="w1", **conf).start()
     owner.wait_log("reading tracked stream", 30)
-    standby = spawn(*urls(redis_server), name="w2", **conf).start()
+    standby = spawn(*urls(redis_server), **AT_LEAST_ONCE, name="w2", **conf).start()
     ledger = Ledger(STREAM, redis_server.client(1))
     client = redis_server.client()
     sampler = TrackerSampler(redis_server)
@@ -142,7 +147,7 @@ def _kill_loop(server: RedisServer, spawn: Callable[..., Worker], mode: str, cyc
     batch = 20
     behind_at_kill = []  # produced minus dispatched when the kill landed
     for _ in range(cycles):
-        worker = spawn(*urls(server), mode=mode, stream_batch_size=batch).start()
+        worker = spawn(*urls(server), **AT_LEAST_ONCE, mode=mode, stream_batch_size=batch).start()
         # Entries keep arriving while the worker runs, so the kill lands at a
         # random point of the read / publish / commit cycle.
         producer = Producer(ledger, client, 2000, chunk=10, pause=0.01)
@@ -151,7 +156,7 @@ def _kill_loop(server: RedisServer, spawn: Callable[..., Worker], mode: str, cyc
         worker.kill()
         behind_at_kill.append(len(ledger.produced) - ledger.count_dispatched())
         producer.finish()
-    final = spawn(*urls(server), mode=mode, stream_batch_size=batch).start()
+    final = spawn(*urls(server), **AT_LEAST_ONCE, mode=mode, stream_batch_size=batch).start()
     wait_for(ledger.all_dispatched, 60, "every entry dispatched after the last kill")
     final.stop()
 
@@ -180,7 +185,7 @@ def test_sigterm_during_a_burst_duplicates_nothing(redis_server, spawn, mode):
     client = redis_server.client()
     # Small batches keep the burst going while the worker shuts down (the default fast path
     # bridges 5,000 entries of batch 5 in about a second: the burst is three times that).
-    worker = spawn(*urls(redis_server), mode=mode, stream_batch_size=5).start()
+    worker = spawn(*urls(redis_server), **AT_LEAST_ONCE, mode=mode, stream_batch_size=5).start()
     ledger.produce(client, 15000)
     wait_for(lambda: ledger.count_dispatched() >= 50, 30, "the burst to be under way")
     worker.signal(signal.SIGTERM)
@@ -188,7 +193,7 @@ def test_sigterm_during_a_burst_duplicates_nothing(redis_server, spawn, mode):
     at_stop = ledger.count_dispatched()
     assert at_stop < len(ledger.produced), "the burst ended before the shutdown: nothing was proven"
 
-    restarted = spawn(*urls(redis_server), mode=mode, stream_batch_size=5).start()
+    restarted = spawn(*urls(redis_server), **AT_LEAST_ONCE, mode=mode, stream_batch_size=5).start()
     wait_for(ledger.all_dispatched, 60, "every entry dispatched after the restart")
     restarted.stop()
 

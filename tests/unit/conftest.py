@@ -9,7 +9,10 @@ from dataclasses import dataclass
 import pytest
 import redis
 
+from celery_redis_stream.connection import Client
+
 from ..support import RedisServer
+from .streams import raw_client
 
 # Database 0 is left alone; each test gets the next of 1..15, flushed first, so a
 # reader thread a test failed to stop cannot write into the next test's keys.
@@ -46,3 +49,14 @@ def unit_db(unit_redis: RedisServer) -> Iterator[UnitDB]:
         yield UnitDB(unit_redis, db, unit_redis.url_db(db), client)
     finally:
         client.close()
+
+
+@pytest.fixture
+def client(unit_db: UnitDB) -> Iterator[Client]:
+    """The bridge's own client on the test's database (stream replies kept raw), as readers are handed it.
+
+    Where a module needs a plain redis-py client or a prepared stream, it defines ``client`` itself.
+    """
+    client = raw_client(unit_db.url)
+    yield client
+    client.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from unittest.mock import Mock
 
 from redis.exceptions import ConnectionError, NoPermissionError
@@ -85,10 +86,16 @@ def test_stop_during_backoff_is_prompt_and_the_close_is_cold() -> None:
     client, release = Mock(name="client"), Mock(name="release")
     thread = ReaderThread(reader, connect=lambda: client, release=release, stop_event=stop)
     thread.start()
+    deadline = time.monotonic() + 10
+    while reader.rounds < 5 and time.monotonic() < deadline:  # the fifth failure backs off 1.6-3.2 s
+        time.sleep(0.01)
+    assert reader.rounds >= 5
     stop.set()
-    thread.join(5)
-    assert not thread.is_alive()
-    assert reader.closed and reader.closed[0][1] is (thread.failures == 0)
+    thread.join(1)
+    assert not thread.is_alive()  # woken from the backoff, not at its end
+    assert thread.failures >= 5
+    assert reader.closed == [(client, False)]  # stopped while failing: a cold close
+    release.assert_called_once_with(client)
 
 
 def test_backoff_doubles_with_jitter_and_is_capped() -> None:

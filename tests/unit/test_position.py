@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from celery_redis_stream.connection import Client
@@ -21,14 +19,7 @@ from celery_redis_stream.position import (
 from celery_redis_stream.status import _stream_info
 
 from .conftest import UnitDB
-from .streams import raw_client, stream_config
-
-
-@pytest.fixture
-def client(unit_db: UnitDB) -> Iterator[Client]:
-    client = raw_client(unit_db.url)
-    yield client
-    client.close()
+from .streams import stream_config
 
 
 def _pending(client: Client, *ids: str) -> None:

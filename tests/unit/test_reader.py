@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
-
 from celery_redis_stream.connection import Client
 from celery_redis_stream.reader import (
     as_entry_id,
@@ -17,15 +13,7 @@ from celery_redis_stream.reader import (
     start_position,
 )
 
-from .conftest import UnitDB
-from .streams import raw_client, stream_config
-
-
-@pytest.fixture
-def client(unit_db: UnitDB) -> Iterator[Client]:
-    client = raw_client(unit_db.url)
-    yield client
-    client.close()
+from .streams import stream_config
 
 
 def test_ensure_group_creates_once_and_never_resets(client: Client) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from unittest.mock import Mock
 
 import pytest
@@ -18,17 +17,10 @@ from celery_redis_stream.signals import reader_ready
 from celery_redis_stream.stats import StreamStats
 
 from .conftest import UnitDB
-from .streams import bridge_config, raw_client, stream_config
+from .streams import bridge_config, stream_config
 
 GROUP = stream_config("orders", fast_path=False)
 TRACKED = stream_config("events", mode="tracker", fast_path=False)
-
-
-@pytest.fixture
-def client(unit_db: UnitDB) -> Iterator[Client]:
-    client = raw_client(unit_db.url)
-    yield client
-    client.close()
 
 
 def wiring(url: str, sender: object = None) -> Wiring:

@@ -2,25 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from celery_redis_stream.connection import Client
 from celery_redis_stream.status import collect, parse_target, stream_status, time_lags
 
 from .conftest import UnitDB
-from .streams import bridge_config, raw_client, stream_config
+from .streams import bridge_config, stream_config
 
 GROUP = stream_config("orders")
 TRACKED = stream_config("events", mode="tracker")
-
-
-@pytest.fixture
-def client(unit_db: UnitDB) -> Iterator[Client]:
-    client = raw_client(unit_db.url)
-    yield client
-    client.close()
 
 
 def test_a_missing_stream_reports_nothing_to_read(client: Client) -> None:
