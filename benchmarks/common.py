@@ -215,18 +215,22 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux), else what platform.processor() says."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
 def machine(server: RedisServer) -> dict[str, Any]:
     import celery
     import kombu
 
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),

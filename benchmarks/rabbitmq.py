@@ -44,7 +44,7 @@ import redis  # noqa: E402
 from celery import Celery  # noqa: E402
 from kombu import Connection, Exchange, Queue  # noqa: E402
 
-from benchmarks.common import RedisServer, Worker, wait_for  # noqa: E402
+from benchmarks.common import RedisServer, Worker, cpu_model, log, wait_for  # noqa: E402
 from celery_redis_stream.harness import Ready  # noqa: E402
 
 AMQP_URL = os.environ.get("CRS_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
@@ -52,10 +52,6 @@ RESULTS = Path(__file__).resolve().parent / "results"
 STREAM = "bench"
 FIELDS = {"a": "1", "b": "hello"}
 TARGET = 5.0
-
-
-def log(text: str) -> None:
-    print(text, flush=True)
 
 
 class AmqpBench:
@@ -174,17 +170,9 @@ class AmqpBench:
 
 
 def machine(bench: AmqpBench) -> dict[str, Any]:
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     server = bench.rabbit.connection.server_properties
     return {
-        "cpu": cpu,
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
         "python": platform.python_version(),
