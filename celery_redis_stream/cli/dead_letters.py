@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING
 
 import click
 
-from . import deadletters
-from .cli_common import Client, client_for, config_of, confirm, console, echo, mapped, number, redis_errors
-from .config import StreamConfig
-from .deadletters import DeadEntry
-from .redact import redact
-from .status import id_key
+from .. import deadletters
+from .common import Client, client_for, config_of, confirm, console, echo, mapped, number, redis_errors
+from ..config import StreamConfig
+from ..deadletters import DeadEntry
+from ..redact import redact
+from ..status import id_key
 from .terminal import safe
 
 if TYPE_CHECKING:

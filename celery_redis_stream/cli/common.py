@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING
 import click
 from redis.exceptions import RedisError
 
-from .config import BridgeConfig, StreamConfig, load_config
-from .connection import Client
-from .exceptions import StreamConfigError
-from .reader import connect
-from .redact import redact
-from .status import text
+from ..config import BridgeConfig, StreamConfig, load_config
+from ..connection import Client
+from ..exceptions import StreamConfigError
+from ..reader import connect
+from ..redact import redact
+from ..status import text
 from .terminal import safe
 
 if TYPE_CHECKING:

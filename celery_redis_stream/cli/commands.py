@@ -9,12 +9,12 @@ from typing import TYPE_CHECKING
 
 import click
 
-from .cli_common import cell, client_for, config_of, console, echo, mapping, redis_errors, rows, seconds, table
-from .cli_deadletters import dead_letters
-from .cli_reset import reset
-from .redact import redact
-from .rows import Collected, StreamRow
-from .status import collect
+from .common import cell, client_for, config_of, console, echo, mapping, redis_errors, rows, seconds, table
+from .dead_letters import dead_letters
+from .reset import reset
+from ..redact import redact
+from ..rows import Collected, StreamRow
+from ..status import collect
 
 if TYPE_CHECKING:
     from rich.console import Console

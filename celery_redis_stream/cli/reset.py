@@ -5,11 +5,11 @@ from __future__ import annotations
 import click
 from redis.exceptions import ResponseError
 
-from .cli_common import Client, client_for, config_of, confirm, echo, mapped, redis_errors, rows
-from .config import StreamConfig
-from .connection import is_missing_key
-from .reader import as_entry_id, ensure_group, last_id
-from .status import parse_target, text
+from .common import Client, client_for, config_of, confirm, echo, mapped, redis_errors, rows
+from ..config import StreamConfig
+from ..connection import is_missing_key
+from ..reader import as_entry_id, ensure_group, last_id
+from ..status import parse_target, text
 from .terminal import safe
 
 __all__ = ["reset"]
