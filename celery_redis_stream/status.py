@@ -8,11 +8,11 @@ from datetime import datetime, timedelta, timezone
 from redis.exceptions import ResponseError
 
 from .config import BridgeConfig, StreamConfig
-from .connection import Client, connect, is_missing_key, items, mapping, number, optional_text, text
-from .lag import ID_RE, LAG_SCAN_LIMIT, count_after, entry_age, id_key, oldest_waiting, server_ms
-from .position import position_of
+from .client.connection import Client, connect, is_missing_key, items, mapping, number, optional_text, text
+from .position.lag import ID_RE, LAG_SCAN_LIMIT, count_after, entry_age, id_key, oldest_waiting, server_ms
+from .position.rule import position_of
 from .redact import redact
-from .retention import retention_status
+from .upkeep.retention import retention_status
 from .rows import Collected, StreamInfo, StreamRow
 
 __all__ = [

@@ -16,9 +16,9 @@ import click
 from redis.exceptions import RedisError
 
 from ..config import BridgeConfig, StreamConfig, load_config
-from ..connection import Client
+from ..client.connection import Client
 from ..exceptions import StreamConfigError
-from ..reader import connect
+from ..client.streams import connect
 from ..redact import redact
 from ..status import text
 from .terminal import safe

@@ -7,8 +7,8 @@ from redis.exceptions import ResponseError
 
 from .common import Client, client_for, config_of, confirm, echo, mapped, redis_errors, rows
 from ..config import StreamConfig
-from ..connection import is_missing_key
-from ..reader import as_entry_id, ensure_group, last_id
+from ..client.connection import is_missing_key
+from ..client.streams import as_entry_id, ensure_group, last_id
 from ..status import parse_target, text
 from .terminal import safe
 

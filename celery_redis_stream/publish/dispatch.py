@@ -15,15 +15,15 @@ from kombu.entity import Queue
 from kombu.exceptions import OperationalError
 from kombu.messaging import Producer
 
-from . import confirms as amqp_confirms
-from .amqpfast import AmqpFastPath
-from .atomic import Step
-from .config import PUBLISH_TIMEOUTS, StreamConfig
-from .entry import RawEntry, build_call, decode
-from .exceptions import EntryError, StreamError
-from .fastpath import Call, FastPath, argument_repr, repr_limits
-from .position import DeadLetter
-from .tracing import NO_TRACE, attach_trace, detach_trace, split_trace
+from . import amqp_confirms
+from .amqp_fast import AmqpFastPath
+from .exactly_once import Step
+from ..config import PUBLISH_TIMEOUTS, StreamConfig
+from ..entry import RawEntry, build_call, decode
+from ..exceptions import EntryError, StreamError
+from .redis_fast import Call, FastPath, argument_repr, repr_limits
+from ..position.rule import DeadLetter
+from ..tracing import NO_TRACE, attach_trace, detach_trace, split_trace
 
 __all__ = ["BrokerUnavailable", "Dispatcher", "message_headers", "prepare", "send_options", "task_id_for"]
 

@@ -8,10 +8,10 @@ from urllib.parse import parse_qs, unquote, urlparse
 import redis
 from redis.exceptions import AuthenticationError, NoPermissionError, ResponseError
 
-from .redact import redact
+from ..redact import redact
 
 try:
-    from .resp import parser_options
+    from .parser import parser_options
 except ImportError:  # a redis-py without the parser internals resp.py builds on: its own parser
 
     def parser_options() -> dict[str, object]:
@@ -20,7 +20,7 @@ except ImportError:  # a redis-py without the parser internals resp.py builds on
 if TYPE_CHECKING:
     from redis.cluster import RedisCluster
 
-    from .config import BridgeConfig
+    from ..config import BridgeConfig
 
 __all__ = [
     "RAW_COMMANDS",

@@ -26,8 +26,8 @@ from celery.utils.log import get_logger
 
 from .config import BridgeConfig, StreamConfig, load_config
 from .entry import RawEntry, parse_entries
-from .position import DeadLetter
-from .reader import connect
+from .position.rule import DeadLetter
+from .client.streams import connect
 from .redact import redact
 
 if TYPE_CHECKING:

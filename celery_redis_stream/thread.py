@@ -9,10 +9,10 @@ from collections.abc import Callable
 
 from celery.utils.log import get_logger
 
-from .connection import Client, classify, describe
-from .dispatch import BrokerUnavailable
-from .lease import LeaseLost
-from .readers import Reader
+from .client.connection import Client, classify, describe
+from .publish.dispatch import BrokerUnavailable
+from .position.lease import LeaseLost
+from .read.base import Reader
 from .stats import StreamStats
 
 __all__ = ["BACKOFF_MAX", "BACKOFF_MIN", "ReaderThread", "StreamStats", "backoff"]

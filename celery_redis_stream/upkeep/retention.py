@@ -6,10 +6,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TypedDict
 
-from . import keys
-from .config import StreamConfig
-from .connection import Client, command, items, mapping, text
-from .position import position_of
+from .. import keys
+from ..config import StreamConfig
+from ..client.connection import Client, command, items, mapping, text
+from ..position.rule import position_of
 
 __all__ = [
     "TRIM_PASSED", "RetentionRow", "Trim", "retention_key", "retention_status", "server_trims_acked", "trim_passed",

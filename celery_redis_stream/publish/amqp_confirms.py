@@ -11,7 +11,7 @@ from amqp import Channel, Message, spec
 from amqp.exceptions import AMQPError, RecoverableConnectionError
 from kombu.connection import Connection
 
-from .exceptions import StreamError
+from ..exceptions import StreamError
 
 __all__ = ["CONFIRM_TIMEOUT", "BatchOutcome", "Confirms", "NotConfirmed", "is_py_amqp", "transport_options"]
 

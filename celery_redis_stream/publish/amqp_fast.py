@@ -12,10 +12,10 @@ from celery.utils.log import get_logger
 from kombu.entity import Queue
 from kombu.messaging import Producer
 
-from . import amqpframes
-from .config import StreamConfig
-from .confirms import Confirms
-from .fastpath import (
+from . import amqp_frames as amqpframes
+from ..config import StreamConfig
+from .amqp_confirms import Confirms
+from .redis_fast import (
     TEMPLATE_ID,
     TEMPLATE_MAX_AGE,
     Call,

@@ -6,15 +6,15 @@ import time
 
 from celery.utils.log import get_logger
 
-from .config import StreamConfig
-from .connection import Client
-from .deliveries import FOREIGN_GRACE_SECONDS
-from .dispatch import BrokerUnavailable
-from .entry import RawEntry
-from .lease import LeaseLost
-from .reader import autoclaim, ensure_group, read_group
-from .readers import StreamReader, Wiring
-from .signals import send_reader_ready
+from ..config import StreamConfig
+from ..client.connection import Client
+from ..batch.deliveries import FOREIGN_GRACE_SECONDS
+from ..publish.dispatch import BrokerUnavailable
+from ..entry import RawEntry
+from ..position.lease import LeaseLost
+from ..client.streams import autoclaim, ensure_group, read_group
+from .base import StreamReader, Wiring
+from ..signals import send_reader_ready
 
 __all__ = ["GroupReader"]
 

@@ -6,8 +6,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from .connection import Client, command, items, mapping, number, text
-from .rows import LagFields, StreamInfo
+from ..client.connection import Client, command, items, mapping, number, text
+from ..rows import LagFields, StreamInfo
 
 __all__ = [
     "LAG_SCAN_LIMIT", "Lag", "count_after", "entry_age", "id_key", "lag_fields", "lag_of", "oldest_waiting",

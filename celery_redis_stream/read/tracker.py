@@ -7,14 +7,14 @@ import time
 
 from celery.utils.log import get_logger
 
-from .config import StreamConfig
-from .connection import Client
-from .deliveries import FOREIGN_GRACE_SECONDS
-from .entry import RawEntry
-from .lease import Lease, LeaseLost
-from .reader import read_tracked, start_position
-from .readers import StreamReader, Wiring
-from .signals import send_reader_ready
+from ..config import StreamConfig
+from ..client.connection import Client
+from ..batch.deliveries import FOREIGN_GRACE_SECONDS
+from ..entry import RawEntry
+from ..position.lease import Lease, LeaseLost
+from ..client.streams import read_tracked, start_position
+from .base import StreamReader, Wiring
+from ..signals import send_reader_ready
 
 __all__ = ["TrackerReader"]
 

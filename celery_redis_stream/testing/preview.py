@@ -26,10 +26,10 @@ from kombu import serialization
 from kombu.connection import Connection
 from kombu.messaging import Producer
 
-from .config import BridgeConfig, StreamConfig, load_config
-from .dispatch import Dispatcher, task_id_for
-from .entry import RawEntry
-from .exceptions import StreamError
+from ..config import BridgeConfig, StreamConfig, load_config
+from ..publish.dispatch import Dispatcher, task_id_for
+from ..entry import RawEntry
+from ..exceptions import StreamError
 
 __all__ = ["DeadLetterPreview", "DeadLettered", "Preview", "preview", "run", "to_raw"]
 

@@ -28,12 +28,12 @@ from collections.abc import Mapping, Sequence
 from celery.utils.log import get_logger
 from redis.commands.core import Script
 
-from . import keys
-from .config import StreamConfig
-from .connection import Client, command, items, mapping, number, optional_text, text
-from .deadletters import MAX_DELIVERIES
-from .entry import RawEntry
-from .position import DeadLetter, position_of
+from .. import keys
+from ..config import StreamConfig
+from ..client.connection import Client, command, items, mapping, number, optional_text, text
+from ..deadletters import MAX_DELIVERIES
+from ..entry import RawEntry
+from ..position.rule import DeadLetter, position_of
 
 __all__ = ["Deliveries", "failures_key", "inflight_key"]
 

@@ -15,17 +15,17 @@ from dataclasses import dataclass, replace
 from celery import Celery
 from celery.utils.log import get_logger
 
-from .atomic import ExactlyOnce
+from ..publish.exactly_once import ExactlyOnce
 from .backpressure import Backpressure
-from .batch import Batches
-from .config import BridgeConfig, StreamConfig
-from .connection import Client, text
-from .deliveries import Deliveries
-from .dispatch import Dispatcher
-from .exceptions import StreamConfigError
-from .pacing import Pacer
-from .stats import StreamStats
-from .upkeep import Upkeep
+from ..batch.batches import Batches
+from ..config import BridgeConfig, StreamConfig
+from ..client.connection import Client, text
+from ..batch.deliveries import Deliveries
+from ..publish.dispatch import Dispatcher
+from ..exceptions import StreamConfigError
+from ..batch.pacing import Pacer
+from ..stats import StreamStats
+from ..upkeep.cadence import Upkeep
 
 __all__ = ["Discovery", "Reader", "StreamReader", "Wiring"]
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
-from .config import Mode, StreamConfig
-from .connection import Client
-from .deadletters import DeadLetter
+from ..config import Mode, StreamConfig
+from ..client.connection import Client
+from ..deadletters import DeadLetter
 from .lease import Lease, LeaseLost
-from .position_group import GroupPosition
-from .position_tracker import TrackerPosition
-from .rows import StreamInfo, StreamRow
+from .group import GroupPosition
+from .tracker import TrackerPosition
+from ..rows import StreamInfo, StreamRow
 
 __all__ = ["DeadLetter", "GroupPosition", "Lease", "LeaseLost", "Position", "TrackerPosition", "commit", "position_of"]
 

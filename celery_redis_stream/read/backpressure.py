@@ -9,10 +9,10 @@ from celery import Celery
 from celery.utils.log import get_logger
 from kombu.connection import Connection
 
-from .config import StreamConfig
-from .connection import describe
-from .dispatch import BrokerUnavailable
-from .stats import StreamStats
+from ..config import StreamConfig
+from ..client.connection import describe
+from ..publish.dispatch import BrokerUnavailable
+from ..stats import StreamStats
 
 __all__ = ["Backpressure", "QueueGauge", "target_queue"]
 

@@ -8,15 +8,15 @@ from dataclasses import dataclass
 
 from celery.utils.log import get_logger
 
-from .atomic import ExactlyOnce, Step
-from .config import StreamConfig
-from .connection import Client
+from ..publish.exactly_once import ExactlyOnce, Step
+from ..config import StreamConfig
+from ..client.connection import Client
 from .deliveries import Deliveries
-from .dispatch import Dispatcher
-from .entry import RawEntry
+from ..publish.dispatch import Dispatcher
+from ..entry import RawEntry
 from .pacing import Pacer
-from .position import DeadLetter, Lease, commit, position_of
-from .stats import StreamStats
+from ..position.rule import DeadLetter, Lease, commit, position_of
+from ..stats import StreamStats
 
 __all__ = ["Batches", "Prepared"]
 

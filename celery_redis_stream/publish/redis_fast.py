@@ -19,10 +19,10 @@ from kombu import serialization
 from kombu.messaging import Producer
 from kombu.utils import json as kombu_json
 
-from .config import StreamConfig
-from .envelope import Envelope, uuid4_strings
-from .envelope import build as build_envelope
-from .exceptions import StreamError
+from ..config import StreamConfig
+from .redis_envelope import Envelope, uuid4_strings
+from .redis_envelope import build as build_envelope
+from ..exceptions import StreamError
 
 __all__ = ["Built", "Call", "FastPath"]
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from .config import StreamConfig
-from .connection import Client
-from .exceptions import StreamError
+from ..config import StreamConfig
+from ..client.connection import Client
+from ..exceptions import StreamError
 
 __all__ = ["ACQUIRE_LEASE", "ADVANCE_TRACKER", "RELEASE_LEASE", "Lease", "LeaseLost"]
 

@@ -14,11 +14,11 @@ from redis.commands.core import Script
 from redis.exceptions import ResponseError
 from redis.typing import EncodableT
 
-from .config import PUBLISH_TIMEOUTS, BridgeConfig, StreamConfig
-from .connection import Client, connect, is_denied
-from .exceptions import StreamError
-from .fastpath import LPUSH_CHUNK, Built, FastPath
-from .position import DeadLetter, Lease, LeaseLost
+from ..config import PUBLISH_TIMEOUTS, BridgeConfig, StreamConfig
+from ..client.connection import Client, connect, is_denied
+from ..exceptions import StreamError
+from .redis_fast import LPUSH_CHUNK, Built, FastPath
+from ..position.rule import DeadLetter, Lease, LeaseLost
 
 __all__ = [
     "AT_LEAST_ONCE",
