@@ -8,15 +8,17 @@ from dataclasses import dataclass
 
 from celery.utils.log import get_logger
 
-from ..publish.exactly_once import ExactlyOnce, Step
-from ..config import StreamConfig
 from ..client.connection import Client
-from .deliveries import Deliveries
-from ..publish.dispatch import Dispatcher
+from ..config import StreamConfig
+from ..deadletters import DeadLetter
 from ..entry import RawEntry
-from .pacing import Pacer
-from ..position.rule import DeadLetter, Lease, commit, position_of
+from ..position.lease import Lease
+from ..position.rule import commit, position_of
+from ..publish.dispatch import Dispatcher
+from ..publish.exactly_once import ExactlyOnce, Step
 from ..stats import StreamStats
+from .deliveries import Deliveries
+from .pacing import Pacer
 
 __all__ = ["Batches", "Prepared"]
 

@@ -14,11 +14,12 @@ from redis.commands.core import Script
 from redis.exceptions import ResponseError
 from redis.typing import EncodableT
 
-from ..config import PUBLISH_TIMEOUTS, BridgeConfig, StreamConfig
 from ..client.connection import Client, connect, is_denied
-from ..exceptions import StreamError
+from ..config import PUBLISH_TIMEOUTS, BridgeConfig, StreamConfig
+from ..deadletters import DeadLetter
+from ..exceptions import LeaseLost, StreamError
+from ..position.lease import Lease
 from .redis_fast import LPUSH_CHUNK, Built, FastPath
-from ..position.rule import DeadLetter, Lease, LeaseLost
 
 __all__ = [
     "AT_LEAST_ONCE",

@@ -15,17 +15,17 @@ from dataclasses import dataclass, replace
 from celery import Celery
 from celery.utils.log import get_logger
 
-from ..publish.exactly_once import ExactlyOnce
-from .backpressure import Backpressure
 from ..batch.batches import Batches
-from ..config import BridgeConfig, StreamConfig
-from ..client.connection import Client, text
 from ..batch.deliveries import Deliveries
-from ..publish.dispatch import Dispatcher
-from ..exceptions import StreamConfigError
 from ..batch.pacing import Pacer
+from ..client.connection import Client, text
+from ..config import BridgeConfig, StreamConfig
+from ..exceptions import StreamConfigError
+from ..publish.dispatch import Dispatcher
+from ..publish.exactly_once import ExactlyOnce
 from ..stats import StreamStats
 from ..upkeep.cadence import Upkeep
+from .backpressure import Backpressure
 
 __all__ = ["Discovery", "Reader", "StreamReader", "Wiring"]
 

@@ -27,9 +27,9 @@ from kombu.connection import Connection
 from kombu.messaging import Producer
 
 from ..config import BridgeConfig, StreamConfig, load_config
-from ..publish.dispatch import Dispatcher, task_id_for
 from ..entry import RawEntry
 from ..exceptions import StreamError
+from ..publish.dispatch import Dispatcher, task_id_for
 
 __all__ = ["DeadLetterPreview", "DeadLettered", "Preview", "preview", "run", "to_raw"]
 
