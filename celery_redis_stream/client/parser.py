@@ -19,7 +19,7 @@ from __future__ import annotations
 from io import SEEK_END
 
 from redis._parsers import _RESP2Parser
-from redis.utils import HIREDIS_AVAILABLE, SENTINEL
+from redis.utils import HIREDIS_AVAILABLE
 
 __all__ = ["StreamReplyParser", "parser_options"]
 
@@ -31,6 +31,10 @@ ATTEMPTS = 4
 MAX_UNREAD = 1 << 20
 
 _DOLLAR, _STAR, _COLON, _PLUS = b"$*:+"
+
+# No timeout given: redis-py 5.0's parser takes none (its _read_response has no such argument), later ones
+# pass their own "no timeout" object; either way it is handed on only when given.
+_NO_TIMEOUT = object()
 
 
 class _Incomplete(Exception):
@@ -113,8 +117,9 @@ class StreamReplyParser(_RESP2Parser):
 
     _fallback = False  # True while redis-py's parser reads a reply: its nested elements are its own
 
-    def _read_response(self, disable_decoding: bool = False, timeout: float | object = SENTINEL) -> object:
+    def _read_response(self, disable_decoding: bool = False, timeout: float | object = _NO_TIMEOUT) -> object:
         socket_buffer, encoder = self._buffer, self.encoder
+        given = {} if timeout is _NO_TIMEOUT else {"timeout": timeout}
         buffer = getattr(socket_buffer, "_buffer", None)
         if (
             self._fallback
@@ -123,7 +128,7 @@ class StreamReplyParser(_RESP2Parser):
             or encoder is None
             or (encoder.decode_responses and not disable_decoding)
         ):
-            return super()._read_response(disable_decoding=disable_decoding, timeout=timeout)
+            return super()._read_response(disable_decoding=disable_decoding, **given)
         start = buffer.tell()
         for _ in range(ATTEMPTS):
             end = buffer.seek(0, SEEK_END)
@@ -141,12 +146,12 @@ class StreamReplyParser(_RESP2Parser):
                 else:
                     buffer.seek(start + size)
                     return value
-            socket_buffer._read_from_socket(timeout=timeout)  # raises on a timeout or a closed connection
+            socket_buffer._read_from_socket(**given)  # raises on a timeout or a closed connection
         # redis-py's parser from the reply's first byte; it calls _read_response for each nested
         # element, which must not walk the buffer again (quadratic on a large reply).
         self._fallback = True
         try:
-            return super()._read_response(disable_decoding=disable_decoding, timeout=timeout)
+            return super()._read_response(disable_decoding=disable_decoding, **given)
         finally:
             self._fallback = False
 

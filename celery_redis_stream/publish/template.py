@@ -86,8 +86,9 @@ def argument_repr(value: object, maxsize: int, maxlevels: int) -> str:
     ``maxsize``, it is exactly ``repr()``. Anything else goes to saferepr.
     """
     t = type(value)
-    if maxlevels >= 3 and not value and t in (dict, list, tuple):
-        return repr(value)  # "{}", "[]", "()": what saferepr shows for any maxsize
+    if maxlevels >= 3 and maxsize >= 2 and not value and t in (dict, list, tuple):
+        # "{}", "[]", "()": what saferepr shows where they fit (below 2 characters, Celery's versions differ)
+        return repr(value)
     if maxlevels >= 3 and value:
         if t is dict:
             simple = _plain_dict(cast("dict[object, object]", value))

@@ -305,8 +305,9 @@ def test_delivery_tags_drawn_per_batch_are_uuid4_strings() -> None:
 
 
 def test_empty_arguments_are_shown_as_saferepr_shows_them() -> None:
+    # Below 2 characters Celery 5.3 shows "(, ..." and 5.5+ "()" (or ", ..." at 0): whatever this Celery shows.
     for value in ((), [], {}):
-        for size in (1, 1024):
+        for size in (0, 1, 2, 1024):
             assert argument_repr(value, size, 3) == saferepr(value, size, maxlevels=3)
 
 
