@@ -28,10 +28,10 @@ SERVER_TESTS=(
     tests/e2e/test_fault_workers.py tests/e2e/test_cluster.py tests/e2e/test_exactly_once.py
     tests/e2e/test_hygiene.py tests/e2e/test_lag.py
 )
-# The worker subset: a real `celery worker` dispatching, sharing a stream, killed and restarted, stopped warm
+# The worker subset: the pool CRS_POOL names (the banner, the tasks' processes), a real `celery worker` dispatching, sharing a stream, killed and restarted, stopped warm
 # mid-stream, claiming a dead worker's entries. test_one_reader_per_worker_whatever_the_pool names its pools.
 WORKER_TESTS=(tests/e2e/test_worker_e2e.py -k
-    "mapped_task or split_a_stream or kill_9_and_restart or sigterm_mid_stream or dead_worker or warm_shutdown")
+    "crs_pool or mapped_task or split_a_stream or kill_9_and_restart or sigterm_mid_stream or dead_worker or warm_shutdown")
 # Version cells: the unit tier (the fast paths build kombu's messages byte for byte) and the fast path through
 # a real worker, then the worker subset.
 VERSION_TESTS=(tests/unit tests/e2e/test_fastpath.py --ignore=tests/unit/test_house.py)

@@ -6,7 +6,8 @@ the pytest plugin and ``example_project/demo.py`` build on these. Nothing here
 needs pytest, so a project's own scripts can use them too.
 
 ``python -m celery_redis_stream.testing.processes -A app worker ...`` is ``celery -A app
-worker ...`` that appends one JSON line per event to ``$CRS_READY_FILE``:
+worker ...`` (for the solo, prefork and threads pools; :class:`WorkerProcess` starts any pool, gevent too) that
+appends one JSON line per event to ``$CRS_READY_FILE``:
 ``{"event": "started"}`` once the worker's redis-stream step has started its
 readers, ``{"event": "reader_ready", "streams": [...], "mode": ..., "consumer":
 ...}`` each time ``reader_ready`` is sent.
@@ -281,6 +282,16 @@ class Ready(enum.Enum):
     READERS = "reader_ready"
 
 
+#: How :class:`WorkerProcess` starts a worker: first what ``celery`` does first (gevent's or eventlet's monkey
+#: patches for ``-P gevent``/``-P eventlet``, before anything else is imported), then :func:`main`. ``python -m``
+#: with this module would import the package, redis-py and ssl before the patches: under gevent the bridge's
+#: reader then never ran.
+WORKER_BOOT = (
+    "import sys; from celery import maybe_patch_concurrency; maybe_patch_concurrency(sys.argv); "
+    "from celery_redis_stream.testing.processes import main; main()"
+)
+
+
 class WorkerProcess:
     """A real ``celery -A app worker`` subprocess, its output in a log file, its readiness in a JSON-lines file."""
 
@@ -295,8 +306,7 @@ class WorkerProcess:
         self.env = {**os.environ, **env, READY_FILE: str(self.ready_file)}
         self.cwd = cwd
         self.new_session = new_session
-        module = "celery_redis_stream.testing.processes"  # not __name__: "__main__" inside a worker it started
-        self.cmd = [sys.executable, "-m", module, "-A", app, "worker", "-n", f"{name}@%h", *args]
+        self.cmd = [sys.executable, "-c", WORKER_BOOT, "-A", app, "worker", "-n", f"{name}@%h", *args]
         self.proc: subprocess.Popen[bytes] | None = None
         self._logfile: IO[bytes] | None = None
 

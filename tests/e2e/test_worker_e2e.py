@@ -17,7 +17,9 @@ from typing import Any
 
 import pytest
 
-from ..support import FAST, RedisServer, Worker, executed, produce_many, queued_messages, wait_for, worker_env
+from ..support import (
+    FAST, RedisServer, Worker, executed, produce_many, queued_messages, wait_for, worker_env, worker_pool,
+)  # fmt: skip
 
 
 def env_for(server: RedisServer, tasks: dict[str, Any], **conf: Any) -> dict[str, str]:
@@ -311,6 +313,27 @@ def test_one_reader_per_worker_whatever_the_pool(redis_server: RedisServer, pool
     assert sorted(r["stream_id"] for r in runs) == sorted(produced)
     assert len(readers) == 1
     assert worker.output().count("redis-stream: reading") == 1
+
+
+def test_the_worker_runs_on_the_pool_crs_pool_names_and_the_bridge_feeds_it(redis_server: RedisServer) -> None:
+    """The CI matrix's pool cells: CRS_POOL reaches `celery worker --pool` (the banner names it), one reader feeds
+    the pool, and the tasks run in it: in child processes on prefork, in the worker process on the others."""
+    pool = worker_pool()
+    env = env_for(redis_server, {"orders": "tests.record"})
+    produced = produce_many(redis_server.client(), "orders", 100)
+    worker = Worker(env, concurrency=1 if pool == "solo" else 2).start()
+    try:
+        wait_for(lambda: len(executed(redis_server.client(2))) >= 100, 60, "100 executed")
+        readers = [c for c in redis_server.client().client_list() if c.get("name") == "celery-redis-stream"]
+    finally:
+        assert worker.stop() == 0
+    shown = {"threads": "thread"}.get(pool, pool)  # Celery's banner names the pool's module
+    assert f"({shown})" in worker.output().split("[queues]")[0]
+    runs = executed(redis_server.client(2))
+    assert sorted(r["stream_id"] for r in runs) == sorted(produced)
+    assert len(readers) == 1
+    pids = {r["pid"] for r in runs}
+    assert (worker.pid not in pids) if pool == "prefork" else (pids == {worker.pid})
 
 
 def test_an_invalid_setting_stops_the_worker_before_anything_is_read(redis_server: RedisServer) -> None:
