@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 DEMO_VENV := .venv-demo
 DEMO_STAMP := $(DEMO_VENV)/.installed
 
-.PHONY: install test unit demo lint bench
+.PHONY: install test unit demo lint bench servers matrix
 
 install: $(STAMP)
 
@@ -22,6 +22,18 @@ $(STAMP): pyproject.toml
 # cores. The RabbitMQ tests share the machine's broker; each names its worker after its own queue.
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -n 2
+
+# The CI matrix of docs/support.md beyond `make test` (.ci/matrix.sh): `make matrix` runs every cell,
+# `make matrix-CELL` one (redis86 valkey8 valkey9 py310-oldest py313-newest prefork solo threads gevent).
+# `make servers` builds or fetches Redis 8.6, Valkey 8 and Valkey 9 under CRS_SERVERS_DIR (/opt/crs-servers).
+servers:
+	bash .ci/servers.sh all
+
+matrix: $(STAMP)
+	bash .ci/matrix.sh
+
+matrix-%: $(STAMP)
+	bash .ci/matrix.sh $*
 
 # The unit tier alone: in-process objects against one redis-server, no worker subprocesses (< 15 s).
 unit: $(STAMP)

@@ -1,7 +1,8 @@
 # Sourced by .ci/run and .ci/matrix.sh: run each part of CI as a bounded, timed step, and print a timing
 # summary at the end (also when a step fails).
 #
-#   step NAME SECONDS COMMAND...   run COMMAND under `timeout SECONDS`; record its time and result
+#   step NAME SECONDS COMMAND...   run COMMAND (or a shell function) under `timeout SECONDS`; record its
+#                                  time and result
 #   steps_failed                   true when any step failed
 #   steps_summary                  the table of steps (called from the EXIT trap by steps_init)
 
@@ -20,7 +21,13 @@ step() {
     start=$SECONDS
     # --kill-after: a command that ignores SIGTERM at the deadline is killed 30 s later.
     set +e
-    timeout --kill-after=30 "$limit" "$@"
+    if declare -F "$1" >/dev/null; then
+        # A function of the caller: in a bash of its own, so that `timeout` can bound it.
+        export -f "$1"
+        timeout --kill-after=30 "$limit" bash -c 'set -euo pipefail; "$@"' step "$@"
+    else
+        timeout --kill-after=30 "$limit" "$@"
+    fi
     rc=$?
     set -e
     local took=$((SECONDS - start)) result=ok
