@@ -96,7 +96,10 @@ def server_version(binary: str) -> str:
 
 @functools.cache
 def _selected(kind: str) -> tuple[str, str | None, str]:
-    """(server, cluster CLI or None, the CLI names) for CRS_SERVER=kind, checked once per process; a clear error naming what is missing."""
+    """(server, cluster CLI or None, the CLI names) for CRS_SERVER=kind, checked once per process.
+
+    A clear error names what is missing and how to get it, or the version the server reports instead.
+    """
     if kind in SERVERS:
         choice = SERVERS[kind]
         where = [SERVERS_DIR / choice.directory] if choice.directory else []
@@ -189,8 +192,8 @@ class Worker(harness.WorkerProcess):
         app: str = "tests.workerapp",
     ) -> None:
         args = [
-            "--pool", pool or worker_pool(), "-c", str(concurrency), "--loglevel", "INFO", "--without-gossip", "--without-mingle",
-            "--without-heartbeat", *(["-Q", queues] if queues else []), *extra,
+            "--pool", pool or worker_pool(), "-c", str(concurrency), "--loglevel", "INFO", "--without-gossip",
+            "--without-mingle", "--without-heartbeat", *(["-Q", queues] if queues else []), *extra,
         ]  # fmt: skip
         super().__init__(app, name, env={**env, "PYTHONPATH": str(ROOT)}, cwd=ROOT, args=args)
 

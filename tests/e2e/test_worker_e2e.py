@@ -18,8 +18,16 @@ from typing import Any
 import pytest
 
 from ..support import (
-    FAST, RedisServer, Worker, executed, produce_many, queued_messages, wait_for, worker_env, worker_pool,
-)  # fmt: skip
+    FAST,
+    RedisServer,
+    Worker,
+    executed,
+    produce_many,
+    queued_messages,
+    wait_for,
+    worker_env,
+    worker_pool,
+)
 
 
 def env_for(server: RedisServer, tasks: dict[str, Any], **conf: Any) -> dict[str, str]:
