@@ -14,6 +14,7 @@ from . import keys as _keys
 from .entry import CallShape, Converter
 from .exceptions import StreamConfigError
 from .redact import redact
+from .traffic.rules import DedupeRule, Rate, parse_dedupe, parse_rate
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -71,6 +72,8 @@ class StreamConfig:
     max_deliveries: int | None = 5
     dead_letter_failed_tasks: bool = False
     trace_fields: tuple[str, ...] = ("traceparent", "tracestate")
+    rate_limit: Rate | None = None
+    dedupe: DedupeRule | None = None
 
     @property
     def is_pattern(self) -> bool:
@@ -238,6 +241,20 @@ def _trace_fields(value: object, setting: str, stream: str | None = None) -> tup
     return names
 
 
+def _rate(value: object, setting: str, stream: str | None = None) -> Rate:
+    try:
+        return parse_rate(value)
+    except ValueError as exc:
+        raise _fail(setting, str(exc), stream) from None
+
+
+def _dedupe(value: object, setting: str, stream: str | None = None) -> DedupeRule:
+    try:
+        return parse_dedupe(value)
+    except ValueError as exc:
+        raise _fail(setting, str(exc), stream) from None
+
+
 def _task_name(value: object, setting: str, stream: str | None = None) -> str:
     task = _str(value, setting, stream).strip()
     if not task:
@@ -391,6 +408,8 @@ OPTIONS: dict[str, Option] = {
     "stream_retention_ms": Option(None, "int >= 1 | None", _positive, nullable=True),
     "stream_max_deliveries": Option(5, "int >= 1 | None", _positive, nullable=True),
     "stream_dead_letter_failed_tasks": Option(False, "bool", _flag),
+    # the fleet-wide limit of every stream (traffic/limit.py); a stream's rate_limit overrides it
+    "stream_rate_limit": Option(None, "str | number | None", _rate, nullable=True),
 }
 
 # The keys of a stream's dict in stream_tasks, in the order they are checked.
@@ -410,6 +429,8 @@ STREAM_OPTIONS: dict[str, Option] = {
     "start": Option(None, "str", _start, inherits="stream_start"),
     "batch_size": Option(None, "int >= 1", _positive, inherits="stream_batch_size"),
     "retention_ms": Option(None, "int >= 1 | None", _positive, nullable=True, inherits="stream_retention_ms"),
+    "rate_limit": Option(None, "str | number | None", _rate, nullable=True, inherits="stream_rate_limit"),
+    "dedupe": Option(None, "dict | None", _dedupe, nullable=True),
 }
 
 DEFAULTS: dict[str, object] = {name: option.default for name, option in OPTIONS.items()}
@@ -621,4 +642,6 @@ def _stream_config(
         max_deliveries=keys["max_deliveries"],
         dead_letter_failed_tasks=keys["dead_letter_failed_tasks"],
         trace_fields=settings["stream_trace_fields"],
+        rate_limit=keys["rate_limit"],
+        dedupe=keys["dedupe"],
     )

@@ -7,6 +7,7 @@ from datetime import datetime, timedelta, timezone
 
 from redis.exceptions import ResponseError
 
+from . import keys
 from .config import BridgeConfig, StreamConfig
 from .connection import Client, connect, is_missing_key, items, mapping, number, optional_text, text
 from .lag import ID_RE, LAG_SCAN_LIMIT, count_after, entry_age, id_key, oldest_waiting, server_ms
@@ -14,6 +15,7 @@ from .position import position_of
 from .redact import redact
 from .retention import retention_status
 from .rows import Collected, StreamInfo, StreamRow
+from .traffic.limit import bucket_state
 
 __all__ = [
     "LAG_SCAN_LIMIT", "Collected", "StreamRow", "collect", "count_after", "id_key", "parse_target", "stream_status",
@@ -87,9 +89,19 @@ def stream_status(client: Client, sc: StreamConfig, *, limit: int = LAG_SCAN_LIM
         out["retention_last_run_ms"] = retention["retention_last_run_ms"]
         out["retention_last_trim_ms"] = retention["retention_last_trim_ms"]
         out["retention_minid"] = retention["retention_minid"]
+        _traffic(client, sc, out, now_ms)
     except ResponseError as exc:  # e.g. WRONGTYPE: show it on this stream, keep the others
         out["error"] = redact(str(exc))
     return out
+
+
+def _traffic(client: Client, sc: StreamConfig, out: StreamRow, now_ms: int) -> None:
+    """The rate limit and whether a reader waited for it just now; the dedupe key and its deduplicated count."""
+    out["rate_limit"] = None if sc.rate_limit is None else str(sc.rate_limit)
+    out["rate_limited"] = sc.rate_limit is not None and bucket_state(client, sc.stream, now_ms)
+    out["dedupe_key"] = None if sc.dedupe is None else sc.dedupe.template
+    counted = client.hget(keys.dedupe_count(sc.stream, sc.position_name), "deduplicated") if sc.dedupe else None
+    out["deduplicated"] = number(counted)
 
 
 def _over(row: StreamRow, max_lag: int) -> bool:
