@@ -13,7 +13,7 @@ from celery.worker.control import inspect_command
 
 from .config import load_config
 from .exceptions import StreamConfigError
-from .failed import connect_receivers
+from .failed_tasks import connect_receivers
 from .service import Service
 from .status import worker_time_lags
 

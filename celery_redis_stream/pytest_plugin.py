@@ -30,11 +30,11 @@ from celery.worker import WorkController
 
 from . import install
 from .config import load_config
-from .dispatch import task_id_for
-from .harness import RedisServer, wait_for
-from .lag import text
+from .publish.dispatch import task_id_for
+from .testing.processes import RedisServer, wait_for
+from .position.lag import text
 from .producer import FieldValue, produce
-from .testing import DeadLettered, DeadLetterPreview, stream_config
+from .testing.preview import DeadLettered, DeadLetterPreview, stream_config
 
 __all__ = ["RedisStreamServer", "StreamWorker", "TaskRun"]
 

@@ -9,11 +9,11 @@ from redis.exceptions import ResponseError
 
 from . import keys
 from .config import BridgeConfig, StreamConfig
-from .connection import Client, connect, is_missing_key, items, mapping, number, optional_text, text
-from .lag import ID_RE, LAG_SCAN_LIMIT, count_after, entry_age, id_key, oldest_waiting, server_ms
-from .position import position_of
+from .client.connection import Client, connect, is_missing_key, items, mapping, number, optional_text, text
+from .position.lag import ID_RE, LAG_SCAN_LIMIT, count_after, entry_age, id_key, oldest_waiting, server_ms
+from .position.rule import position_of
 from .redact import redact
-from .retention import retention_status
+from .upkeep.retention import retention_status
 from .rows import Collected, StreamInfo, StreamRow
 from .traffic.limit import bucket_state
 

@@ -25,8 +25,8 @@ from collections.abc import Sequence
 from redis.commands.core import Script
 
 from .. import keys
+from ..client.connection import Client
 from ..config import StreamConfig
-from ..connection import Client
 from ..deadletters import DeadLetter
 from ..entry import RawEntry
 from .rules import DedupeRule, MissingKeyField

@@ -18,7 +18,7 @@ from redis.commands.core import Script
 from redis.typing import EncodableT
 
 from .. import keys
-from ..connection import Client, number
+from ..client.connection import Client, number
 from ..stats import StreamStats
 from .rules import Rate
 

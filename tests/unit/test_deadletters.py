@@ -10,7 +10,7 @@ import redis
 
 from celery_redis_stream import deadletters
 from celery_redis_stream.config import BridgeConfig, StreamConfig, load_config
-from celery_redis_stream.reader import connect
+from celery_redis_stream.client.streams import connect
 
 from ..support import RedisServer, make_app
 

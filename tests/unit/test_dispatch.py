@@ -11,7 +11,7 @@ import redis
 from celery import Celery
 
 from celery_redis_stream.config import StreamConfig, load_config
-from celery_redis_stream.dispatch import (
+from celery_redis_stream.publish.dispatch import (
     BrokerUnavailable,
     Dispatcher,
     message_headers,

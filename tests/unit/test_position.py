@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from celery_redis_stream.connection import Client
+from celery_redis_stream.client.connection import Client
 from celery_redis_stream.entry import RawEntry
-from celery_redis_stream.lag import server_ms
-from celery_redis_stream.position import (
+from celery_redis_stream.position.lag import server_ms
+from celery_redis_stream.position.rule import (
     DeadLetter,
     GroupPosition,
     Lease,

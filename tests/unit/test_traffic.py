@@ -7,8 +7,8 @@ import time
 import pytest
 
 from celery_redis_stream import StreamConfigError, keys
+from celery_redis_stream.client.connection import Client
 from celery_redis_stream.config import load_config
-from celery_redis_stream.connection import Client
 from celery_redis_stream.deadletters import DeadLetter
 from celery_redis_stream.entry import RawEntry
 from celery_redis_stream.stats import StreamStats
