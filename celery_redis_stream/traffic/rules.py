@@ -11,10 +11,14 @@ import string
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-__all__ = ["DEFAULT_DEDUPE_TTL_MS", "DedupeRule", "MissingKeyField", "Rate", "parse_dedupe", "parse_rate"]
+__all__ = ["BURST_MS", "DEFAULT_DEDUPE_TTL_MS", "DedupeRule", "MissingKeyField", "Rate", "parse_dedupe", "parse_rate"]
 
 #: Celery's rate notation (celery.utils.time.rate): the unit after the slash, in milliseconds.
 UNITS_MS = {"s": 1000, "m": 60_000, "h": 3_600_000}
+
+#: The bucket holds what this many milliseconds of the rate bring (at least one token, at most one interval's
+#: worth): an even flow as Celery's own rate_limit gives (a bucket of one), in batches a busy stream can use.
+BURST_MS = 100
 
 #: The record of a business key is kept this long when ``dedupe`` gives no ``ttl_ms`` (one day, as produce()'s key).
 DEFAULT_DEDUPE_TTL_MS = 86_400_000
@@ -24,9 +28,11 @@ DEFAULT_DEDUPE_TTL_MS = 86_400_000
 class Rate:
     """At most ``count`` entries per ``interval_ms``, for the whole fleet; ``text`` as configured.
 
-    The bucket holds at most one interval's worth (``capacity``, at least one
-    token, so ``"0.5/s"`` still lets an entry through every two seconds) and
-    refills ``count / interval_ms`` tokens per millisecond.
+    The bucket refills ``count / interval_ms`` tokens per millisecond and holds
+    ``capacity``: a tenth of a second's worth (BURST_MS), never more than one
+    interval's worth, at least one token (so ``"0.5/s"`` still lets an entry
+    through every two seconds). However long the stream was idle, any window
+    of T ms then sees at most ``per_ms * T + capacity`` entries.
     """
 
     count: float
@@ -35,7 +41,7 @@ class Rate:
 
     @property
     def capacity(self) -> int:
-        return max(1, math.floor(self.count))
+        return max(1, math.floor(min(self.count, self.per_ms * BURST_MS)))
 
     @property
     def per_ms(self) -> float:
