@@ -158,7 +158,10 @@ def test_a_global_numeric_limit_holds_for_each_stream_in_tracker_mode_across_a_k
     [
         ({"stream_tasks": {"orders": {"task": "tests.record", "rate_limit": "fast"}}}, "stream_tasks 'rate_limit'"),
         ({"stream_tasks": {"orders": "tests.record"}, "stream_rate_limit": "10/d"}, "stream_rate_limit"),
-        ({"stream_tasks": {"orders": {"task": "tests.record", "dedupe": {"key": "order_id"}}}}, "stream_tasks 'dedupe'"),
+        (
+            {"stream_tasks": {"orders": {"task": "tests.record", "dedupe": {"key": "order_id"}}}},
+            "stream_tasks 'dedupe'",
+        ),
     ],
     ids=["rate_limit", "stream_rate_limit", "dedupe"],
 )
@@ -208,9 +211,10 @@ def test_600_entries_of_200_orders_with_a_worker_killed_midway_make_exactly_200_
 
         def settled() -> bool:
             if mode == "group":
-                return int(client.xpending("orders", "celery")["pending"]) == 0 and client.xinfo_groups("orders")[
-                    0
-                ]["last-delivered-id"].decode() == produced[-1]
+                return (
+                    int(client.xpending("orders", "celery")["pending"]) == 0
+                    and client.xinfo_groups("orders")[0]["last-delivered-id"].decode() == produced[-1]
+                )
             return (client.get("stream_tracker:{orders}") or b"").decode() == produced[-1]
 
         wait_for(settled, 60, "every entry passed")

@@ -70,7 +70,7 @@ def test_a_dedupe_key_is_its_template_over_the_entry_fields() -> None:
     rule = parse_dedupe({"key": "{tenant}:{order_id}", "ttl_ms": 1000})
     assert rule.key((b"order_id", b"7", b"tenant", b"acme", b"x", b"\xff")) == "acme:7"
     assert rule.key_of({"tenant": "t", "order_id": "{1}"}) == "t:{1}"
-    assert parse_dedupe({"key": "{{literal}}-{id}"}).key((b"id", b"1",)) == "{literal}-1"
+    assert parse_dedupe({"key": "{{literal}}-{id}"}).key((b"id", b"1")) == "{literal}-1"
     assert parse_dedupe({"key": "{id}"}).ttl_ms == 86_400_000
     with pytest.raises(MissingKeyField, match="tenant"):
         rule.key((b"order_id", b"7"))
@@ -132,3 +132,23 @@ def test_claims_let_one_entry_per_key_through_and_the_same_entry_again(client: C
     assert [e.id for e in later.live] == ["5-0"]
     record = keys.dedupe_record("orders", "group:celery", "a")
     assert record.startswith("stream_dedupe:{orders}:") and 0 < client.pttl(record) <= 60000
+
+
+def test_preview_says_whether_an_entry_would_be_deduplicated_given_a_redis(client: Client) -> None:
+    from celery_redis_stream.testing import preview
+
+    dedupe = {"key": "{tenant}:{order_id}", "ttl_ms": 60000}
+    app = make_app(stream_tasks={"orders": {"task": "shop.handle", "dedupe": dedupe}, "plain": "shop.handle"})
+    fields = {"tenant": "t", "order_id": "1"}
+    unknown = preview(app, "orders", fields, entry_id="5-0")
+    assert (unknown.dedupe_key, unknown.deduplicated, unknown.args) == ("t:1", None, [fields])
+    assert preview(app, "orders", fields, entry_id="5-0", redis=client).deduplicated is False
+    (sc,) = [s for s in load_config(app).streams if s.stream == "orders"]
+    assert sc.dedupe is not None
+    Dedupe().claim(client, sc, sc.dedupe, [entry("4-0", tenant="t", order_id="1")])  # dispatched by entry 4-0
+    assert preview(app, "orders", fields, entry_id="5-0", redis=client).deduplicated is True
+    assert preview(app, "orders", fields, entry_id="4-0", redis=client).deduplicated is False  # its own record
+    missing = preview(app, "orders", {"order_id": "1"}, redis=client)
+    assert missing.dead_letter is not None and missing.dead_letter.reason == "dedupe_key"
+    assert missing.deduplicated is False and missing.args == []
+    assert preview(app, "plain", fields).deduplicated is False
