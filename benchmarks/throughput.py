@@ -15,14 +15,16 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import STREAM, Bench, fill_stream, group_done, log, stream_conf, wait_for
 
 
-def bridge(bench: Bench, n: int, batch: int, fast: bool | None = None) -> float:
-    """Entries per second; ``fast=None`` runs the default settings (the fast path on)."""
+def bridge(bench: Bench, n: int, batch: int, fast: bool | None = None, options: dict[str, Any] | None = None) -> float:
+    """Entries per second; ``fast=None`` runs the default settings (the fast path on); ``options``: more keys of
+    the stream's dict in stream_tasks (``dedupe``, ``rate_limit``)."""
     bench.reset()
     fill_stream(bench.streams, STREAM, n)
     lo, hi = n // 10, n - n // 10
@@ -37,7 +39,9 @@ def bridge(bench: Bench, n: int, batch: int, fast: bool | None = None) -> float:
             marks[hi] = (now, queued)
         return queued >= n and group_done(bench.streams, STREAM) == (0, 0)
 
-    with bench.worker("unused", **stream_conf(batch, fast=fast)) as worker:
+    conf = stream_conf(batch, fast=fast)
+    conf["stream_tasks"][STREAM].update(options or {})
+    with bench.worker("unused", **conf) as worker:
         wait_for(progress, 600, "the backlog dispatched", interval=0.005)
         if fast is not False and "fast path not used" in worker.output():
             raise RuntimeError("the fast path was not used:\n" + worker.output()[-2000:])
