@@ -86,8 +86,8 @@ def dispatch_rates(server: RedisServer, reps: int = 15) -> dict[str, float]:
     from celery import Celery
 
     from celery_redis_stream.config import load_config
-    from celery_redis_stream.publish.dispatch import Dispatcher
     from celery_redis_stream.entry import RawEntry
+    from celery_redis_stream.publish.dispatch import Dispatcher
 
     app = Celery("trace-bench", broker=server.url_db(1), set_as_current=False)
     app.conf.update(

@@ -87,8 +87,8 @@ class RedisStreamStep(bootsteps.StartStopStep):  # type: ignore[misc]
         return {"redis_stream": service.info() if service is not None else {"streams": []}}
 
 
-@inspect_command()  # type: ignore[untyped-decorator]
-def redis_stream(state: AttributeDict, **kwargs: object) -> dict[str, object]:
+@inspect_command(name="redis_stream")  # type: ignore[untyped-decorator]
+def inspect_redis_stream(state: AttributeDict, **kwargs: object) -> dict[str, object]:
     """Readers of this worker: streams, mode, counts, last id, paused, last error."""
     service: Service | None = getattr(state.consumer.controller, "redis_stream", None)
     if service is None:

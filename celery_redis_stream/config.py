@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal, cast
@@ -11,16 +12,17 @@ from urllib.parse import urlparse
 from kombu.utils.url import maybe_sanitize_url
 
 from . import keys as _keys
-from .entry import CallShape, Converter
+from .entry import CallShape, Converter, DedupeRule, parse_dedupe
 from .exceptions import StreamConfigError
 from .redact import redact
-from .traffic.rules import DedupeRule, Rate, parse_dedupe, parse_rate
 
 if TYPE_CHECKING:
     from celery import Celery
     from celery.app.utils import Settings as CelerySettings
 
-__all__ = ["OPTIONS", "STREAM_OPTIONS", "BridgeConfig", "Mode", "Option", "StreamConfig", "load_config"]
+__all__ = [
+    "OPTIONS", "STREAM_OPTIONS", "BridgeConfig", "Mode", "Option", "Rate", "StreamConfig", "load_config", "parse_rate",
+]  # fmt: skip
 
 Mode = Literal["group", "tracker"]
 MODES = ("group", "tracker")
@@ -42,6 +44,68 @@ RESERVED_HEADERS = frozenset(
         "stamped_headers", "stamps", "redis_stream", "redis_stream_id",
     }
 )  # fmt: skip
+
+
+#: Celery's rate notation (celery.utils.time.rate): the unit after the slash, in milliseconds.
+UNITS_MS = {"s": 1000, "m": 60_000, "h": 3_600_000}
+
+#: The bucket holds what this many milliseconds of the rate bring (at least one token, at most one interval's
+#: worth): an even flow as Celery's own rate_limit gives (a bucket of one), in batches a busy stream can use.
+BURST_MS = 100
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    """At most ``count`` entries per ``interval_ms``, for the whole fleet; ``text`` as configured.
+
+    The bucket refills ``count / interval_ms`` tokens per millisecond and holds
+    ``capacity``: a tenth of a second's worth (BURST_MS), never more than one
+    interval's worth, at least one token (so ``"0.5/s"`` still lets an entry
+    through every two seconds). However long the stream was idle, any window
+    of T ms then sees at most ``per_ms * T + capacity`` entries.
+    """
+
+    count: float
+    interval_ms: int
+    text: str
+
+    @property
+    def capacity(self) -> int:
+        return max(1, math.floor(min(self.count, self.per_ms * BURST_MS)))
+
+    @property
+    def per_ms(self) -> float:
+        return self.count / self.interval_ms
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def parse_rate(value: object) -> Rate:
+    """``"100/s"``, ``"600/m"``, ``"1000/h"``, ``"5"`` or a number (per second), as Celery's ``rate_limit``.
+
+    Raises ValueError with the reason; zero or less is refused (no limit is None, not 0).
+    A Rate is returned as it is (a stream's ``rate_limit`` inherits the checked ``stream_rate_limit``).
+    """
+    if isinstance(value, Rate):
+        return value
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ValueError(f"expected a rate like '100/s', '600/m', '1000/h' or a number per second, got {value!r}")
+    if isinstance(value, str):
+        amount, _, unit = value.strip().partition("/")
+        unit = unit.strip() or "s"
+        if unit not in UNITS_MS:
+            raise ValueError(f"the unit after '/' must be s, m or h, got {value!r}")
+        try:
+            count = float(amount)
+        except ValueError:
+            raise ValueError(f"expected a number before '/', got {value!r}") from None
+        interval = UNITS_MS[unit]
+        text = f"{amount.strip()}/{unit}"
+    else:
+        count, interval, text = float(value), 1000, f"{value}/s"
+    if not math.isfinite(count) or count <= 0:
+        raise ValueError(f"must be more than zero (None means no limit), got {value!r}")
+    return Rate(count, interval, text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -408,7 +472,7 @@ OPTIONS: dict[str, Option] = {
     "stream_retention_ms": Option(None, "int >= 1 | None", _positive, nullable=True),
     "stream_max_deliveries": Option(5, "int >= 1 | None", _positive, nullable=True),
     "stream_dead_letter_failed_tasks": Option(False, "bool", _flag),
-    # the fleet-wide limit of every stream (traffic/limit.py); a stream's rate_limit overrides it
+    # the fleet-wide limit of every stream (read/limit.py); a stream's rate_limit overrides it
     "stream_rate_limit": Option(None, "str | number | None", _rate, nullable=True),
 }
 

@@ -24,17 +24,17 @@ from celery import signals
 from celery.exceptions import Reject
 from celery.utils.log import get_logger
 
+from .client.connection import connect
 from .config import BridgeConfig, StreamConfig, load_config
+from .deadletters import DeadLetter
 from .entry import RawEntry, parse_entries
-from .position.rule import DeadLetter
-from .client.streams import connect
 from .redact import redact
 
 if TYPE_CHECKING:
     from celery import Celery, Task
     from celery.app.task import Context
 
-    from .deadletters import Client
+    from .deadletters import DeadLetterClient
 
 __all__ = ["connect_receivers", "dead_letter_task"]
 
@@ -50,7 +50,7 @@ class _Sink:
         self.app = app
         self.pid: int | None = None
         self.config: BridgeConfig | None = None
-        self.client: Client | None = None
+        self.client: DeadLetterClient | None = None
         self.broken = False
         self.lock = threading.Lock()
 
@@ -65,7 +65,7 @@ class _Sink:
                 return sc.for_stream(name, cluster=self.config.cluster)
         return None
 
-    def _client(self) -> Client:
+    def _client(self) -> DeadLetterClient:
         if self.pid != os.getpid():  # forked: the parent's connections are not ours
             self.pid, self.client = os.getpid(), None
         if self.client is None:
@@ -97,7 +97,7 @@ class _Sink:
                 )  # fmt: skip
 
 
-def dead_letter_task(client: Client, sc: StreamConfig, entry_id: str, task_id: str, error: str) -> None:
+def dead_letter_task(client: DeadLetterClient, sc: StreamConfig, entry_id: str, task_id: str, error: str) -> None:
     """XADD the entry (its fields byte for byte, read again with XRANGE) to the dead-letter stream.
 
     An entry trimmed from the stream meanwhile is dead-lettered without

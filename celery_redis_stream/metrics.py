@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Protocol
 
 from celery.utils.log import get_logger
 
-from .config import BridgeConfig, StreamConfig
 from .client.connection import Client, connect
+from .config import BridgeConfig, StreamConfig
 from .exceptions import StreamConfigError
 from .position.rule import position_of
 from .rows import StreamRow

@@ -13,16 +13,16 @@ from celery import Celery
 from celery.utils.log import get_logger
 
 from . import keys
-from .publish.exactly_once import assess
-from .config import BridgeConfig, StreamConfig, check_slots
 from .client.connection import Client, connect
-from .thread import ReaderThread
+from .config import BridgeConfig, StreamConfig, check_slots
 from .metrics import MetricsServer
 from .position.rule import position_of
+from .publish.exactly_once import assess
+from .read.base import Discovery, StreamReader, Wiring
 from .read.group import GroupReader
 from .read.tracker import TrackerReader
-from .read.base import Discovery, StreamReader, Wiring
 from .stats import StreamStats
+from .thread import ReaderThread
 
 __all__ = ["Service", "StreamStats"]
 

@@ -33,7 +33,7 @@ class StreamStats:
     broker_retries: int = 0
     guarantee: str | None = None  # "exactly-once" or "at-least-once", for the last batch (atomic.py)
     guarantee_reason: str | None = None
-    rate_limit: str | None = None  # the fleet-wide limit as configured ("20/s"), traffic/limit.py
+    rate_limit: str | None = None  # the fleet-wide limit as configured ("20/s"), read/limit.py
     rate_limited: bool = False  # the reader waits for the bucket now
     rate_limit_waits: int = 0
-    deduplicated: int = 0  # entries not dispatched: their business key was (traffic/dedupe.py)
+    deduplicated: int = 0  # entries not dispatched: their business key was (batch/dedupe.py)

@@ -8,14 +8,14 @@ from datetime import datetime, timedelta, timezone
 from redis.exceptions import ResponseError
 
 from . import keys
-from .config import BridgeConfig, StreamConfig
 from .client.connection import Client, connect, is_missing_key, items, mapping, number, optional_text, text
+from .config import BridgeConfig, StreamConfig
 from .position.lag import ID_RE, LAG_SCAN_LIMIT, count_after, entry_age, id_key, oldest_waiting, server_ms
 from .position.rule import position_of
+from .read.limit import bucket_state
 from .redact import redact
-from .upkeep.retention import retention_status
 from .rows import Collected, StreamInfo, StreamRow
-from .traffic.limit import bucket_state
+from .upkeep.retention import retention_status
 
 __all__ = [
     "LAG_SCAN_LIMIT", "Collected", "StreamRow", "collect", "count_after", "id_key", "parse_target", "stream_status",

@@ -10,8 +10,7 @@ from collections.abc import Callable
 from celery.utils.log import get_logger
 
 from .client.connection import Client, classify, describe
-from .publish.dispatch import BrokerUnavailable
-from .position.lease import LeaseLost
+from .exceptions import BrokerUnavailable, LeaseLost
 from .read.base import Reader
 from .stats import StreamStats
 

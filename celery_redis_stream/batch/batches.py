@@ -11,12 +11,14 @@ from celery.utils.log import get_logger
 from .. import keys
 from ..client.connection import Client
 from ..config import StreamConfig
+from ..deadletters import DeadLetter
 from ..entry import RawEntry
-from ..position.rule import DeadLetter, Lease, commit, position_of
+from ..position.lease import Lease
+from ..position.rule import commit, position_of
 from ..publish.dispatch import Dispatcher
 from ..publish.exactly_once import ExactlyOnce, Step
 from ..stats import StreamStats
-from ..traffic.dedupe import Dedupe
+from .dedupe import Dedupe
 from .deliveries import Deliveries
 from .pacing import Pacer
 

@@ -29,11 +29,11 @@ from celery.utils.log import get_logger
 from redis.commands.core import Script
 
 from .. import keys
-from ..config import StreamConfig
 from ..client.connection import Client, command, items, mapping, number, optional_text, text
-from ..deadletters import MAX_DELIVERIES
+from ..config import StreamConfig
+from ..deadletters import MAX_DELIVERIES, DeadLetter
 from ..entry import RawEntry
-from ..position.rule import DeadLetter, position_of
+from ..position.rule import position_of
 
 __all__ = ["Deliveries", "failures_key", "inflight_key"]
 

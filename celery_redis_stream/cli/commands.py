@@ -9,12 +9,13 @@ from typing import TYPE_CHECKING
 
 import click
 
-from .common import cell, client_for, config_of, console, echo, mapping, redis_errors, rows, seconds, table
-from .dead_letters import dead_letters
-from .reset import reset
+from ..client.connection import mapping
 from ..redact import redact
 from ..rows import Collected, StreamRow
 from ..status import collect
+from .common import cell, client_for, config_of, console, echo, redis_errors, rows, seconds, table
+from .dead_letters import dead_letters
+from .reset import reset
 
 if TYPE_CHECKING:
     from rich.console import Console

@@ -15,12 +15,10 @@ from typing import TYPE_CHECKING
 import click
 from redis.exceptions import RedisError
 
+from ..client.connection import Client, connect, mapping, text
 from ..config import BridgeConfig, StreamConfig, load_config
-from ..client.connection import Client
 from ..exceptions import StreamConfigError
-from ..client.streams import connect
 from ..redact import redact
-from ..status import text
 from .terminal import safe
 
 if TYPE_CHECKING:
@@ -29,7 +27,7 @@ if TYPE_CHECKING:
     from rich.text import Text
 
 __all__ = [
-    "Client", "cell", "client_for", "config_of", "confirm", "console", "echo", "mapped", "mapping", "number",
+    "Client", "cell", "client_for", "config_of", "confirm", "console", "echo", "mapped",
     "redis_errors", "rows", "seconds", "table",
 ]  # fmt: skip
 
@@ -69,18 +67,6 @@ def confirm(question: str) -> None:
     """Ask at a terminal; a script (stdin not a terminal) has nobody to ask, and goes on as with --yes."""
     if sys.stdin is not None and sys.stdin.isatty():
         click.confirm(safe(question), abort=True)
-
-
-def number(value: object) -> int:
-    """A Redis integer reply (an int, or its digits as bytes or str)."""
-    if isinstance(value, (int, str, bytes)):
-        return int(value)
-    raise TypeError(f"expected an integer reply, got {value!r}")
-
-
-def mapping(value: object) -> Mapping[str, object]:
-    """A JSON object or a Redis map reply as a mapping (empty when it is not one)."""
-    return {str(k): v for k, v in value.items()} if isinstance(value, Mapping) else {}
 
 
 def rows(value: object) -> list[Mapping[str, object]]:

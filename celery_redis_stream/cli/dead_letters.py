@@ -12,11 +12,12 @@ from typing import TYPE_CHECKING
 import click
 
 from .. import deadletters
-from .common import Client, client_for, config_of, confirm, console, echo, mapped, number, redis_errors
+from ..client.connection import Client, number
 from ..config import StreamConfig
 from ..deadletters import DeadEntry
+from ..position.lag import id_key
 from ..redact import redact
-from ..status import id_key
+from .common import client_for, config_of, confirm, console, echo, mapped, redis_errors
 from .terminal import safe
 
 if TYPE_CHECKING:
@@ -27,7 +28,7 @@ __all__ = ["dead_letters"]
 #: Above this many entries, requeue and purge show a progress bar.
 PROGRESS_MIN = deadletters.BATCH
 
-Batches = Iterable[list[DeadEntry]]
+Pages = Iterable[list[DeadEntry]]
 #: Exact JSON for raw bytes: the text when they are UTF-8, else ``{"base64": ...}``.
 Exact = str | dict[str, str] | None
 
@@ -101,7 +102,7 @@ def dead_letters(
 # -- choosing -----------------------------------------------------------------------------------
 
 
-def _counted(chunks: Batches, progress: Callable[[int], None]) -> Iterator[list[DeadEntry]]:
+def _counted(chunks: Pages, progress: Callable[[int], None]) -> Iterator[list[DeadEntry]]:
     for chunk in chunks:
         yield chunk
         progress(len(chunk))
@@ -109,7 +110,7 @@ def _counted(chunks: Batches, progress: Callable[[int], None]) -> Iterator[list[
 
 def _selection(
     client: Client, sc: StreamConfig, length: int, choice: Choice, progress: Callable[[int], None] = lambda n: None
-) -> tuple[Batches, list[str]]:
+) -> tuple[Pages, list[str]]:
     """The dead letters chosen (by id, by reason, or the oldest), at most ``limit``, in batches; the ids not found."""
     limit, reason = choice.limit, choice.reason
     if choice.ids:

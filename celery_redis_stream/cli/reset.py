@@ -5,11 +5,11 @@ from __future__ import annotations
 import click
 from redis.exceptions import ResponseError
 
-from .common import Client, client_for, config_of, confirm, echo, mapped, redis_errors, rows
-from ..config import StreamConfig
-from ..client.connection import is_missing_key
+from ..client.connection import Client, is_missing_key, text
 from ..client.streams import as_entry_id, ensure_group, last_id
-from ..status import parse_target, text
+from ..config import StreamConfig
+from ..status import parse_target
+from .common import client_for, config_of, confirm, echo, mapped, redis_errors, rows
 from .terminal import safe
 
 __all__ = ["reset"]

@@ -36,7 +36,7 @@ from redis.typing import EncodableT
 
 Items = list[tuple[object, object]]  # a read reply's (stream, entries) pairs
 
-__all__ = ["IDLE_WAIT_MAX_MS", "IDLE_WAIT_MIN_MS", "is_cluster", "read_slots"]
+__all__ = ["IDLE_WAIT_MAX_MS", "IDLE_WAIT_MIN_MS", "read_slots"]
 
 IDLE_WAIT_MIN_MS = 10
 IDLE_WAIT_MAX_MS = 200
@@ -55,10 +55,6 @@ class _Idle(threading.local):
 
 
 _idle = _Idle()
-
-
-def is_cluster(client: object) -> bool:
-    return hasattr(client, "nodes_manager")
 
 
 def _command(head: Sequence[EncodableT], positions: Mapping[str, str]) -> list[EncodableT]:

@@ -17,6 +17,7 @@ except ImportError:  # a redis-py without the parser internals resp.py builds on
     def parser_options() -> dict[str, object]:
         return {}
 
+
 if TYPE_CHECKING:
     from redis.cluster import RedisCluster
 
@@ -193,13 +194,13 @@ def _sentinel(url: str, options: dict[str, object]) -> redis.Redis:
     if first.username:
         options.setdefault("username", unquote(first.username))
     options.pop("health_check_interval", None)
-    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+    sentinel = Sentinel(  # type: ignore[no-untyped-call,unused-ignore]
         [(p.hostname or "localhost", p.port or 26379) for p in parts],
-        sentinel_kwargs=sentinel_kwargs,
+        sentinel_kwargs=sentinel_kwargs,  # type: ignore[arg-type,unused-ignore]
         socket_timeout=options.get("socket_timeout"),
         socket_connect_timeout=options.get("socket_connect_timeout"),
     )
-    master_client: redis.Redis = sentinel.master_for(master, db=db, **options)  # type: ignore[no-untyped-call]
+    master_client: redis.Redis = sentinel.master_for(master, db=db, **options)  # type: ignore[no-untyped-call,arg-type,unused-ignore]
     return master_client
 
 

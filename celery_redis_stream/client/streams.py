@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 from ..config import StreamConfig
+from ..entry import RawEntry, parse_entries, parse_read_reply
+from .cluster import read_slots
 from .connection import (
     Client,
     command,
@@ -17,8 +19,6 @@ from .connection import (
     optional_text,
     text,
 )  # fmt: skip
-from ..entry import RawEntry, parse_entries, parse_read_reply
-from .cluster import read_slots
 
 __all__ = [
     "as_entry_id",

@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
-from ..config import StreamConfig
 from ..client.connection import Client, items, mapping, number, optional_text, text
+from ..client.streams import as_entry_id
+from ..config import StreamConfig
 from ..deadletters import DeadLetter
+from ..rows import ConsumerRow, StreamInfo, StreamRow, put_lag
 from .lag import lag_fields, pending_min
 from .lease import Lease
-from ..client.streams import as_entry_id
-from ..rows import ConsumerRow, StreamInfo, StreamRow, put_lag
 
 __all__ = ["GroupPosition"]
 

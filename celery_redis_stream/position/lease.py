@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from ..config import StreamConfig
 from ..client.connection import Client
-from ..exceptions import StreamError
+from ..config import StreamConfig
 
-__all__ = ["ACQUIRE_LEASE", "ADVANCE_TRACKER", "RELEASE_LEASE", "Lease", "LeaseLost"]
+__all__ = ["ACQUIRE_LEASE", "ADVANCE_TRACKER", "RELEASE_LEASE", "Lease"]
 
 # KEYS: tracker, lease. ARGV: owner, entry id, lease ms.
 # Fenced by the lease so a worker that was paused past its lease cannot
@@ -55,10 +54,6 @@ RELEASE_LEASE = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
 return 0
 """
-
-
-class LeaseLost(StreamError):
-    """Another worker holds the tracker lease now; this worker must stop reading the stream."""
 
 
 class Lease:

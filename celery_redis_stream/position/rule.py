@@ -5,15 +5,15 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
-from ..config import Mode, StreamConfig
 from ..client.connection import Client
+from ..config import Mode, StreamConfig
 from ..deadletters import DeadLetter
-from .lease import Lease, LeaseLost
-from .group import GroupPosition
-from .tracker import TrackerPosition
 from ..rows import StreamInfo, StreamRow
+from .group import GroupPosition
+from .lease import Lease
+from .tracker import TrackerPosition
 
-__all__ = ["DeadLetter", "GroupPosition", "Lease", "LeaseLost", "Position", "TrackerPosition", "commit", "position_of"]
+__all__ = ["Position", "commit", "position_of"]
 
 
 class Position(Protocol):

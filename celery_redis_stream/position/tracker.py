@@ -5,13 +5,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
-from ..config import StreamConfig
 from ..client.connection import Client, is_cluster, optional_text
-from ..deadletters import DeadLetter
-from .lag import id_key, lag_fields
-from .lease import Lease, LeaseLost
 from ..client.streams import as_entry_id
+from ..config import StreamConfig
+from ..deadletters import DeadLetter
+from ..exceptions import LeaseLost
 from ..rows import StreamInfo, StreamRow, put_lag
+from .lag import id_key, lag_fields
+from .lease import Lease
 
 __all__ = ["TrackerPosition"]
 

@@ -11,19 +11,13 @@ from amqp import Channel, Message, spec
 from amqp.exceptions import AMQPError, RecoverableConnectionError
 from kombu.connection import Connection
 
-from ..exceptions import StreamError
-
-__all__ = ["CONFIRM_TIMEOUT", "BatchOutcome", "Confirms", "NotConfirmed", "is_py_amqp", "transport_options"]
+__all__ = ["CONFIRM_TIMEOUT", "BatchOutcome", "Confirms", "is_py_amqp", "transport_options"]
 
 # Seconds a batch may wait for RabbitMQ's confirms before the broker counts as unavailable.
 CONFIRM_TIMEOUT = 10.0
 # py-amqp socket options of the publishing connection (SO_RCVTIMEO / SO_SNDTIMEO): without them a
 # broker that stops answering blocks a channel open or a full send buffer forever.
 SOCKET_TIMEOUTS = {"read_timeout": 10.0, "write_timeout": 10.0}
-
-
-class NotConfirmed(StreamError):
-    """RabbitMQ did not confirm every message of a batch; none of it may be acknowledged."""
 
 
 def is_py_amqp(connection: Connection) -> bool:

@@ -12,19 +12,19 @@ from celery.utils.log import get_logger
 from kombu.entity import Queue
 from kombu.messaging import Producer
 
-from . import amqp_frames as amqpframes
 from ..config import StreamConfig
+from . import amqp_frames
 from .amqp_confirms import Confirms
-from .redis_fast import (
+from .template import (
     TEMPLATE_ID,
     TEMPLATE_MAX_AGE,
     Call,
+    Recorder,
     Unsupported,
-    _body,
-    _encoder,
-    _Recorder,
     argument_repr,
+    batch_encoder,
     celery_reason,
+    encode_body,
     json_dumps,
     repr_limits,
     serialize,
@@ -114,7 +114,7 @@ def _recorded(
     options: Mapping[str, object],
 ) -> tuple[tuple[object, object, object], dict[str, object]]:
     """The body and ``Producer.publish`` arguments of one ``send_task`` of the stream, if the fast path can follow."""
-    recorder = _Recorder(producer)
+    recorder = Recorder(producer)
     app.send_task(
         sc.task,
         args=[],
@@ -262,7 +262,7 @@ class AmqpFastPath:
         made = None
         if confirms is not None and messages:
             frame_max = channel.connection.frame_max
-            made = amqpframes.publisher(channel.channel_id, frame_max, exchange, routing_key, messages[0])
+            made = amqp_frames.publisher(channel.channel_id, frame_max, exchange, routing_key, messages[0])
         if made is None:
             for message in messages:
                 channel.basic_publish(
@@ -294,18 +294,18 @@ class AmqpFastPath:
         """The batch's messages and their task ids; a call that cannot be encoded goes to ``failed`` instead.
 
         The batch's first untraced message is built whole, as kombu would;
-        its encoded properties give the others' (amqpframes.py). A traced
+        its encoded properties give the others' (amqp_frames.py). A traced
         entry's headers differ from the batch's, so its message is built whole.
         """
         args_max, kwargs_max, maxlevels = repr_limits(self.app)
         embed = tpl.embed
         # kombu's dumps makes an encoder per call; the Redis path's one per batch encodes the same
         # (checked on the first entry)
-        encode = _encoder()
+        encode = batch_encoder()
         tail = ", " + json_dumps(embed) + "]"
         cenc = str(tpl.properties["content_encoding"])
         spliced: bool | None = None  # the batch's first body decides how the others are made
-        header: amqpframes.Header | bool | None = False  # False: not built yet
+        header: amqp_frames.Header | bool | None = False  # False: not built yet
         out = []
         for entry_id, task_id, args, kwargs in calls:
             shown_args: list[object] | tuple[()] = args or ()  # as as_task_v2 does
@@ -313,24 +313,24 @@ class AmqpFastPath:
             try:
                 if spliced is None:
                     text = serialize((shown_args, kwargs, embed), serializer="json")[2]
-                    spliced = _body(shown_args, kwargs, embed, "json", tail, encode) == text
+                    spliced = encode_body(shown_args, kwargs, embed, "json", tail, encode) == text
                 else:
-                    text = _body(shown_args, kwargs, embed, "json", tail if spliced else None, encode)
+                    text = encode_body(shown_args, kwargs, embed, "json", tail if spliced else None, encode)
                 body = text.encode(cenc) if isinstance(text, str) else text
                 shown = (
                     argument_repr(shown_args, args_max, maxlevels) if reprs else "",
                     argument_repr(kwargs, kwargs_max, maxlevels) if reprs else "",
                 )
                 traced = trace.get(entry_id) if trace else None
-                if isinstance(header, amqpframes.Header) and not traced:
+                if isinstance(header, amqp_frames.Header) and not traced:
                     properties = header.fill(task_id, entry_id, *shown)
-                    message = amqpframes.PrebuiltMessage(body, properties, {"redis_stream_id": entry_id})
+                    message = amqp_frames.PrebuiltMessage(body, properties, {"redis_stream_id": entry_id})
                 else:
                     message = self._whole(tpl, body, task_id, entry_id, shown if reprs else None, traced)
                     if header is False and not traced:
                         props = dict(message.properties)
                         headers = props.pop("application_headers")
-                        header = amqpframes.build(headers, props, _kinds(tpl, reprs), (task_id, entry_id, *shown))
+                        header = amqp_frames.build(headers, props, _kinds(tpl, reprs), (task_id, entry_id, *shown))
                 out.append((task_id, message))
             except Exception as exc:  # this entry cannot be encoded; the rest can
                 failed.append((entry_id, f"{type(exc).__name__}: {exc}"))
@@ -361,11 +361,11 @@ class AmqpFastPath:
 
 
 def _kinds(tpl: _Template, reprs: bool) -> dict[tuple[str, str], int]:
-    """Where the per-entry values are in a message of ``tpl`` (amqpframes.build's ``kinds``)."""
-    kinds = {("headers", k): amqpframes.TASK_ID for k in tpl.id_header_keys}
-    kinds.update({("properties", k): amqpframes.TASK_ID for k in tpl.id_property_keys})
-    kinds["headers", "redis_stream_id"] = amqpframes.ENTRY_ID
+    """Where the per-entry values are in a message of ``tpl`` (amqp_frames.build's ``kinds``)."""
+    kinds = {("headers", k): amqp_frames.TASK_ID for k in tpl.id_header_keys}
+    kinds.update({("properties", k): amqp_frames.TASK_ID for k in tpl.id_property_keys})
+    kinds["headers", "redis_stream_id"] = amqp_frames.ENTRY_ID
     if reprs:
-        kinds["headers", "argsrepr"] = amqpframes.ARGSREPR
-        kinds["headers", "kwargsrepr"] = amqpframes.KWARGSREPR
+        kinds["headers", "argsrepr"] = amqp_frames.ARGSREPR
+        kinds["headers", "kwargsrepr"] = amqp_frames.KWARGSREPR
     return kinds

@@ -15,17 +15,18 @@ from kombu.entity import Queue
 from kombu.exceptions import OperationalError
 from kombu.messaging import Producer
 
+from ..config import PUBLISH_TIMEOUTS, StreamConfig
+from ..deadletters import DeadLetter
+from ..entry import RawEntry, build_call, decode
+from ..exceptions import BrokerUnavailable, EntryError, NotConfirmed
+from ..tracing import NO_TRACE, attach_trace, detach_trace, split_trace
 from . import amqp_confirms
 from .amqp_fast import AmqpFastPath
 from .exactly_once import Step
-from ..config import PUBLISH_TIMEOUTS, StreamConfig
-from ..entry import RawEntry, build_call, decode
-from ..exceptions import EntryError, StreamError
-from .redis_fast import Call, FastPath, argument_repr, repr_limits
-from ..position.rule import DeadLetter
-from ..tracing import NO_TRACE, attach_trace, detach_trace, split_trace
+from .redis_fast import FastPath
+from .template import Call, argument_repr, repr_limits
 
-__all__ = ["BrokerUnavailable", "Dispatcher", "message_headers", "prepare", "send_options", "task_id_for"]
+__all__ = ["Dispatcher", "message_headers", "prepare", "send_options", "task_id_for"]
 
 TASK_ID_NAMESPACE = uuid.UUID("6f1c5c2e-52d3-4b7e-9a55-0c6a2f3e1d10")
 
@@ -34,9 +35,6 @@ TASK_ID_NAMESPACE = uuid.UUID("6f1c5c2e-52d3-4b7e-9a55-0c6a2f3e1d10")
 BATCH_PUBLISH_ERRORS: tuple[type[BaseException], ...] = tuple(
     getattr(kombu_exceptions, name) for name in ("BatchPublishError",) if hasattr(kombu_exceptions, name)
 )
-
-class BrokerUnavailable(StreamError):
-    """The broker did not accept a publish; the batch is retried, nothing is acknowledged."""
 
 
 def task_id_for(sc: StreamConfig, entry_id: str) -> str:
@@ -133,7 +131,7 @@ class Dispatcher:
             producer = self.app.amqp.Producer(connection, auto_declare=False)
             if amqp:
                 # A channel error closes the channel: nothing after it is published.
-                self._retryable = (*self._retryable, *connection.channel_errors, amqp_confirms.NotConfirmed)
+                self._retryable = (*self._retryable, *connection.channel_errors, NotConfirmed)
                 self._amqp = True
                 self._confirms = amqp_confirms.Confirms(producer.channel, key_header="redis_stream_id")
             self._producer = producer
@@ -350,4 +348,4 @@ class Dispatcher:
         if len(self._confirmed) > 100_000:  # never an unbounded set; forgetting only costs duplicates
             self._confirmed.clear()
         self._confirmed.update(task_id for entry_id, task_id, _, _ in calls if entry_id in confirmed)
-        raise amqp_confirms.NotConfirmed(outcome.describe(timeout))
+        raise NotConfirmed(outcome.describe(timeout))

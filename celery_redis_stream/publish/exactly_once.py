@@ -14,11 +14,12 @@ from redis.commands.core import Script
 from redis.exceptions import ResponseError
 from redis.typing import EncodableT
 
-from ..config import PUBLISH_TIMEOUTS, BridgeConfig, StreamConfig
 from ..client.connection import Client, connect, is_denied
-from ..exceptions import StreamError
+from ..config import PUBLISH_TIMEOUTS, BridgeConfig, StreamConfig
+from ..deadletters import DeadLetter
+from ..exceptions import LeaseLost, StreamError
+from ..position.lease import Lease
 from .redis_fast import LPUSH_CHUNK, Built, FastPath
-from ..position.rule import DeadLetter, Lease, LeaseLost
 
 __all__ = [
     "AT_LEAST_ONCE",
@@ -319,7 +320,7 @@ class Step:
         self.guarantee: Guarantee | None = None
         self.extra: list[tuple[EncodableT, ...]] = []
         self.target: tuple[str, str] = ("0", "")  # the broker's db and key prefix, set by take()
-        self.passed_over = 0  # entries of the batch deduplicated (traffic/dedupe.py): nothing to send for them
+        self.passed_over = 0  # entries of the batch deduplicated (batch/dedupe.py): nothing to send for them
 
     def add(self, *command: EncodableT) -> None:
         """Run ``command`` (in the streams database) in the same step, after the position move.

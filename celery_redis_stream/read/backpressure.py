@@ -9,9 +9,9 @@ from celery import Celery
 from celery.utils.log import get_logger
 from kombu.connection import Connection
 
-from ..config import StreamConfig
 from ..client.connection import describe
-from ..publish.dispatch import BrokerUnavailable
+from ..config import StreamConfig
+from ..exceptions import BrokerUnavailable
 from ..stats import StreamStats
 
 __all__ = ["Backpressure", "QueueGauge", "target_queue"]

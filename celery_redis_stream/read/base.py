@@ -24,9 +24,9 @@ from ..exceptions import StreamConfigError
 from ..publish.dispatch import Dispatcher
 from ..publish.exactly_once import ExactlyOnce
 from ..stats import StreamStats
-from ..traffic.limit import Limiter
 from ..upkeep.cadence import Upkeep
 from .backpressure import Backpressure
+from .limit import Limiter
 
 __all__ = ["Discovery", "Reader", "StreamReader", "Wiring"]
 

@@ -6,15 +6,14 @@ import time
 
 from celery.utils.log import get_logger
 
-from ..config import StreamConfig
-from ..client.connection import Client
 from ..batch.deliveries import FOREIGN_GRACE_SECONDS
-from ..publish.dispatch import BrokerUnavailable
-from ..entry import RawEntry
-from ..position.lease import LeaseLost
+from ..client.connection import Client
 from ..client.streams import autoclaim, ensure_group, read_group
-from .base import StreamReader, Wiring
+from ..config import StreamConfig
+from ..entry import RawEntry
+from ..exceptions import BrokerUnavailable, LeaseLost
 from ..signals import send_reader_ready
+from .base import StreamReader, Wiring
 
 __all__ = ["GroupReader"]
 

@@ -7,14 +7,15 @@ import time
 
 from celery.utils.log import get_logger
 
-from ..config import StreamConfig
-from ..client.connection import Client
 from ..batch.deliveries import FOREIGN_GRACE_SECONDS
-from ..entry import RawEntry
-from ..position.lease import Lease, LeaseLost
+from ..client.connection import Client
 from ..client.streams import read_tracked, start_position
-from .base import StreamReader, Wiring
+from ..config import StreamConfig
+from ..entry import RawEntry
+from ..exceptions import LeaseLost
+from ..position.lease import Lease
 from ..signals import send_reader_ready
+from .base import StreamReader, Wiring
 
 __all__ = ["TrackerReader"]
 

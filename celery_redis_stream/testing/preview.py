@@ -26,13 +26,12 @@ from kombu import serialization
 from kombu.connection import Connection
 from kombu.messaging import Producer
 
+from ..batch.dedupe import record_key
 from ..client.connection import Client
 from ..config import BridgeConfig, StreamConfig, load_config
 from ..entry import RawEntry
-from ..exceptions import StreamError
+from ..exceptions import EntryError, StreamError
 from ..publish.dispatch import Dispatcher, task_id_for
-from ..traffic.dedupe import DEDUPE_KEY, record_key
-from ..traffic.rules import MissingKeyField
 
 __all__ = ["DeadLetterPreview", "DeadLettered", "Preview", "preview", "run", "to_raw"]
 
@@ -194,8 +193,8 @@ def preview(app: Celery, stream: str, fields: Fields, *, entry_id: str = "1-0", 
     # As the worker does: the business key before the conversion (a missing field is a dead letter).
     try:
         record = record_key(sc, sc.dedupe, raw.pairs or ())
-    except MissingKeyField as exc:
-        return _dead(sc, entry_id, options, DeadLetterPreview(DEDUPE_KEY, str(exc)))
+    except EntryError as exc:
+        return _dead(sc, entry_id, options, DeadLetterPreview(exc.reason, exc.error))
     deduplicated = None if redis is None else _held_by_another(redis, record, entry_id)
     shown = _converted(app, config, sc, raw, entry_id, options)
     if shown.dead_letter is not None:
@@ -204,7 +203,7 @@ def preview(app: Celery, stream: str, fields: Fields, *, entry_id: str = "1-0", 
 
 
 def _held_by_another(client: Client, record: str, entry_id: str) -> bool:
-    """The bridge passes an entry over when its key's record names another entry (traffic/dedupe.py CLAIM)."""
+    """The bridge passes an entry over when its key's record names another entry (batch/dedupe.py CLAIM)."""
     held = client.get(record)
     if held is None:
         return False

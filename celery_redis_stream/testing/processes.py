@@ -295,8 +295,8 @@ class WorkerProcess:
         self.env = {**os.environ, **env, READY_FILE: str(self.ready_file)}
         self.cwd = cwd
         self.new_session = new_session
-        self.cmd = [sys.executable, "-m", "celery_redis_stream.testing.processes", "-A", app, "worker", "-n", f"{name}@%h",
-                    *args]  # fmt: skip
+        module = "celery_redis_stream.testing.processes"  # not __name__: "__main__" inside a worker it started
+        self.cmd = [sys.executable, "-m", module, "-A", app, "worker", "-n", f"{name}@%h", *args]
         self.proc: subprocess.Popen[bytes] | None = None
         self._logfile: IO[bytes] | None = None
 
@@ -414,7 +414,7 @@ class WorkerProcess:
         return self.wait(10)
 
 
-# -- inside the worker: python -m celery_redis_stream.testing.processes ------------------------------------------------------
+# -- inside the worker: python -m celery_redis_stream.testing.processes ----------------------------------------------
 
 _write_lock = threading.Lock()
 

@@ -8,13 +8,13 @@ from collections.abc import Iterable, Mapping
 from celery.utils.log import get_logger
 from redis.exceptions import ResponseError
 
-from ..config import StreamConfig
 from ..client.connection import Client
-from .consumers import REAP_BATCH, Removed, reap_consumers, remove_own_consumer
+from ..config import StreamConfig
 from ..position.rule import position_of
 from ..redact import redact
-from .retention import server_trims_acked, trim_passed
 from ..stats import StreamStats
+from .consumers import REAP_BATCH, Removed, reap_consumers, remove_own_consumer
+from .retention import server_trims_acked, trim_passed
 
 __all__ = ["Upkeep", "cadence"]
 

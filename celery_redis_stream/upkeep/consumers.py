@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config import StreamConfig
 from ..client.connection import Client, items, number, text
+from ..config import StreamConfig
 
 __all__ = ["REAP_BATCH", "REAP_CONSUMERS", "Removed", "reap_consumers", "remove_own_consumer"]
 

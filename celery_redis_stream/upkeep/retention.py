@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from typing import TypedDict
 
 from .. import keys
-from ..config import StreamConfig
 from ..client.connection import Client, command, items, mapping, text
+from ..config import StreamConfig
 from ..position.rule import position_of
 
 __all__ = [

@@ -15,9 +15,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from celery_redis_stream.config import StreamConfig, load_config
-from celery_redis_stream.publish.dispatch import Dispatcher, task_id_for
 from celery_redis_stream.entry import RawEntry
-from celery_redis_stream.publish.redis_fast import argument_repr
+from celery_redis_stream.publish.dispatch import Dispatcher, task_id_for
+from celery_redis_stream.publish.template import argument_repr
 
 from ..support import RedisServer, Worker, executed, produce_many, wait_for, worker_env
 

@@ -344,7 +344,7 @@ def test_removals_and_trims_are_counted_in_inspect_and_metrics() -> None:
 def test_a_retention_round_keeps_trimming_a_large_backlog_past_the_per_call_limit(
     client: redis.Redis, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from celery_redis_stream.thread import StreamStats
+    from celery_redis_stream.stats import StreamStats
     from celery_redis_stream.upkeep.cadence import Upkeep
 
     sc = stream_config(retention_ms=1)
@@ -372,9 +372,9 @@ def test_a_retention_round_keeps_trimming_a_large_backlog_past_the_per_call_limi
 def test_thousands_of_ghosts_go_in_short_scripts_and_few_log_lines(
     client: redis.Redis, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from celery_redis_stream.upkeep.consumers import REAP_BATCH
-    from celery_redis_stream.thread import StreamStats
+    from celery_redis_stream.stats import StreamStats
     from celery_redis_stream.upkeep.cadence import LOG_REMOVALS, Upkeep
+    from celery_redis_stream.upkeep.consumers import REAP_BATCH
 
     sc = stream_config()
     client.xgroup_create("orders", "celery", id="$", mkstream=True)

@@ -12,9 +12,9 @@ from opentelemetry.sdk.trace import TracerProvider
 
 import celery_redis_stream
 from celery_redis_stream.config import load_config
-from celery_redis_stream.publish.dispatch import Dispatcher
 from celery_redis_stream.entry import RawEntry
 from celery_redis_stream.exceptions import StreamConfigError
+from celery_redis_stream.publish.dispatch import Dispatcher
 
 from ..support import RedisServer, Worker, executed, wait_for, worker_env
 

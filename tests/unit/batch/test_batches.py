@@ -8,16 +8,16 @@ from unittest.mock import Mock
 import pytest
 
 from celery_redis_stream.batch.batches import Batches
-from celery_redis_stream.client.connection import Client
 from celery_redis_stream.batch.deliveries import Deliveries, failures_key
-from celery_redis_stream.publish.dispatch import BrokerUnavailable
-from celery_redis_stream.entry import RawEntry
-from celery_redis_stream.position.rule import DeadLetter
+from celery_redis_stream.client.connection import Client
 from celery_redis_stream.client.streams import ensure_group, read_group
+from celery_redis_stream.deadletters import DeadLetter
+from celery_redis_stream.entry import RawEntry
+from celery_redis_stream.exceptions import BrokerUnavailable
 from celery_redis_stream.stats import StreamStats
 
-from .conftest import UnitDB
-from .streams import raw_client, stream_config
+from ..conftest import UnitDB
+from ..streams import raw_client, stream_config
 
 SC = stream_config(max_deliveries=2)
 

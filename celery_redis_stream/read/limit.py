@@ -19,8 +19,8 @@ from redis.typing import EncodableT
 
 from .. import keys
 from ..client.connection import Client, number
+from ..config import Rate
 from ..stats import StreamStats
-from .rules import Rate
 
 __all__ = ["MAX_WAIT_MS", "MIN_WAIT_MS", "RECENT_MS", "TAKE", "Limiter", "bucket_state"]
 

@@ -28,13 +28,10 @@ from .. import keys
 from ..client.connection import Client
 from ..config import StreamConfig
 from ..deadletters import DeadLetter
-from ..entry import RawEntry
-from .rules import DedupeRule, MissingKeyField
+from ..entry import DEDUPE_KEY, DedupeRule, RawEntry
+from ..exceptions import EntryError
 
-__all__ = ["CLAIM", "DEDUPE_KEY", "RELEASE", "Dedupe", "Sorted", "record_key"]
-
-#: dlq_reason of an entry that lacks a field of the key template.
-DEDUPE_KEY = "dedupe_key"
+__all__ = ["CLAIM", "RELEASE", "Dedupe", "Sorted", "record_key"]
 
 # KEYS: one record per entry, in stream order. ARGV[1] ttl ms, then the entries' ids.
 # Returns 1 (dispatch: the key was free, or already this entry's) or 0 (passed over) per entry.
@@ -60,7 +57,7 @@ return n
 
 
 def record_key(sc: StreamConfig, rule: DedupeRule, pairs: tuple[bytes, ...]) -> str:
-    """The record of an entry's business key, for this stream and group (or tracker); raises MissingKeyField."""
+    """The record of an entry's business key, for this stream and group (or tracker); EntryError ``dedupe_key``."""
     return keys.dedupe_record(sc.stream, sc.position_name, rule.key(pairs))
 
 
@@ -87,8 +84,8 @@ class Dedupe:
         for entry in entries:
             try:
                 keyed.append((entry, record_key(sc, rule, entry.pairs or ())))
-            except MissingKeyField as exc:
-                dead.append(DeadLetter(entry, DEDUPE_KEY, str(exc)))
+            except EntryError as exc:
+                dead.append(DeadLetter(entry, exc.reason, exc.error))
         if not keyed:
             return Sorted([], dead, [])
         if self._claim is None:
@@ -113,7 +110,7 @@ class Dedupe:
                 continue
             try:
                 held.append((record_key(sc, rule, letter.raw.pairs or ()), letter.raw.id))
-            except MissingKeyField:
+            except EntryError:
                 continue
         if not held:
             return

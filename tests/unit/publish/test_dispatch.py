@@ -11,8 +11,9 @@ import redis
 from celery import Celery
 
 from celery_redis_stream.config import StreamConfig, load_config
+from celery_redis_stream.entry import RawEntry
+from celery_redis_stream.exceptions import BrokerUnavailable
 from celery_redis_stream.publish.dispatch import (
-    BrokerUnavailable,
     Dispatcher,
     message_headers,
     prepare,
@@ -20,9 +21,8 @@ from celery_redis_stream.publish.dispatch import (
     task_id_for,
     task_ids_for,
 )
-from celery_redis_stream.entry import RawEntry
 
-from ..support import RedisServer, free_port, make_app, queued_messages
+from ...support import RedisServer, free_port, make_app, queued_messages
 
 ORDERS = {"orders": "shop.handle"}
 

@@ -9,15 +9,15 @@ import pytest
 from celery import Celery
 
 from celery_redis_stream.client.connection import Client
-from celery_redis_stream.publish.dispatch import BrokerUnavailable
+from celery_redis_stream.exceptions import BrokerUnavailable
+from celery_redis_stream.read.base import Discovery, Wiring
 from celery_redis_stream.read.group import GroupReader
 from celery_redis_stream.read.tracker import TrackerReader
-from celery_redis_stream.read.base import Discovery, Wiring
 from celery_redis_stream.signals import reader_ready
 from celery_redis_stream.stats import StreamStats
 
-from .conftest import UnitDB
-from .streams import bridge_config, stream_config
+from ..conftest import UnitDB
+from ..streams import bridge_config, stream_config
 
 GROUP = stream_config("orders", fast_path=False)
 TRACKED = stream_config("events", mode="tracker", fast_path=False)
