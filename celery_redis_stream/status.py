@@ -96,9 +96,12 @@ def stream_status(client: Client, sc: StreamConfig, *, limit: int = LAG_SCAN_LIM
 
 
 def _traffic(client: Client, sc: StreamConfig, out: StreamRow, now_ms: int) -> None:
-    """The rate limit and whether a reader waited for it just now; the dedupe key and its deduplicated count."""
+    """The rate limit and whether readers wait for it now; the dedupe key and its deduplicated count (all workers)."""
     out["rate_limit"] = None if sc.rate_limit is None else str(sc.rate_limit)
-    out["rate_limited"] = sc.rate_limit is not None and bucket_state(client, sc.stream, now_ms)
+    # Refused a token just now, with entries waiting: an idle reader blocking on an empty stream holds a
+    # token, and another refused meanwhile is not held back by the limit.
+    waiting = (out.get("lag_at_least") or 0) > 0 or (out.get("pending") or 0) > 0
+    out["rate_limited"] = sc.rate_limit is not None and waiting and bucket_state(client, sc.stream, now_ms)
     out["dedupe_key"] = None if sc.dedupe is None else sc.dedupe.template
     counted = client.hget(keys.dedupe_count(sc.stream, sc.position_name), "deduplicated") if sc.dedupe else None
     out["deduplicated"] = number(counted)

@@ -11,7 +11,6 @@ import json
 import random
 import threading
 import time
-from collections import Counter
 from typing import Any
 
 import pytest
@@ -183,31 +182,34 @@ def orders(copies: int, ids: int, seed: int) -> list[dict[str, str]]:
     return rows
 
 
-@pytest.mark.parametrize("mode", ["group", "tracker"])
+@pytest.mark.parametrize(
+    ("mode", "exact"), [("group", True), ("tracker", True), ("group", False)],
+    ids=["group", "tracker", "group-at-least-once"],
+)  # fmt: skip
 def test_600_entries_of_200_orders_with_a_worker_killed_midway_make_exactly_200_tasks(
-    redis_server: RedisServer, mode: str
+    redis_server: RedisServer, mode: str, exact: bool
 ) -> None:
-    # Streams on db 0 and the broker on db 1 of one server: the exactly-once condition.
+    # Streams on db 0 and the broker on db 1 of one server: the exactly-once condition, unless the fast path
+    # is off (the batch is then at least once: a kill may send the batch in flight again, never a second entry
+    # of an order).
     env = env_for(
         redis_server, {"orders": {"task": "tests.record", "dedupe": {"key": "{order_id}", "ttl_ms": 600_000},
-                                  "batch_size": 10}},
-        stream_mode=mode, stream_claim_idle_ms=1000,
+                                  "batch_size": 10, "rate_limit": "300/s"}},
+        stream_mode=mode, stream_claim_idle_ms=1000, stream_fast_path=exact,
     )  # fmt: skip
     rows = orders(3, 200, seed=20)
     a = Worker(env, "a", queues="other").start()
     b = Worker(env, "b", queues="other")
     b.start(wait="ready.") if mode == "tracker" else b.start()  # a second tracker reader stands by
     client = redis_server.client()
+    produced = produce(redis_server, "orders", rows)
     try:
-        produced = []
-        for i in range(0, 600, 20):
-            produced += produce(redis_server, "orders", rows[i : i + 20])
-            time.sleep(0.01)
-            if i == 300:
-                # Midway: kill the worker that reads (tracker) or either (group), holding a batch or not.
-                holder = client.get("stream_tracker:{orders}:lease") if mode == "tracker" else None
-                victim = b if holder is not None and holder.decode().startswith("b@") else a
-                victim.kill()
+        # Midway, batches in flight (the rate limit keeps a backlog): kill the reader (tracker) or either (group).
+        wait_for(lambda: redis_server.client(1).llen("celery") >= 70, 30, "70 tasks")
+        holder = client.get("stream_tracker:{orders}:lease") if mode == "tracker" else None
+        victim = b if holder is not None and holder.decode().startswith("b@") else a
+        victim.kill()
+        assert redis_server.client(1).llen("celery") < 200
 
         def settled() -> bool:
             if mode == "group":
@@ -222,13 +224,21 @@ def test_600_entries_of_200_orders_with_a_worker_killed_midway_make_exactly_200_
         row = status_json(env)["orders"]
     finally:
         a.stop(), b.stop()
+    guarantee = "exactly-once: the streams and the broker share one Redis server" if exact else "at-least-once"
+    assert guarantee in (a.output() + b.output())
     messages = queued_messages(redis_server.client(1))
-    orders_sent = Counter(m["redis_stream_id"] for m in messages)
-    assert len(messages) == 200 and max(orders_sent.values()) == 1
     by_id = dict(zip(produced, rows, strict=True))
-    assert sorted(by_id[m["redis_stream_id"]]["order_id"] for m in messages) == sorted(f"o{i}" for i in range(200))
+    sent: dict[str, set[str]] = {}
+    for m in messages:
+        sent.setdefault(by_id[m["redis_stream_id"]]["order_id"], set()).add(m["redis_stream_id"])
+    assert sorted(sent) == sorted(f"o{i}" for i in range(200))  # every order
+    assert all(len(ids) == 1 for ids in sent.values()), sent  # one entry per order, whatever was killed
     assert client.xlen("orders:dead") == 0
-    assert row["dedupe_key"] == "{order_id}" and row["deduplicated"] == 400, row
+    assert row["dedupe_key"] == "{order_id}", row
+    if exact:
+        assert len(messages) == 200 and row["deduplicated"] == 400, (len(messages), row)
+    else:  # at most the batch in flight (10) again; a count lost with it
+        assert 200 <= len(messages) <= 210 and 390 <= row["deduplicated"] <= 400, (len(messages), row)
 
 
 @pytest.mark.parametrize("mode", ["group", "tracker"])
