@@ -13,7 +13,7 @@ from ..streams import stream_config
 
 GROUP = stream_config(retention_ms=1000)
 TRACKED = stream_config(mode="tracker", retention_ms=1000)
-N = 1000  # old ids (1-0 .. 1000-0): a few radix nodes, so that XTRIM MINID ~ has whole nodes to drop
+N = 400  # old ids (1-0 .. 400-0): four radix nodes of 100, so that XTRIM MINID ~ has whole nodes to drop
 
 
 def _entries(client: Client) -> None:
@@ -38,19 +38,19 @@ def _trim_all(client: Client, sc: object) -> int:
 
 def test_never_trims_past_the_last_delivered_id_of_any_group(client: Client) -> None:
     _entries(client)
-    client.xgroup_create("orders", "celery", id="900-0")
-    client.xgroup_create("orders", "audit", id="600-0")  # another app's group, further behind
+    client.xgroup_create("orders", "celery", id="350-0")
+    client.xgroup_create("orders", "audit", id="250-0")  # another app's group, further behind
     trimmed = _trim_all(client, GROUP)
-    assert trimmed > 0 and _first(client) <= 600 and client.xlen("orders") == N - trimmed
-    assert client.xrange("orders", "600-0", "600-0")  # the entry at the bound itself is kept
+    assert trimmed > 0 and _first(client) <= 250 and client.xlen("orders") == N - trimmed
+    assert client.xrange("orders", "250-0", "250-0")  # the entry at the bound itself is kept
 
 
 def test_never_trims_an_entry_still_pending_even_behind_the_last_delivered_id(client: Client) -> None:
     _entries(client)
     client.xgroup_create("orders", "celery", id="0")
-    client.execute_command("XREADGROUP", "GROUP", "celery", "c1", "COUNT", 700, "STREAMS", "orders", ">")
-    client.xack("orders", "celery", *[f"{i}-0" for i in range(1, 701) if i != 450])  # 450-0 is still pending
-    assert _trim_all(client, GROUP) > 0 and _first(client) <= 450
+    client.execute_command("XREADGROUP", "GROUP", "celery", "c1", "COUNT", 350, "STREAMS", "orders", ">")
+    client.xack("orders", "celery", *[f"{i}-0" for i in range(1, 351) if i != 250])  # 250-0 is still pending
+    assert _trim_all(client, GROUP) > 0 and _first(client) <= 250
 
 
 def test_a_tracked_stream_is_trimmed_up_to_its_tracker_only_and_not_at_all_without_one(client: Client) -> None:
@@ -58,8 +58,8 @@ def test_a_tracked_stream_is_trimmed_up_to_its_tracker_only_and_not_at_all_witho
     assert trim_passed(client, TRACKED, retention_ms=1000, interval_ms=0).status == "no tracker"
     lease = Lease(client, "c1", 10_000)
     assert lease.acquire(TRACKED)
-    commit(client, TRACKED, ["500-0"], [], lease=lease)
-    assert _trim_all(client, TRACKED) > 0 and _first(client) <= 500
+    commit(client, TRACKED, ["250-0"], [], lease=lease)
+    assert _trim_all(client, TRACKED) > 0 and _first(client) <= 250
 
 
 def test_nothing_is_trimmed_before_the_own_group_exists_or_within_the_retention(client: Client) -> None:
