@@ -14,6 +14,7 @@ reference cannot drift from the code. An option without a ``meaning`` fails the 
 
 from __future__ import annotations
 
+import inspect
 import logging
 import re
 from pathlib import Path
@@ -66,12 +67,12 @@ def options_table(options: dict[str, Any], first: str) -> str:
 def _option_row(param: click.Parameter) -> str:
     names = ", ".join(f"`{n}`" for n in [*param.opts, *param.secondary_opts])
     if isinstance(param, click.Argument):
-        return f"| `{param.human_readable_name}` (argument) | {_cell(_type_of(param))} | | required |"
+        return f"| `{param.human_readable_name}` (argument) | {_cell(_type_of(param))} | required |"
     assert isinstance(param, click.Option)
-    default = ""
+    extra = " (required)" if param.required else ""
     if param.show_default and param.default is not None and not param.is_flag:
-        default = f" (default: `{param.default}`)"
-    return f"| {names} | {_cell(_type_of(param))} | {_cell((param.help or '') + default)} |"
+        extra += f" (default: `{param.default}`)"
+    return f"| {names} | {_cell(_type_of(param))} | {_cell((param.help or '') + extra)} |"
 
 
 def _type_of(param: click.Parameter) -> str:
@@ -80,6 +81,9 @@ def _type_of(param: click.Parameter) -> str:
     if isinstance(param.type, click.Choice):
         return " \\| ".join(f"`{c}`" for c in param.type.choices)
     name = param.type.name
+    if isinstance(param.type, click.IntRange):
+        bounds = [f">= {param.type.min}" if param.type.min is not None else "", f"<= {param.type.max}" if param.type.max is not None else ""]
+        name = " ".join(["integer", *filter(None, bounds)])
     if isinstance(param, click.Option) and param.multiple:
         name += ", repeatable"
     return name
@@ -90,7 +94,7 @@ def command_section(command: click.Command, path: str, level: int) -> str:
     ctx = click.Context(command, info_name=path)
     usage = " ".join(command.collect_usage_pieces(ctx))
     out = [f"{'#' * level} `{path}`", "", "```text", f"{path} {usage}".rstrip(), "```", ""]
-    help_text = (command.help or "").strip()
+    help_text = inspect.cleandoc(command.help or "")
     if help_text:
         out += [help_text.replace("\b\n", ""), ""]
     params = [p for p in command.params if p.name != "help"]
