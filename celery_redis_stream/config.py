@@ -262,7 +262,7 @@ def _send_options(value: object, setting: str, stream: str | None = None) -> dic
 class Option:
     """One setting, as Celery's ``app/defaults.py`` declares its own: default, type, check.
 
-    ``type`` is what the README's settings table says (a test holds them to it).
+    ``type`` is what the generated settings reference (docs/settings.md) shows.
     ``nullable``: None is a value of its own ("no limit", "never"), not "the
     default". ``inherits``: a per-stream key whose default is that global
     setting. ``computed``: a default derived from ``app.conf`` (an empty value
@@ -361,7 +361,7 @@ def _check_queue_names(conf: CelerySettings, url: str, streams: list[StreamConfi
             )
 
 
-# The README's default where it is not a plain value.
+# The settings reference's default where it is not a plain value.
 _URL_DEFAULT = (
     "the broker URL when it is `redis://`, `rediss://`, `unix://` or `sentinel://` "
     "(then with the broker's `master_name`), else `redis://localhost:6379/0`"

@@ -82,8 +82,10 @@ def _type_of(param: click.Parameter) -> str:
         return " \\| ".join(f"`{c}`" for c in param.type.choices)
     name = param.type.name
     if isinstance(param.type, click.IntRange):
-        bounds = [f">= {param.type.min}" if param.type.min is not None else "", f"<= {param.type.max}" if param.type.max is not None else ""]
-        name = " ".join(["integer", *filter(None, bounds)])
+        low, high = param.type.min, param.type.max
+        bounds = [f">= {low}"] if low is not None else []
+        bounds += [f"<= {high}"] if high is not None else []
+        name = " ".join(["integer", *bounds])
     if isinstance(param, click.Option) and param.multiple:
         name += ", repeatable"
     return name

@@ -1,4 +1,4 @@
-"""The package's shape, held to the figures it keeps (the README's Development section).
+"""The package's shape, held to the figures it keeps (CONTRIBUTING.md, "Tests, lint, tox").
 
 No import cycle between its modules (TYPE_CHECKING imports included), no
 function over 60 lines, at most 40 explicit ``typing.Any``, and the tracker key
