@@ -344,3 +344,25 @@ def test_the_parser_sees_markers_captions_and_sections(tmp_path: Path) -> None:
         ("Two", "sh", None, None, None, "echo hi\n"),
     ]
     assert shutil.which("bash")
+
+
+def test_the_readme_is_a_landing_page_whose_links_resolve() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 300
+    installs = [line for line in readme.splitlines() if line.startswith("pip install")]
+    assert installs and not [line for line in installs if re.search(r"\[[^]]*\b(test|lint|docs)\b", line)]
+    for shown in ("Redis 7.0 and 8.6", "Valkey 8 and 9", "3.10 and 3.13", "celery 5.3.0", "kombu 5.3.0",
+                  "redis-py 5.0.0", "prefork, solo, threads, gevent", "make demo", "make test"):  # fmt: skip
+        assert shown in readme, shown
+    for target in re.findall(r"\]\((?!https?://|#)([^)#]+)", readme):
+        assert (ROOT / target).exists(), target
+
+
+def test_pip_show_gives_the_license_and_the_project_urls() -> None:
+    from importlib.metadata import metadata
+
+    meta = metadata("celery-redis-stream")
+    assert meta["License"] == "MIT"
+    urls = dict(url.split(", ", 1) for url in meta.get_all("Project-URL") or [])
+    assert {"Homepage", "Documentation", "Changelog", "Issues"} <= set(urls)
+    assert all(url.startswith("https://") for url in urls.values())
