@@ -37,7 +37,7 @@ QUICK_START_DOCS = [ROOT / "README.md", ROOT / "docs" / "getting-started.md"]
 SHOWN_URL = "redis://localhost:6379/0"
 FENCE = re.compile(r"^(\s*)(`{3,})([\w+-]*)\s*$")
 MARKER = re.compile(r"^\s*<!-- (not-run|run): ?(.*?) -->\s*$")
-CAPTION = re.compile(r"^\s*`([\w./-]+\.py)`[^`]*:\s*$")
+CAPTION = re.compile(r"^\s*`([\w./-]+\.py)`:\s*$")  # the whole line: `shop/tasks.py`:
 RUN_KINDS = {"pytest", "settings"}
 SCRIPT_TIMEOUT = 60
 
@@ -93,6 +93,7 @@ def blocks(path: Path) -> list[Block]:
         end = next(j for j in range(i + 1, len(lines)) if lines[j].strip() == ticks)
         text = textwrap.dedent("\n".join(line[len(indent) :] for line in lines[i + 1 : end])) + "\n"
         not_run, run, caption = _marker_and_caption(lines, i)
+        caption = caption if lang == "python" else None
         found.append(Block(path, i + 1, lang, text, section, not_run, run, caption))
         i = end + 1
     return found
