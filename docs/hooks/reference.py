@@ -26,7 +26,7 @@ log = logging.getLogger("mkdocs.hooks.reference")
 
 ROOT = Path(__file__).resolve().parents[2]
 REPO = "https://github.com/celery-redis-stream/celery-redis-stream/blob/main/"
-MARKER = re.compile(r"<!-- (generated|include): ([\w./-]+) -->")
+MARKER = re.compile(r"<!-- (generated|include): ([\w./#-]+) -->")
 
 
 def _shown(value: object) -> str:
@@ -133,12 +133,27 @@ def cli_reference() -> str:
 
 def _absolute_links(text: str) -> str:
     """Relative links of a repository file point at the repository, since the site does not hold it."""
-    return re.sub(r"\]\((?!https?://|#|mailto:)([^)]+)\)", lambda m: f"]({REPO}{m.group(1)})", text)
+    return re.sub(r"\]\((?!https?://|#|mailto:|\./)([^)]+)\)", lambda m: f"]({REPO}{m.group(1)})", text)
 
 
-def _include(path: str) -> str:
+def _section(text: str, slug: str) -> str:
+    """The ``## `` section of ``text`` whose heading slugifies to ``slug``, heading included."""
+    found = re.search(rf"^## [^\n]+\n(?:(?!^## ).*\n?)*", text, re.M)
+    while found and re.sub(r"[^a-z0-9]+", "-", found.group(0).split("\n", 1)[0][3:].lower()).strip("-") != slug:
+        found = re.compile(r"^## [^\n]+\n(?:(?!^## ).*\n?)*", re.M).search(text, found.end())
+    if not found:
+        raise ValueError(f"no section #{slug}")
+    return found.group(0).split("<!-- end of section -->", 1)[0]
+
+
+def _include(what: str) -> str:
+    """A repository file, or one ``## `` section of it (``README.md#quick-start``), as a docs page shows it."""
+    path, _, slug = what.partition("#")
     text = (ROOT / path).read_text()
-    return _absolute_links(text)
+    if not slug:
+        return _absolute_links(text)
+    # The README's links into docs/ are the site's own pages; others point at the repository.
+    return _absolute_links(re.sub(r"\]\(docs/", "](./", _section(text, slug)))
 
 
 def generated(kind: str, what: str) -> str:
