@@ -26,6 +26,7 @@ log = logging.getLogger("mkdocs.hooks.reference")
 
 ROOT = Path(__file__).resolve().parents[2]
 REPO = "https://github.com/celery-redis-stream/celery-redis-stream/blob/main/"
+SECTION = re.compile(r"^## [^\n]+\n(?:(?!## ).*\n?)*", re.M)
 MARKER = re.compile(r"<!-- (generated|include): ([\w./#-]+) -->")
 
 
@@ -138,12 +139,11 @@ def _absolute_links(text: str) -> str:
 
 def _section(text: str, slug: str) -> str:
     """The ``## `` section of ``text`` whose heading slugifies to ``slug``, heading included."""
-    found = re.search(rf"^## [^\n]+\n(?:(?!^## ).*\n?)*", text, re.M)
-    while found and re.sub(r"[^a-z0-9]+", "-", found.group(0).split("\n", 1)[0][3:].lower()).strip("-") != slug:
-        found = re.compile(r"^## [^\n]+\n(?:(?!^## ).*\n?)*", re.M).search(text, found.end())
-    if not found:
-        raise ValueError(f"no section #{slug}")
-    return found.group(0).split("<!-- end of section -->", 1)[0]
+    for found in SECTION.finditer(text):
+        heading = found.group(0).split("\n", 1)[0][3:]
+        if re.sub(r"[^a-z0-9]+", "-", heading.lower()).strip("-") == slug:
+            return found.group(0).split("<!-- end of section -->", 1)[0]
+    raise ValueError(f"no section #{slug}")
 
 
 def _include(what: str) -> str:

@@ -2,9 +2,10 @@
 
 How a block is treated (CONTRIBUTING.md, "Documentation"):
 
-- The README's "Quick start" section (which docs/getting-started.md includes at build time) runs exactly as written, with only the Redis URL
-  replaced: its files are written into a new directory, its shell lines run with bash there (the worker command
-  starts a real `celery -A shop worker`), and the task's own log line is awaited in the worker's output.
+- The README's "Quick start" section (docs/getting-started.md includes it when the site is built) runs exactly
+  as written, with only the Redis URL replaced: its files are written into a new directory, its shell lines run
+  with bash there (the worker command starts a real `celery -A shop worker`), and the task's own log line is
+  awaited in the worker's output.
 - Elsewhere, in a directory that holds the quick start's `shop` package: a block captioned with a file name
   (`` `conftest.py`: `` on the line before it) is written to that file; `<!-- run: pytest -->` runs the block's file
   with pytest; `<!-- run: settings -->` executes the block against a Celery `app` (Django-style `CELERY_*` names
