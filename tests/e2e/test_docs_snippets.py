@@ -273,7 +273,8 @@ print(*sorted(s.stream for s in config.streams))
 """
 
 
-def run_block(block: Block, project: Path, env: dict[str, str], server: RedisServer) -> None:
+def run_block(block: Block, project: Path, env: dict[str, str], server: RedisServer) -> str | None:
+    """Runs one block; a pytest block is only written, and its file returned, to be run with the doc's others."""
     text = replaced(block.text, server)
     if block.caption:
         (project / block.caption).parent.mkdir(parents=True, exist_ok=True)
@@ -288,11 +289,12 @@ def run_block(block: Block, project: Path, env: dict[str, str], server: RedisSer
         target = block.caption or f"test_snippet_{block.line}.py"
         if not block.caption:
             (project / target).write_text(text)
-        _run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", target], project, env, block.where)
+        return target
     elif block.lang == "python" and not block.caption:
         _run([sys.executable, "-c", text], project, env, block.where)
     elif not block.caption:
         raise AssertionError(f"{block.where}: a {block.lang or 'plain'} block is neither run nor marked not-run")
+    return None
 
 
 RUN_DOCS = sorted({b.path for b in runnable_blocks()})
@@ -306,8 +308,13 @@ def test_every_block_elsewhere_in_the_doc_runs(doc: Path, tmp_path: Path, bin_di
     project.mkdir()
     _write_quick_start_app(project, server)
     env = clean_env(project, bin_dir)
-    for block in [b for b in runnable_blocks() if b.path == doc]:
-        run_block(block, project, env, server)
+    tests = [run_block(block, project, env, server) for block in runnable_blocks() if block.path == doc]
+    files = [name for name in tests if name is not None]
+    if files:  # one pytest run for the doc's test files (and the conftest.py blocks beside them)
+        done = _run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *files], project, env, str(doc))
+        assert f"{len(re.findall(r'^def test_', ''.join((project / f).read_text() for f in files), re.M))} passed" in (
+            done.stdout
+        ), done.stdout
 
 
 def test_the_docs_keep_their_runnable_blocks() -> None:
