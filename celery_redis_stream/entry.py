@@ -146,9 +146,8 @@ class DedupeRule:
     def key(self, pairs: tuple[bytes, ...]) -> str:
         """The business key of an entry given as Redis returned it (name, value, ...).
 
-        Raises EntryError ``dedupe_key`` (a dead letter) when a field of the template is missing or not UTF-8.
-
-        Only the template's fields are decoded (UTF-8): the first occurrence of a name counts.
+        Only the template's fields are decoded (UTF-8), the first occurrence of a name counting; one that is
+        missing or not UTF-8 raises EntryError ``dedupe_key`` (the entry is dead-lettered).
         """
         wanted = self.fields
         found: dict[str, str] = {}
@@ -169,13 +168,6 @@ class DedupeRule:
                 f"the entry has no field {', '.join(map(repr, missing))} for the dedupe key {self.template!r}",
             )
         return "".join(text + (found[name] if name is not None else "") for text, name in self.parts)
-
-    def key_of(self, fields: Mapping[str, str]) -> str:
-        """The business key of decoded fields; raises EntryError ``dedupe_key``."""
-        pairs: list[bytes] = []
-        for name, value in fields.items():
-            pairs += [name.encode(), value.encode()]
-        return self.key(tuple(pairs))
 
 
 def parse_dedupe(value: object) -> DedupeRule:
