@@ -11,7 +11,7 @@ from urllib.parse import urlparse
 from kombu.utils.url import maybe_sanitize_url
 
 from . import keys as _keys
-from .entry import CallShape, Converter
+from .entry import CallShape, Converter, DecodeKind
 from .exceptions import StreamConfigError
 from .redact import redact
 
@@ -24,6 +24,7 @@ __all__ = ["OPTIONS", "STREAM_OPTIONS", "BridgeConfig", "Mode", "Option", "Strea
 Mode = Literal["group", "tracker"]
 MODES = ("group", "tracker")
 CALLS = ("fields", "kwargs", "entry")
+DECODERS = ("utf-8", "raw", "faststream")  # and "json:<field>"
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 STREAM_SCHEMES = (*REDIS_SCHEMES, "redis+cluster://", "rediss+cluster://", "sentinel://")
 GLOB_CHARS = frozenset("*?[")
@@ -71,6 +72,17 @@ class StreamConfig:
     max_deliveries: int | None = 5
     dead_letter_failed_tasks: bool = False
     trace_fields: tuple[str, ...] = ("traceparent", "tracestate")
+    decode: str = "utf-8"
+
+    @property
+    def decode_kind(self) -> DecodeKind:
+        """``decode`` without its argument: ``"json:payload"`` is ``"json"``."""
+        return cast(DecodeKind, self.decode.partition(":")[0])
+
+    @property
+    def json_field(self) -> str:
+        """The field ``decode: "json:<field>"`` parses ("" for the other decoders)."""
+        return self.decode.partition(":")[2]
 
     @property
     def is_pattern(self) -> bool:
@@ -238,6 +250,19 @@ def _trace_fields(value: object, setting: str, stream: str | None = None) -> tup
     return names
 
 
+def _decode(value: object, setting: str, stream: str | None = None) -> str:
+    text = _str(value, setting, stream)
+    kind, colon, name = text.partition(":")
+    if kind in DECODERS and not colon:
+        return text
+    if kind == "json" and colon:
+        if not name:
+            raise _fail(setting, "'json:' needs the name of the field that holds the JSON, as in 'json:payload'", stream)
+        return text
+    choices = ", ".join(repr(d) for d in (*DECODERS, "json:<field>"))
+    raise _fail(setting, f"expected one of {choices}, got {text!r}", stream)
+
+
 def _task_name(value: object, setting: str, stream: str | None = None) -> str:
     task = _str(value, setting, stream).strip()
     if not task:
@@ -365,6 +390,8 @@ _URL_DEFAULT = (
 )
 _TRACKER_DEFAULT = '`"{<stream>}"` (the stream name itself when it already has a hash tag, e.g. `{t1}:orders`)'
 
+_DECODE_TYPE = '"utf-8" | "raw" | "json:<field>" | "faststream"'
+
 # The global settings, in the order they are checked (the first bad one is reported).
 OPTIONS: dict[str, Option] = {
     "stream_tasks": Option({}, "dict[str, str | dict]", _tasks),
@@ -391,6 +418,8 @@ OPTIONS: dict[str, Option] = {
     "stream_retention_ms": Option(None, "int >= 1 | None", _positive, nullable=True),
     "stream_max_deliveries": Option(5, "int >= 1 | None", _positive, nullable=True),
     "stream_dead_letter_failed_tasks": Option(False, "bool", _flag),
+    # how entries become arguments: "utf-8" text, "raw" bytes for a converter, "json:<field>", "faststream"
+    "stream_decode": Option("utf-8", _DECODE_TYPE, _decode),
 }
 
 # The keys of a stream's dict in stream_tasks, in the order they are checked.
@@ -410,6 +439,7 @@ STREAM_OPTIONS: dict[str, Option] = {
     "start": Option(None, "str", _start, inherits="stream_start"),
     "batch_size": Option(None, "int >= 1", _positive, inherits="stream_batch_size"),
     "retention_ms": Option(None, "int >= 1 | None", _positive, nullable=True, inherits="stream_retention_ms"),
+    "decode": Option(None, _DECODE_TYPE, _decode, inherits="stream_decode"),
 }
 
 DEFAULTS: dict[str, object] = {name: option.default for name, option in OPTIONS.items()}
@@ -621,4 +651,18 @@ def _stream_config(
         max_deliveries=keys["max_deliveries"],
         dead_letter_failed_tasks=keys["dead_letter_failed_tasks"],
         trace_fields=settings["stream_trace_fields"],
+        decode=_checked_decode(keys, stream),
     )
+
+
+def _checked_decode(keys: Settings, stream: str) -> str:
+    """The stream's decoder; ``"raw"`` leaves the bytes to a converter, so it needs one."""
+    decode: str = keys["decode"]
+    if decode == "raw" and keys["converter"] is None:
+        raise _fail(
+            "stream_tasks 'decode'",
+            "decode 'raw' leaves the entry's bytes to a converter, and this stream has none: "
+            "add 'converter': 'package.module:function' (it reads entry.raw_fields)",
+            stream,
+        )
+    return decode

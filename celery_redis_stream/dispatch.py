@@ -19,11 +19,11 @@ from . import confirms as amqp_confirms
 from .amqpfast import AmqpFastPath
 from .atomic import Step
 from .config import PUBLISH_TIMEOUTS, StreamConfig
-from .entry import RawEntry, build_call, decode
+from .entry import BODY_DECODERS, RawEntry, build_call, decode
 from .exceptions import EntryError, StreamError
 from .fastpath import Call, FastPath, argument_repr, repr_limits
 from .position import DeadLetter
-from .tracing import NO_TRACE, attach_trace, detach_trace, split_trace
+from .tracing import NO_TRACE, attach_trace, detach_trace, producer_headers, split_trace
 
 __all__ = ["BrokerUnavailable", "Dispatcher", "message_headers", "prepare", "send_options", "task_id_for"]
 
@@ -68,9 +68,23 @@ def prepare(
     The worker and ``celery_redis_stream.testing`` both call this, so a preview
     cannot disagree with what a worker sends.
     """
+    if sc.decode != "utf-8":
+        return _prepare_decoded(sc, raw, max_entry_bytes, delivery_count)
     entry = decode(raw, max_bytes=max_entry_bytes, delivery_count=delivery_count)
     trace = split_trace(entry, sc.trace_fields)
     args, kwargs = build_call(entry, sc.call, sc.converter)
+    return args, kwargs, trace
+
+
+def _prepare_decoded(
+    sc: StreamConfig, raw: RawEntry, max_entry_bytes: int, delivery_count: int
+) -> tuple[list[Any], dict[str, Any], dict[str, str]]:
+    """``prepare`` for a stream whose ``decode`` is not ``"utf-8"`` (kept apart: the default path does no more work)."""
+    entry = decode(raw, max_bytes=max_entry_bytes, delivery_count=delivery_count, decoder=sc.decode)
+    trace = split_trace(entry, sc.trace_fields)
+    if entry.headers:  # FastStream's message headers: its correlation id and trace context
+        trace = producer_headers(entry.headers, sc.trace_fields, trace)
+    args, kwargs = build_call(entry, sc.call, sc.converter, body=sc.decode_kind in BODY_DECODERS)
     return args, kwargs, trace
 
 

@@ -1,0 +1,1 @@
+"""Wire formats of other producers that the bridge decodes (``decode: "faststream"``)."""
