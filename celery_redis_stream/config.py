@@ -257,7 +257,9 @@ def _decode(value: object, setting: str, stream: str | None = None) -> str:
         return text
     if kind == "json" and colon:
         if not name:
-            raise _fail(setting, "'json:' needs the name of the field that holds the JSON, as in 'json:payload'", stream)
+            raise _fail(
+                setting, "'json:' needs the name of the field that holds the JSON, as in 'json:payload'", stream
+            )
         return text
     choices = ", ".join(repr(d) for d in (*DECODERS, "json:<field>"))
     raise _fail(setting, f"expected one of {choices}, got {text!r}", stream)
@@ -651,16 +653,16 @@ def _stream_config(
         max_deliveries=keys["max_deliveries"],
         dead_letter_failed_tasks=keys["dead_letter_failed_tasks"],
         trace_fields=settings["stream_trace_fields"],
-        decode=_checked_decode(keys, stream),
+        decode=_checked_decode(keys, stream, inherited="decode" not in spec),
     )
 
 
-def _checked_decode(keys: Settings, stream: str) -> str:
+def _checked_decode(keys: Settings, stream: str, *, inherited: bool) -> str:
     """The stream's decoder; ``"raw"`` leaves the bytes to a converter, so it needs one."""
     decode: str = keys["decode"]
     if decode == "raw" and keys["converter"] is None:
         raise _fail(
-            "stream_tasks 'decode'",
+            "stream_decode" if inherited else "stream_tasks 'decode'",
             "decode 'raw' leaves the entry's bytes to a converter, and this stream has none: "
             "add 'converter': 'package.module:function' (it reads entry.raw_fields)",
             stream,

@@ -80,7 +80,10 @@ def decode(
     delivery_count: int = 1,
     decoder: str = "utf-8",
 ) -> StreamEntry:
-    """Decode ``raw`` into a :class:`StreamEntry` as ``decoder`` (the stream's ``decode``) says, or raise :class:`EntryError`."""
+    """Decode ``raw`` into a :class:`StreamEntry` as ``decoder`` (the stream's ``decode``) says.
+
+    Raises :class:`EntryError` for an entry that cannot be (its ``reason`` is the dead letter's).
+    """
     pairs = raw.pairs or ()
     if raw.size > max_bytes:
         raise EntryError("too_large", f"entry is {raw.size} bytes, stream_max_entry_bytes is {max_bytes}")

@@ -85,7 +85,7 @@ def failures(stream: str, group: str | None, tracker_key: str) -> str:
 
 
 def idempotency(stream: str, key: str) -> str:
-    """The record of ``produce(stream, ..., idempotency_key=key)``: ``stream_idempotency:{orders}:<key>``, in the stream's slot."""
+    """The id ``produce(..., idempotency_key=key)`` added: ``stream_idempotency:{orders}:<key>``, in the slot."""
     return f"{IDEMPOTENCY_PREFIX}{slot_name(stream)}:{key}"
 
 

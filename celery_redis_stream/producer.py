@@ -86,9 +86,9 @@ def produce(
             stream, pairs, idempotency_key, idempotency_ttl_s, maxlen=maxlen, approximate=approximate
         )
         try:
-            entry_id = client.evalsha(_SHA, *command[2:])  # type: ignore[union-attr]
+            entry_id = client.execute_command("EVALSHA", _SHA, *command[2:])  # type: ignore[no-untyped-call]
         except NoScriptError:  # first use on this server (or after SCRIPT FLUSH): send the script itself
-            entry_id = client.eval(*command[1:])  # type: ignore[union-attr]
+            entry_id = client.execute_command(*command)  # type: ignore[no-untyped-call]
     return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
 
 

@@ -122,7 +122,7 @@ def test_every_decoder_turns_real_producers_entries_into_the_right_task_argument
     assert jsent["args"] == ["jsent", jsent["stream_id"], ORDER]
     (raw,) = runs["bin"]
     it = iter(BINARY)
-    assert raw["args"] == [[[name.hex(), value.hex()] for name, value in zip(it, it)]]
+    assert raw["args"] == [[[name.hex(), value.hex()] for name, value in zip(it, it, strict=True)]]
     assert raw["kwargs"] == {"fields_is_none": True}
     for dead in ("js:dead", "fs07:dead"):
         letters = client.xrange(dead)
