@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal, cast
 
+from .client import faststream
 from .exceptions import EntryError
-from .formats import faststream
 
 __all__ = [
     "BODY_DECODERS", "DECODE_ERROR", "CallShape", "DecodeKind", "RawEntry", "StreamEntry", "build_call", "decode",

@@ -19,7 +19,8 @@ import pytest
 import redis
 from redis.cluster import RedisCluster
 
-from celery_redis_stream import harness, produce
+from celery_redis_stream import produce
+from celery_redis_stream.testing import processes as harness
 
 from ..cluster import Cluster
 from ..support import RedisServer, wait_for

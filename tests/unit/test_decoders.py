@@ -7,7 +7,6 @@ runs those releases as producer processes against real workers.
 
 from __future__ import annotations
 
-import struct
 from typing import Any
 
 import pytest
@@ -16,19 +15,9 @@ from celery import Celery
 from celery_redis_stream import EntryError, StreamConfigError, StreamEntry
 from celery_redis_stream.config import load_config
 from celery_redis_stream.entry import RawEntry, build_call, decode
-from celery_redis_stream.formats import faststream
 from celery_redis_stream.testing import DeadLettered, preview, run
 
-FS05_DICT = b'{"data": "{\\"a\\": 1}", "headers": {"correlation_id": "c1", "content-type": "application/json"}}'
-FS05_TEXT = b'{"data": "hello", "headers": {"correlation_id": "c3", "content-type": "text/plain"}}'
-FS07_DICT = (
-    b"\x89BIN\r\n\x1a\n\x00\x01\x00\x00\x00\x12\x00\x00\x00H\x00\x02\x00\x0ecorrelation_id\x00\x02c1"
-    b"\x00\x0ccontent-type\x00\x10application/json" + b'{"a":1}'
-)
-FS07_TEXT = (
-    b"\x89BIN\r\n\x1a\n\x00\x01\x00\x00\x00\x12\x00\x00\x00B\x00\x02\x00\x0ecorrelation_id\x00\x02c3"
-    b"\x00\x0ccontent-type\x00\ntext/plain" + b"hello"
-)
+from .client.test_faststream import FS05_DICT, FS05_TEXT, FS07_DICT, FS07_TEXT, binary_message
 
 
 def raw(*pairs: bytes) -> RawEntry:
@@ -93,38 +82,6 @@ def test_faststream_messages_give_their_body_and_headers(value: bytes, body: obj
     assert got.headers is not None and got.headers["correlation_id"] == correlation
 
 
-def _binary(headers: list[tuple[bytes, bytes]], body: bytes, version: int = 1) -> bytes:
-    block = b"".join(struct.pack(">H", len(k)) + k + struct.pack(">H", len(v)) + v for k, v in headers)
-    start = len(faststream.IDENTITY) + 10
-    return (
-        faststream.IDENTITY + struct.pack(">HIIH", version, start, start + 2 + len(block), len(headers)) + block + body
-    )
-
-
-@pytest.mark.parametrize(
-    ("pairs", "error"),
-    [
-        ((b"a", b"b"), "no '__data__' field"),
-        ((b"__data__", b"plain text"), "neither FastStream's binary format nor its JSON envelope"),
-        ((b"__data__", b'{"other": 1}'), "without FastStream's envelope keys"),
-        ((b"__data__", b"\x89BIN\r\n\x1a\n\x00"), "damaged FastStream binary message"),
-        ((b"__data__", _binary([], b"x", version=2)), "version 2 is not known"),
-        ((b"__data__", _binary([(b"content-type", b"application/json")], b"{bad")), "JSONDecodeError"),
-        ((b"__data__", _binary([(b"content-type", b"text/plain")], b"\xff")), "UnicodeDecodeError"),
-        ((b"__data__", FS07_DICT[:30]), "FastStream binary message"),
-        ((b"__data__", FS07_DICT, b"__data__", FS07_DICT), "appears more than once"),
-    ],
-)
-def test_anything_faststream_did_not_write_is_a_decode_dead_letter(pairs: tuple[bytes, ...], error: str) -> None:
-    reason, message = reason_of("faststream", *pairs)
-    assert reason == "decode" and error in message
-
-
-def test_binary_bodies_without_a_json_content_type_are_text() -> None:
-    got = entry("faststream", b"__data__", _binary([(b"correlation_id", b"x")], "ü".encode()))
-    assert got.body == "ü"
-
-
 def app_with(**conf: Any) -> Celery:
     app = Celery("dec", broker="redis://127.0.0.1:9/0", set_as_current=False)
 
@@ -164,7 +121,7 @@ def test_preview_and_run_decode_as_the_worker_does() -> None:
 
 def test_faststream_trace_context_in_its_headers_moves_to_the_message_headers() -> None:
     traceparent = b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
-    value = _binary([(b"correlation_id", b"c"), (b"traceparent", traceparent)], b"x")
+    value = binary_message([(b"correlation_id", b"c"), (b"traceparent", traceparent)], b"x")
     shown = preview(app_with(stream_tasks=TASKS), "fs", [(b"__data__", value)])
     assert shown.headers["traceparent"] == traceparent.decode() and shown.args == ["x"]
 

@@ -1,1 +1,0 @@
-"""Wire formats of other producers that the bridge decodes (``decode: "faststream"``)."""
