@@ -1,6 +1,6 @@
 """Throughput of the bridge in a real `celery worker`: a pre-filled stream drained into a queue nobody consumes.
 
-    .venv/bin/python benchmarks/throughput.py [--entries 40000] [--batch 100] [--standard]
+    .venv/bin/python benchmarks/throughput.py [--entries 40000] [--batch 100] [--standard] [--decode all]
 
 The rate is taken while the bridge is in full swing: from the moment the
 queue holds 10% of the messages to the moment it holds 90% (the worker's own
@@ -12,19 +12,65 @@ count are 0 and the queue holds every message.
 from __future__ import annotations
 
 import argparse
+import json
+import struct
 import sys
 import time
 from pathlib import Path
+from typing import Any
+
+import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import STREAM, Bench, fill_stream, group_done, log, stream_conf, wait_for
+from benchmarks.common import FIELDS, STREAM, Bench, fill_stream, group_done, log, stream_conf, wait_for
+from celery_redis_stream.client import faststream
+
+#: The decoders' throughput runs: each stream entry carries the same 3 small fields (common.FIELDS plus "n"),
+#: written as that decoder expects them (FastStream's shape is its 0.7 binary format).
+DECODERS = ("utf-8", "raw", "json:payload", "faststream")
 
 
-def bridge(bench: Bench, n: int, batch: int, fast: bool | None = None) -> float:
+def fill_for(client: redis.Redis, decode: str, n: int) -> None:
+    """``n`` entries of the benchmark stream written as the producer of ``decode`` writes them."""
+    if decode == "utf-8":
+        fill_stream(client, STREAM, n)
+        return
+    pipe = client.pipeline(transaction=False)
+    for i in range(n):
+        body = json.dumps({**FIELDS, "n": str(i)}).encode()
+        if decode == "raw":
+            pipe.xadd(STREAM, {**FIELDS, "n": str(i)})
+        elif decode == "faststream":
+            pipe.xadd(STREAM, {"__data__": faststream_message(body, f"c{i}")})
+        else:
+            pipe.xadd(STREAM, {"payload": body})
+        if i % 2000 == 1999:
+            pipe.execute()
+    pipe.execute()
+
+
+def faststream_message(body: bytes, correlation_id: str) -> bytes:
+    """``body`` as FastStream 0.6+ writes a dict (BinaryMessageFormatV1: identity, offsets, headers, body)."""
+    headers = [(b"correlation_id", correlation_id.encode()), (b"content-type", b"application/json")]
+    block = b"".join(struct.pack(">H", len(k)) + k + struct.pack(">H", len(v)) + v for k, v in headers)
+    start = len(faststream.IDENTITY) + 10
+    return faststream.IDENTITY + struct.pack(">HIIH", 1, start, start + 2 + len(block), len(headers)) + block + body
+
+
+def decoder_conf(batch: int, decode: str) -> dict[str, Any]:
+    conf = stream_conf(batch)
+    spec = conf["stream_tasks"][STREAM]
+    spec["decode"] = decode
+    if decode == "raw":
+        spec["converter"] = "benchmarks.benchapp:raw_pairs"
+    return conf
+
+
+def bridge(bench: Bench, n: int, batch: int, fast: bool | None = None, decode: str = "utf-8") -> float:
     """Entries per second; ``fast=None`` runs the default settings (the fast path on)."""
     bench.reset()
-    fill_stream(bench.streams, STREAM, n)
+    fill_for(bench.streams, decode, n)
     lo, hi = n // 10, n - n // 10
     marks: dict[int, tuple[float, int]] = {}
 
@@ -37,7 +83,8 @@ def bridge(bench: Bench, n: int, batch: int, fast: bool | None = None) -> float:
             marks[hi] = (now, queued)
         return queued >= n and group_done(bench.streams, STREAM) == (0, 0)
 
-    with bench.worker("unused", **stream_conf(batch, fast=fast)) as worker:
+    conf = stream_conf(batch, fast=fast) if decode == "utf-8" else decoder_conf(batch, decode)
+    with bench.worker("unused", **conf) as worker:
         wait_for(progress, 600, "the backlog dispatched", interval=0.005)
         if fast is not False and "fast path not used" in worker.output():
             raise RuntimeError("the fast path was not used:\n" + worker.output()[-2000:])
@@ -52,11 +99,14 @@ def main() -> None:
     parser.add_argument("--entries", type=int, default=40_000)
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--standard", action="store_true", help="stream_fast_path: False")
+    parser.add_argument("--decode", choices=[*DECODERS, "all"], default="utf-8", help="the stream's decoder")
     args = parser.parse_args()
     bench = Bench()
     try:
-        rate = bridge(bench, args.entries, args.batch, False if args.standard else None)
-        log(f"bridge, batch {args.batch}, {'standard' if args.standard else 'default'} path: {rate:,.0f} entries/s")
+        for decode in DECODERS if args.decode == "all" else (args.decode,):
+            rate = bridge(bench, args.entries, args.batch, False if args.standard else None, decode)
+            path = "standard" if args.standard else "default"
+            log(f"bridge, batch {args.batch}, {path} path, decode {decode}: {rate:,.0f} entries/s")
     finally:
         bench.close()
 
