@@ -12,12 +12,15 @@ setup is one publishing path: the Redis fast path with the exactly-once step
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import redis
 from kombu import Connection
+
+from celery_redis_stream.publish.exactly_once import EXACTLY_ONCE
 
 from ..producers import publish_faststream
 from ..support import FAST, RedisServer, Worker, executed, wait_for, worker_env
@@ -111,6 +114,10 @@ def test_every_decoder_turns_real_producers_entries_into_the_right_task_argument
         wait_for(lambda: client.xlen("js:dead") == 2 and client.xlen("fs07:dead") == 2, 10, "4 dead letters")
     finally:
         assert worker.stop() == 0
+    (guarantee,) = re.findall(r"fs07->\S+ \(([^)]*)\)", worker.output())[-1:]
+    # the exactly-once step runs where the streams and the broker share a server, and only there
+    same_server = setup.broker_url == setup.server.url_db(1)
+    assert (EXACTLY_ONCE in guarantee) == (same_server and setup.conf == {}), guarantee
     runs = by_stream(ledger)
     assert len(executed(ledger)) == TASKS
     for stream in ("fs05", "fs07"):  # FastStream: the body as the one argument, its correlation id readable

@@ -13,7 +13,6 @@ import types
 from typing import Any
 
 import pytest
-
 from celery import Celery
 
 from celery_redis_stream.config import load_config
@@ -41,7 +40,7 @@ def runnable(code: str, before: str) -> bool:
 
 
 def test_every_block_either_runs_here_or_says_why_not() -> None:
-    for language, code, before in blocks():
+    for language, _code, before in blocks():
         assert language in ("python", "javascript"), language
         if language != "python":
             assert "not run:" in before, f"a {language} block without a reason it is not run"
