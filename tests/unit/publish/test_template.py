@@ -53,7 +53,7 @@ def test_a_spliced_body_is_the_text_kombu_serializes(args: list[object], kwargs:
 
 def test_a_body_the_splice_cannot_encode_raises_kombus_own_error() -> None:
     embed = {"callbacks": None}
-    with pytest.raises(Exception, match="not JSON serializable|EncodeError|serializ"):
+    with pytest.raises(Exception, match=r"not JSON serializable"):
         encode_body([object()], {}, embed, "json", ", {}]", batch_encoder())
 
 
