@@ -1,4 +1,4 @@
-"""StreamEntry, decoding of raw entries and the call shapes; no Redis, no Celery."""
+"""StreamEntry, decoding raw entries (utf-8, raw, json:<field>, faststream) and the call shapes; no Redis, no Celery."""
 
 from __future__ import annotations
 
