@@ -13,8 +13,8 @@ from .client import faststream
 from .exceptions import EntryError
 
 __all__ = [
-    "BODY_DECODERS", "DECODE_ERROR", "CallShape", "DecodeKind", "RawEntry", "StreamEntry", "build_call", "decode",
-    "parse_read_reply",
+    "BODY_DECODERS", "DECODE_ERROR", "CallShape", "DecodeKind", "DecodedEntry", "RawEntry", "StreamEntry",
+    "build_call", "decode", "decode_as", "parse_read_reply",
 ]  # fmt: skip
 
 CallShape = Literal["fields", "kwargs", "entry"]
@@ -57,14 +57,31 @@ class StreamEntry:
     delivery_count: int = 1
     # The flat pairs as Redis returned them; raw_fields pairs them up only when asked (most converters never do).
     pairs: tuple[bytes, ...] = field(default=(), repr=False, compare=False)
-    body: object = None
-    headers: Mapping[str, str] | None = None
 
     @property
     def raw_fields(self) -> tuple[tuple[bytes, bytes], ...]:
         """The entry's ``(name, value)`` pairs as bytes, as XREAD returned them: in order, duplicates kept."""
         it = iter(self.pairs)
         return tuple(zip(it, it, strict=False))
+
+    # Properties here, fields of DecodedEntry: a text entry (the default) sets no more attributes than it needs.
+    @property
+    def body(self) -> object:
+        """The decoded value under ``decode: "json:<field>"`` and ``"faststream"``; None otherwise."""
+        return None
+
+    @property
+    def headers(self) -> Mapping[str, str] | None:
+        """FastStream's message headers under ``decode: "faststream"``; None otherwise."""
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedEntry(StreamEntry):
+    """A :class:`StreamEntry` whose ``body`` (and, from FastStream, ``headers``) a decoder read."""
+
+    body: object = None
+    headers: Mapping[str, str] | None = None
 
 
 #: How entries are decoded (``stream_decode``, per stream ``decode``): "utf-8", "raw", "json", "faststream".
@@ -73,22 +90,14 @@ DecodeKind = Literal["utf-8", "raw", "json", "faststream"]
 BODY_DECODERS = frozenset({"json", "faststream"})
 
 
-def decode(
-    raw: RawEntry,
-    *,
-    max_bytes: int,
-    delivery_count: int = 1,
-    decoder: str = "utf-8",
-) -> StreamEntry:
-    """Decode ``raw`` into a :class:`StreamEntry` as ``decoder`` (the stream's ``decode``) says.
+def decode(raw: RawEntry, *, max_bytes: int, delivery_count: int = 1) -> StreamEntry:
+    """Decode ``raw`` as UTF-8 text (``decode: "utf-8"``, the default), or raise :class:`EntryError`.
 
-    Raises :class:`EntryError` for an entry that cannot be (its ``reason`` is the dead letter's).
+    The other decoders are :func:`decode_as`'s.
     """
     pairs = raw.pairs or ()
     if raw.size > max_bytes:
         raise EntryError("too_large", f"entry is {raw.size} bytes, stream_max_entry_bytes is {max_bytes}")
-    if decoder != "utf-8":  # one comparison per entry; the default path below is as it always was
-        return _decode_other(raw, delivery_count, decoder)
     try:  # the common case in one pass; any problem is found and reported by the loop below
         it = iter(pairs)
         # zip(it, it) pairs names with values; an odd count fails the length check below
@@ -111,7 +120,13 @@ def decode(
     return StreamEntry(raw.stream, raw.id, fields, delivery_count, pairs)
 
 
-def _decode_other(raw: RawEntry, delivery_count: int, decoder: str) -> StreamEntry:
+def decode_as(decoder: str, raw: RawEntry, *, max_bytes: int, delivery_count: int = 1) -> StreamEntry:
+    """Decode ``raw`` as ``decoder`` (a stream's ``decode``: ``"utf-8"``, ``"raw"``, ``"json:<field>"``,
+    ``"faststream"``) says, or raise :class:`EntryError` (``reason`` ``decode`` when the decoder cannot read it)."""
+    if decoder == "utf-8":
+        return decode(raw, max_bytes=max_bytes, delivery_count=delivery_count)
+    if raw.size > max_bytes:
+        raise EntryError("too_large", f"entry is {raw.size} bytes, stream_max_entry_bytes is {max_bytes}")
     kind, _, json_field = decoder.partition(":")
     if kind == "raw":
         return StreamEntry(raw.stream, raw.id, None, delivery_count, raw.pairs or ())
@@ -131,7 +146,7 @@ def _with_json(entry: StreamEntry, name: str) -> StreamEntry:
         body = json.loads(fields.pop(name))
     except ValueError as exc:
         raise EntryError(DECODE_ERROR, f"field {name!r} is not JSON: {exc}") from None
-    return StreamEntry(entry.stream, entry.id, fields, entry.delivery_count, entry.pairs, body)
+    return DecodedEntry(entry.stream, entry.id, fields, entry.delivery_count, entry.pairs, body)
 
 
 def _faststream(raw: RawEntry, delivery_count: int) -> StreamEntry:
@@ -154,7 +169,7 @@ def _faststream(raw: RawEntry, delivery_count: int) -> StreamEntry:
     except ValueError as exc:  # FormatError, UnicodeDecodeError and JSONDecodeError are all ValueErrors
         raise EntryError(DECODE_ERROR, f"{type(exc).__name__}: {exc}") from None
     fields = decode(RawEntry(raw.stream, raw.id, tuple(rest)), max_bytes=sys.maxsize).fields
-    return StreamEntry(raw.stream, raw.id, fields, delivery_count, pairs, value, MappingProxyType(headers))
+    return DecodedEntry(raw.stream, raw.id, fields, delivery_count, pairs, value, MappingProxyType(headers))
 
 
 def build_call(

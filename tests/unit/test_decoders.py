@@ -14,7 +14,7 @@ from celery import Celery
 
 from celery_redis_stream import EntryError, StreamConfigError, StreamEntry
 from celery_redis_stream.config import load_config
-from celery_redis_stream.entry import RawEntry, build_call, decode
+from celery_redis_stream.entry import RawEntry, build_call, decode_as
 from celery_redis_stream.testing import DeadLettered, preview, run
 
 from .client.test_faststream import FS05_DICT, FS05_TEXT, FS07_DICT, FS07_TEXT, binary_message
@@ -25,7 +25,7 @@ def raw(*pairs: bytes) -> RawEntry:
 
 
 def entry(decoder: str, *pairs: bytes) -> StreamEntry:
-    return decode(raw(*pairs), max_bytes=10_000, decoder=decoder)
+    return decode_as(decoder, raw(*pairs), max_bytes=10_000)
 
 
 def reason_of(decoder: str, *pairs: bytes) -> tuple[str, str]:
@@ -44,6 +44,7 @@ def test_utf8_entries_carry_their_raw_fields_too() -> None:
     got = entry("utf-8", b"a", b"1", "é".encode(), b"2")
     assert got.fields == {"a": "1", "é": "2"}
     assert got.raw_fields == ((b"a", b"1"), ("é".encode(), b"2"))
+    assert got.body is None and got.headers is None
 
 
 def test_json_field_becomes_the_argument_in_every_call_shape() -> None:
