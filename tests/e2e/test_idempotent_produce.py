@@ -19,11 +19,13 @@ import pytest
 import redis
 from redis.cluster import RedisCluster
 
-from celery_redis_stream import produce
+from celery_redis_stream import deadletters, produce
+from celery_redis_stream.client.connection import connect
+from celery_redis_stream.config import load_config
 from celery_redis_stream.testing import processes as harness
 
 from ..cluster import Cluster
-from ..support import RedisServer, wait_for
+from ..support import RedisServer, make_app, wait_for
 
 THREADS = 8
 KEYS = 100
@@ -128,3 +130,31 @@ def test_idempotent_produce_trims_with_maxlen(client: redis.Redis | RedisCluster
     for n in range(20):
         produce(client, stream, {"n": str(n)}, maxlen=5, approximate=False, idempotency_key=f"k{n}")
     assert client.xlen(stream) == 5
+
+
+def test_a_requeue_run_twice_on_a_cluster_adds_each_letter_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """dead-letters --requeue's idempotent XADDs in one MULTI, on Redis Cluster: the letter's keys share its slot."""
+    cluster = Cluster(masters=3).start()
+    try:
+        app = make_app("requeue", stream_url=cluster.url, stream_tasks={"orders": "shop.handle"})
+        config = load_config(app)
+        sc = config.streams[0]
+        client = connect(config)
+        for n in range(3):
+            pairs = [b"n", str(n).encode(), b"dlq_source_stream", b"orders", b"dlq_source_id", f"{n}-1".encode(),
+                     b"dlq_reason", b"decode", b"dlq_error", b"why"]  # fmt: skip
+            client.execute_command("XADD", sc.dead_letter, "*", *pairs)
+
+        def cut(*args: object) -> None:
+            raise ConnectionError("interrupted before the letters were deleted")
+
+        with monkeypatch.context() as patch:
+            patch.setattr(client, "xdel", cut)
+            with pytest.raises(ConnectionError):
+                deadletters.requeue(client, sc, 10)
+        assert deadletters.requeue(client, sc, 10) == (3, 0)
+        entries = client.execute_command("XRANGE", "orders", "-", "+")
+        assert [list(fields) for _, fields in entries] == [[b"n", b"0"], [b"n", b"1"], [b"n", b"2"]]
+        assert deadletters.read(client, sc) == []
+    finally:
+        cluster.stop()
