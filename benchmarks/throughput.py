@@ -1,6 +1,7 @@
 """Throughput of the bridge in a real `celery worker`: a pre-filled stream drained into a queue nobody consumes.
 
-    .venv/bin/python benchmarks/throughput.py [--entries 40000] [--batch 100] [--standard] [--decode all]
+    .venv/bin/python benchmarks/throughput.py [--entries 40000] [--batch 100] [--standard] [--decode D]
+    .venv/bin/python benchmarks/throughput.py --decode all --entries 15000 --runs 3   # results/decoders.md
 
 The rate is taken while the bridge is in full swing: from the moment the
 queue holds 10% of the messages to the moment it holds 90% (the worker's own
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import struct
 import sys
 import time
@@ -23,7 +25,18 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import FIELDS, STREAM, Bench, fill_stream, group_done, log, stream_conf, wait_for
+from benchmarks.common import (
+    FIELDS,
+    RESULTS,
+    STREAM,
+    Bench,
+    fill_stream,
+    group_done,
+    log,
+    machine,
+    stream_conf,
+    wait_for,
+)
 from celery_redis_stream.client import faststream
 
 #: The decoders' throughput runs: each stream entry carries the same 3 small fields (common.FIELDS plus "n"),
@@ -94,19 +107,62 @@ def bridge(bench: Bench, n: int, batch: int, fast: bool | None = None, decode: s
     return (n1 - n0) / (t1 - t0)
 
 
+def decoders(bench: Bench, entries: int, runs: int) -> dict[str, Any]:
+    """Each decoder's entries/s, default settings, batch 100; ``runs`` interleaved runs, the median kept."""
+    rates: dict[str, list[float]] = {decode: [] for decode in DECODERS}
+    for i in range(runs):
+        for decode in DECODERS:
+            rates[decode].append(bridge(bench, entries, 100, decode=decode))
+            log(f"  decode {decode} run {i + 1}/{runs}: {rates[decode][-1]:,.0f} entries/s")
+    return {decode: {"median": statistics.median(v), "runs": v} for decode, v in rates.items()}
+
+
+def write_decoders(out: dict[str, Any]) -> str:
+    """benchmarks/results/decoders.{json,md}; returns the Markdown."""
+    m = out["machine"]
+    lines = [
+        f"Machine: {m['cpu']}, {m['cores']} cores, shared (load average at start {m['load_average_at_start']}); "
+        f"Python {m['python']}, Celery {m['celery']}, redis-py {m['redis_py']}, Redis {m['redis_server']}; "
+        f"{m['date']}.",
+        f"Each decoder: {out['entries']:,} entries of the same 3 small fields, written as its producer writes "
+        "them (`json:payload`: one JSON field; `faststream`: FastStream 0.6+'s binary format with a correlation "
+        "id; `raw`: with a converter that decodes the bytes itself), drained by a `celery worker` with default "
+        f"settings (fast path, exactly-once step, batch 100); median of {out['runs']} interleaved runs.",
+        "",
+        "| decode | entries/s (median) | runs |",
+        "|---|---:|---|",
+    ]
+    for decode, result in out["decoders"].items():
+        runs = ", ".join(f"{v:,.0f}" for v in result["runs"])
+        lines.append(f"| `{decode}` | {result['median']:,.0f} | {runs} |")
+    report = "\n".join(lines) + "\n"
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "decoders.json").write_text(json.dumps(out, indent=2) + "\n")
+    (RESULTS / "decoders.md").write_text(report)
+    return report
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--entries", type=int, default=40_000)
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--standard", action="store_true", help="stream_fast_path: False")
-    parser.add_argument("--decode", choices=[*DECODERS, "all"], default="utf-8", help="the stream's decoder")
+    parser.add_argument(
+        "--decode", choices=[*DECODERS, "all"], default="utf-8",
+        help="the stream's decoder; all: each decoder, --runs times, into benchmarks/results/decoders.md",
+    )  # fmt: skip
+    parser.add_argument("--runs", type=int, default=3, help="runs per decoder with --decode all (median kept)")
     args = parser.parse_args()
     bench = Bench()
     try:
-        for decode in DECODERS if args.decode == "all" else (args.decode,):
-            rate = bridge(bench, args.entries, args.batch, False if args.standard else None, decode)
-            path = "standard" if args.standard else "default"
-            log(f"bridge, batch {args.batch}, {path} path, decode {decode}: {rate:,.0f} entries/s")
+        if args.decode == "all":
+            out = {"machine": machine(bench.server), "entries": args.entries, "runs": args.runs}
+            out["decoders"] = decoders(bench, args.entries, args.runs)
+            print(write_decoders(out))
+            return
+        rate = bridge(bench, args.entries, args.batch, False if args.standard else None, args.decode)
+        path = "standard" if args.standard else "default"
+        log(f"bridge, batch {args.batch}, {path} path, decode {args.decode}: {rate:,.0f} entries/s")
     finally:
         bench.close()
 
