@@ -12,12 +12,10 @@ from typing import TYPE_CHECKING
 import click
 
 from . import deadletters
-from .cli_common import Client, client_for, config_of, confirm, console, echo, mapped, number, redis_errors
+from .cli_common import Client, client_for, config_of, confirm, console, echo, mapped, number, redis_errors, shown
 from .config import StreamConfig
 from .deadletters import DeadEntry
-from .redact import redact
 from .status import id_key
-from .terminal import safe
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -65,13 +63,14 @@ def _ids(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> 
     default=None,
     help="At most N entries, oldest first (default: 20 when listing, all with --requeue/--purge).",
 )
-@click.option("--reason", default=None, metavar="REASON",
-              help="Only dead letters with this dlq_reason (not_utf8, too_large, converter_error, ...).")  # fmt: skip
+@click.option("--reason", type=click.Choice(deadletters.REASONS), default=None,
+              help="Only dead letters with this dlq_reason.")  # fmt: skip
 @click.option("--id", "ids", multiple=True, callback=_ids, metavar="ID",
               help="Only the dead letter with this id (in the dead-letter stream); repeatable.")  # fmt: skip
-@click.option("--requeue", is_flag=True, help="Append the entries' own fields to STREAM and delete them here.")
+@click.option("--requeue", is_flag=True,
+              help="Append the entries' own fields to STREAM, then delete them here (asks first).")  # fmt: skip
 @click.option("--purge", is_flag=True, help="Delete the entries (asks for confirmation).")
-@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation (needed where stdin is not a terminal).")
 @click.option("--json", "as_json", is_flag=True, help='Print JSON (bytes exact: a string, or {"base64": ...}).')
 @click.pass_context
 def dead_letters(
@@ -81,6 +80,8 @@ def dead_letters(
     """List, requeue or purge the dead-letter stream of STREAM (reason, source id, error, fields).
 
     --reason and --id choose which; exit code 1 when an --id was not found.
+    --requeue and --purge ask first; where stdin is not a terminal they change
+    nothing and exit 1 without --yes.
     """
     if requeue and purge:
         raise click.UsageError("--requeue and --purge exclude each other")
@@ -130,8 +131,8 @@ def _selection(
 def _show(value: bytes | None, limit: int = 200) -> str:
     if value is None:
         return ""
-    shown = safe(redact(value.decode("utf-8", errors="replace")))
-    return shown if len(shown) <= limit else shown[: limit - 1] + "…"
+    out = shown(value)  # bytes that are not UTF-8 as \xff escapes
+    return out if len(out) <= limit else out[: limit - 1] + "…"
 
 
 def _exact(value: bytes | None) -> Exact:
@@ -215,9 +216,11 @@ def _move(
     if total == 0 or length == 0:
         _report(sc, as_json, f"{sc.dead_letter}: no dead letters", {"missing": ids})
         return ids
-    if not requeue and not yes:
-        what = f"the dead letters{choice.describe()} among {length}" if reason or ids else f"{total} dead letter(s)"
-        confirm(f"Delete {what} from {sc.dead_letter}? There is no undo.")
+    what = f"the dead letters{choice.describe()} among {length}" if reason or ids else f"{total} dead letter(s)"
+    if requeue:
+        confirm(f"Requeue {what} of {sc.dead_letter} to {sc.stream}? They are read and dispatched again.", yes)
+    else:
+        confirm(f"Delete {what} from {sc.dead_letter}? There is no undo.", yes)
     done = kept = 0
     with _progress(f"requeue to {sc.stream}" if requeue else f"purge {sc.dead_letter}", total) as advance:
         chunks, missing = _selection(client, sc, length, choice, progress=advance)

@@ -14,9 +14,12 @@ from celery_redis_stream.connection import (
     mapping,
     number,
     optional_text,
+    server_name,
+    servers,
     text,
 )
 
+from ..support import expected_server
 from .conftest import UnitDB
 from .streams import raw_client
 
@@ -71,3 +74,22 @@ def test_stream_replies_stay_raw_so_duplicate_fields_survive(unit_db: UnitDB) ->
         assert items(items(reply[0])[1]) == [b"a", b"1", b"a", b"2"]
     finally:
         client.close()
+
+
+@pytest.mark.parametrize(
+    ("info", "name"),
+    [
+        ({"redis_version": "7.0.15", "redis_mode": "standalone"}, "redis 7.0.15"),
+        ({"redis_version": "8.6.3"}, "redis 8.6.3"),
+        # Valkey answers redis_version:7.2.4 for compatibility; its own fields name it.
+        ({"redis_version": "7.2.4", "server_name": "valkey", "valkey_version": "9.1.2"}, "valkey 9.1.2"),
+        ({"redis_version": "7.2.4", "valkey_version": "7.2.5"}, "valkey 7.2.5"),
+        ({"redis_version": "7.2.4", "server_name": b"valkey", "valkey_version": b"8.1.0"}, "valkey 8.1.0"),
+    ],
+)
+def test_server_name_reads_the_servers_own_fields_not_its_version_string(info: dict[str, object], name: str) -> None:
+    assert server_name(info) == name
+
+
+def test_servers_names_the_server_each_stream_lives_on(unit_db: UnitDB) -> None:
+    assert servers(raw_client(unit_db.url), ["a", "b"]) == {"a": expected_server(), "b": expected_server()}
