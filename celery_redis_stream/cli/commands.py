@@ -174,6 +174,7 @@ def _broadcast(app: Celery, timeout: float, nodes: list[str] | None) -> list[obj
     connection for seconds and then raises with a long traceback.
     """
     from kombu.exceptions import OperationalError
+    from kombu.utils.url import maybe_sanitize_url
 
     conn = app.connection_for_write()
     try:
@@ -185,7 +186,9 @@ def _broadcast(app: Celery, timeout: float, nodes: list[str] | None) -> list[obj
                 "redis_stream", reply=True, timeout=timeout, destination=nodes, limit=limit, connection=conn
             )
     except (OperationalError, *conn.connection_errors) as exc:
-        raise Unavailable(f"cannot reach the broker at {conn.as_uri()}: {safe(redact(str(exc)))}") from exc
+        url = app.conf.broker_url
+        where = maybe_sanitize_url(url) if isinstance(url, str) else conn.as_uri()  # as_uri() always shows ":**@"
+        raise Unavailable(f"cannot reach the broker at {safe(where)}: {safe(redact(str(exc)))}") from exc
     return list(replies or ())
 
 

@@ -16,7 +16,7 @@ from ..client.connection import Client, number
 from ..config import StreamConfig
 from ..deadletters import DeadEntry
 from ..position.lag import id_key
-from .common import client_for, config_of, confirm, console, echo, mapped, redis_errors, shown
+from .common import client_for, config_of, confirm, console, echo, mapped, redis_errors, shown, table
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -161,21 +161,18 @@ def _dead_json(e: DeadEntry) -> dict[str, Exact | list[list[Exact]]]:
 
 
 def _render_dead(sc: StreamConfig, total: int, entries: list[DeadEntry], out: Console, chosen: str = "") -> None:
-    from rich.table import Table
     from rich.text import Text
 
     title = f"{sc.dead_letter}: {total} dead letter(s), showing {len(entries)}{chosen}"
-    table = Table(title=title, title_justify="left")
-    for column in ("id", "source id", "reason", "error", "fields"):
-        table.add_column(column, overflow="fold")
+    listing = table(title, "id", "source id", "reason", "error", "fields")
     for e in entries:
         own = e.original
         fields = " ".join(f"{_show(own[i], 60)}={_show(own[i + 1], 60)}" for i in range(0, len(own) - 1, 2))
-        table.add_row(
+        listing.add_row(
             e.id, Text(_show(e.meta("dlq_source_id"))), Text(_show(e.meta("dlq_reason"))),
             Text(_show(e.meta("dlq_error"))), Text(fields),
         )  # fmt: skip
-    out.print(table)
+    out.print(listing)
 
 
 def _list(client: Client, sc: StreamConfig, length: int, choice: Choice, as_json: bool) -> list[str]:
