@@ -185,7 +185,7 @@ def _broadcast(app: Celery, timeout: float, nodes: list[str] | None) -> list[obj
             replies = app.control.broadcast(
                 "redis_stream", reply=True, timeout=timeout, destination=nodes, limit=limit, connection=conn
             )
-    except (OperationalError, *conn.connection_errors) as exc:
+    except (OperationalError, OSError, *conn.connection_errors, *conn.channel_errors) as exc:  # AMQP: ACCESS_REFUSED
         url = app.conf.broker_url
         where = maybe_sanitize_url(url) if isinstance(url, str) else conn.as_uri()  # as_uri() always shows ":**@"
         raise Unavailable(f"cannot reach the broker at {safe(where)}: {safe(redact(str(exc)))}") from exc

@@ -14,11 +14,14 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from celery import __version__ as celery_version
 
 from ..support import ROOT, RedisServer, celery, expected_server, free_port
+from .conftest import AMQP_URL
 from .test_cli import PasswordRedisServer, cli, dead_letter, env_for, group_info, status_json
 
 COMMANDS = (
@@ -222,3 +225,17 @@ def test_unknown_dead_letter_reason_is_a_usage_error(server: RedisServer) -> Non
     result = cli(env_for(server.url), "dead-letters", "orders", "--reason", "converter")
     assert result.returncode == 2 and "'converter' is not one of" in result.stderr, result.stderr
     assert "not_utf8" in result.stderr and "task_failed" in result.stderr
+
+
+def test_a_rabbitmq_broker_refusing_the_login_is_one_line_and_exit_69(server: RedisServer, amqp: Any) -> None:
+    # The `amqp` fixture checks that RabbitMQ answers with the right credentials; here the password is wrong.
+    wrong = "wrong-" + os.urandom(8).hex()
+    parsed = urlsplit(AMQP_URL)
+    env = env_for(server.url)
+    env["CRS_BROKER_URL"] = urlunsplit(
+        parsed._replace(netloc=f"{parsed.username}:{wrong}@{parsed.hostname}:{parsed.port}")
+    )
+    result = celery(env, "redis-stream", "inspect", "-t", "1")
+    assert result.returncode == 69, result.stdout + result.stderr
+    line = one_line_error(result)
+    assert "ACCESS_REFUSED" in line and wrong not in line, line
