@@ -33,6 +33,7 @@ __all__ = [
     "command",
     "connect",
     "describe",
+    "escaped",
     "is_busy_group",
     "is_denied",
     "is_missing_key",
@@ -105,6 +106,13 @@ def text(value: object) -> str:
     if isinstance(value, bytes):
         return value.decode("utf-8", errors="replace")
     return str(value)
+
+
+def escaped(value: object) -> str | None:
+    """A reply value to show an operator: bytes that are not UTF-8 as ``\\xff`` escapes (not U+FFFD); nil as None."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="backslashreplace")
+    return None if value is None else str(value)
 
 
 def optional_text(value: object) -> str | None:

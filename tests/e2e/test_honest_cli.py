@@ -239,3 +239,19 @@ def test_a_rabbitmq_broker_refusing_the_login_is_one_line_and_exit_69(server: Re
     assert result.returncode == 69, result.stdout + result.stderr
     line = one_line_error(result)
     assert "ACCESS_REFUSED" in line and wrong not in line, line
+
+
+def test_bytes_that_are_not_utf8_are_shown_escaped(server: RedisServer) -> None:
+    c, env = server.client(), env_for(server.url)
+    c.xadd("orders", {"n": "1"})
+    c.xgroup_create("orders", "celery", id="0")
+    c.xreadgroup("celery", b"w\xffx@host", {"orders": ">"})
+    c.xadd("events", {"n": "1"})
+    c.set("stream_tracker:{events}:lease", b"w\xfe@host", px=60_000)
+    dead_letter(c, b"k\xff", b"v\xfe", source_id="1-0", reason="not_utf8", error="bad")
+    status = cli(env, "status")
+    listing = cli(env, "dead-letters", "orders")
+    assert status.returncode == listing.returncode == 0, status.stderr + listing.stderr
+    assert "w\\xffx@host" in status.stdout and "w\\xfe@host" in status.stdout, status.stdout
+    assert "k\\xff=v\\xfe" in listing.stdout, listing.stdout
+    assert "\ufffd" not in status.stdout + listing.stdout
