@@ -263,7 +263,7 @@ def server_name(info: Mapping[str, object]) -> str:
 def servers(client: Client, streams: Iterable[str]) -> dict[str, str | None]:
     """Per stream, the server it lives on (:func:`server_name`): INFO server once, or per node of a cluster.
 
-    None where the server does not say (an ACL without INFO); a lost connection raises.
+    None where the server does not say (an ACL without INFO, a renamed INFO); a lost connection raises.
     """
     names = list(streams)
     if not is_cluster(client):
@@ -283,8 +283,6 @@ def servers(client: Client, streams: Iterable[str]) -> dict[str, str | None]:
 def _server_of(info: Callable[[], object]) -> str | None:
     try:
         reply = info()
-    except ResponseError as exc:  # NOPERM: the user may not run INFO; the server stays unnamed
-        if is_denied(exc):
-            return None
-        raise
+    except ResponseError:  # NOPERM, or INFO renamed away: the server stays unnamed, the status goes on
+        return None
     return server_name(mapping(reply)) if isinstance(reply, dict) else None

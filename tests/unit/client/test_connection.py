@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from redis.exceptions import AuthenticationError, ConnectionError, NoPermissionError, ResponseError, TimeoutError
 
@@ -93,3 +95,15 @@ def test_server_name_reads_the_servers_own_fields_not_its_version_string(info: d
 
 def test_servers_names_the_server_each_stream_lives_on(unit_db: UnitDB) -> None:
     assert servers(raw_client(unit_db.url), ["a", "b"]) == {"a": expected_server(), "b": expected_server()}
+
+
+def test_servers_leaves_the_server_unnamed_where_info_is_denied(unit_db: UnitDB) -> None:
+    import redis
+
+    user = "no-info-" + os.urandom(4).hex()
+    unit_db.client.acl_setuser(user, enabled=True, passwords=["+pw"], commands=["+@all", "-info"], keys=["*"])
+    try:
+        client = redis.Redis(port=unit_db.server.port, username=user, password="pw")
+        assert servers(client, ["a"]) == {"a": None}
+    finally:
+        unit_db.client.acl_deluser(user)
