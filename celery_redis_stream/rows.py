@@ -8,7 +8,7 @@ __all__ = ["Collected", "ConsumerRow", "LagFields", "StreamInfo", "StreamRow", "
 
 
 class StreamInfo(TypedDict, total=False):
-    """XINFO STREAM, as lag.py reads it; the Redis 7 fields are None on Redis 6.2."""
+    """XINFO STREAM, as position/lag.py reads it; the Redis 7 fields are None on Redis 6.2."""
 
     exists: bool
     length: int

@@ -25,8 +25,8 @@ if TYPE_CHECKING:
 
 __all__ = ["redis_stream"]
 
-# The commands: status and inspect here, reset (cli_reset) and dead-letters
-# (cli_deadletters); what they share is in cli_common (which says why rich is
+# The commands: status and inspect here, reset (reset.py) and dead-letters
+# (dead_letters.py); what they share is in common.py (which says why rich is
 # imported only where a table is drawn).
 
 

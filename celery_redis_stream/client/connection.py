@@ -14,7 +14,7 @@ from ..redact import redact
 
 try:
     from .parser import parser_options
-except ImportError:  # a redis-py without the parser internals resp.py builds on: its own parser
+except ImportError:  # a redis-py without the parser internals parser.py builds on: its own parser
 
     def parser_options() -> dict[str, object]:
         return {}

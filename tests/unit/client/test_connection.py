@@ -1,4 +1,4 @@
-"""connection.py, the Redis seam: error classification, reply decoding, raw stream replies."""
+"""client/connection.py, the Redis seam: error classification, reply decoding, raw stream replies."""
 
 from __future__ import annotations
 
