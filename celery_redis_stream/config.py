@@ -12,7 +12,7 @@ from urllib.parse import urlparse
 from kombu.utils.url import maybe_sanitize_url
 
 from . import keys as _keys
-from .entry import CallShape, Converter, DedupeRule, parse_dedupe
+from .entry import CallShape, Converter, DecodeKind, DedupeRule, parse_dedupe
 from .exceptions import StreamConfigError
 from .redact import redact
 
@@ -27,6 +27,7 @@ __all__ = [
 Mode = Literal["group", "tracker"]
 MODES = ("group", "tracker")
 CALLS = ("fields", "kwargs", "entry")
+DECODERS = ("utf-8", "raw", "faststream")  # and "json:<field>"
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 STREAM_SCHEMES = (*REDIS_SCHEMES, "redis+cluster://", "rediss+cluster://", "sentinel://")
 GLOB_CHARS = frozenset("*?[")
@@ -136,6 +137,17 @@ class StreamConfig:
     max_deliveries: int | None = 5
     dead_letter_failed_tasks: bool = False
     trace_fields: tuple[str, ...] = ("traceparent", "tracestate")
+    decode: str = "utf-8"
+
+    @property
+    def decode_kind(self) -> DecodeKind:
+        """``decode`` without its argument: ``"json:payload"`` is ``"json"``."""
+        return cast(DecodeKind, self.decode.partition(":")[0])
+
+    @property
+    def json_field(self) -> str:
+        """The field ``decode: "json:<field>"`` parses ("" for the other decoders)."""
+        return self.decode.partition(":")[2]
     rate_limit: Rate | None = None
     dedupe: DedupeRule | None = None
 
@@ -305,6 +317,19 @@ def _trace_fields(value: object, setting: str, stream: str | None = None) -> tup
     return names
 
 
+def _decode(value: object, setting: str, stream: str | None = None) -> str:
+    text = _str(value, setting, stream)
+    kind, colon, name = text.partition(":")
+    if kind in DECODERS and not colon:
+        return text
+    if kind == "json" and colon:
+        if not name:
+            raise _fail(
+                setting, "'json:' needs the name of the field that holds the JSON, as in 'json:payload'", stream
+            )
+        return text
+    choices = ", ".join(repr(d) for d in (*DECODERS, "json:<field>"))
+    raise _fail(setting, f"expected one of {choices}, got {text!r}", stream)
 def _rate(value: object, setting: str, stream: str | None = None) -> Rate:
     try:
         return parse_rate(value)
@@ -449,6 +474,8 @@ _URL_DEFAULT = (
 )
 _TRACKER_DEFAULT = '`"{<stream>}"` (the stream name itself when it already has a hash tag, e.g. `{t1}:orders`)'
 
+_DECODE_TYPE = '"utf-8" | "raw" | "json:<field>" | "faststream"'
+
 # The global settings, in the order they are checked (the first bad one is reported).
 OPTIONS: dict[str, Option] = {
     "stream_tasks": Option(
@@ -571,6 +598,16 @@ OPTIONS: dict[str, Option] = {
             "`task_failed`"
         ),
     ),
+    "stream_decode": Option(
+        "utf-8", _DECODE_TYPE, _decode,
+        meaning=(
+            'how entries are decoded before they become arguments: `"utf-8"` text fields; `"raw"` no decoding, '
+            "the stream needs a `converter`, which reads `entry.raw_fields`; `\"json:<field>\"` that field's JSON "
+            'value is the argument; `"faststream"` the body of a message FastStream\'s Redis publisher wrote '
+            "(0.5 or 0.6+), its `correlation_id` a message header. An entry the decoder cannot read is "
+            "dead-lettered with reason `decode` (see [Producers](producers.md))"
+        ),
+    ),
     "stream_rate_limit": Option(
         None, "str | number | None", _rate, nullable=True,
         meaning=(
@@ -641,6 +678,10 @@ STREAM_OPTIONS: dict[str, Option] = {
     "retention_ms": Option(
         None, "int >= 1 | None", _positive, nullable=True, inherits="stream_retention_ms",
         meaning="retention of this stream; `None` never trims it",
+    ),
+    "decode": Option(
+        None, _DECODE_TYPE, _decode, inherits="stream_decode",
+        meaning="how this stream's entries are decoded",
     ),
     "rate_limit": Option(
         None, "str | number | None", _rate, nullable=True, inherits="stream_rate_limit",
@@ -864,6 +905,20 @@ def _stream_config(
         max_deliveries=keys["max_deliveries"],
         dead_letter_failed_tasks=keys["dead_letter_failed_tasks"],
         trace_fields=settings["stream_trace_fields"],
+        decode=_checked_decode(keys, stream, inherited="decode" not in spec),
         rate_limit=keys["rate_limit"],
         dedupe=keys["dedupe"],
     )
+
+
+def _checked_decode(keys: Settings, stream: str, *, inherited: bool) -> str:
+    """The stream's decoder; ``"raw"`` leaves the bytes to a converter, so it needs one."""
+    decode: str = keys["decode"]
+    if decode == "raw" and keys["converter"] is None:
+        raise _fail(
+            "stream_decode" if inherited else "stream_tasks 'decode'",
+            "decode 'raw' leaves the entry's bytes to a converter, and this stream has none: "
+            "add 'converter': 'package.module:function' (it reads entry.raw_fields)",
+            stream,
+        )
+    return decode

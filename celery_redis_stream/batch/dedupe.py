@@ -20,7 +20,8 @@ before the position moves), so a later copy is dispatched.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import sys
+from collections.abc import Mapping, Sequence
 
 from redis.commands.core import Script
 
@@ -28,10 +29,10 @@ from .. import keys
 from ..client.connection import Client
 from ..config import StreamConfig
 from ..deadletters import DeadLetter
-from ..entry import DEDUPE_KEY, DedupeRule, RawEntry
+from ..entry import BODY_DECODERS, DEDUPE_KEY, DedupeRule, RawEntry, decode_as
 from ..exceptions import EntryError
 
-__all__ = ["CLAIM", "RELEASE", "Dedupe", "Sorted", "record_key"]
+__all__ = ["CLAIM", "RELEASE", "Dedupe", "Sorted", "business_key", "record_key"]
 
 # KEYS: one record per entry, in stream order. ARGV[1] ttl ms, then the entries' ids.
 # Returns 1 (dispatch: the key was free, or already this entry's) or 0 (passed over) per entry.
@@ -56,9 +57,22 @@ return n
 """
 
 
-def record_key(sc: StreamConfig, rule: DedupeRule, pairs: tuple[bytes, ...]) -> str:
-    """The record of an entry's business key, for this stream and group (or tracker); EntryError ``dedupe_key``."""
-    return keys.dedupe_record(sc.stream, sc.position_name, rule.key(pairs))
+def business_key(sc: StreamConfig, rule: DedupeRule, raw: RawEntry) -> str:
+    """The template over the decoded fields: the JSON object a body decoder reads, else the entry's own fields.
+
+    Raises EntryError: ``dedupe_key`` for a missing field, or the decoder's own reason (``decode``) for an
+    entry it cannot read (the dispatcher would dead-letter it for that reason too).
+    """
+    if sc.decode_kind in BODY_DECODERS:
+        body = decode_as(sc.decode, raw, max_bytes=sys.maxsize).body
+        if isinstance(body, Mapping):
+            return rule.key_in(body)
+    return rule.key(raw.pairs or ())
+
+
+def record_key(sc: StreamConfig, rule: DedupeRule, raw: RawEntry) -> str:
+    """The record of an entry's business key, for this stream and group (or tracker); raises EntryError."""
+    return keys.dedupe_record(sc.stream, sc.position_name, business_key(sc, rule, raw))
 
 
 class Sorted:
@@ -83,7 +97,7 @@ class Dedupe:
         dead: list[DeadLetter] = []
         for entry in entries:
             try:
-                keyed.append((entry, record_key(sc, rule, entry.pairs or ())))
+                keyed.append((entry, record_key(sc, rule, entry)))
             except EntryError as exc:
                 dead.append(DeadLetter(entry, exc.reason, exc.error))
         if not keyed:
@@ -109,7 +123,7 @@ class Dedupe:
             if letter.reason == DEDUPE_KEY:
                 continue
             try:
-                held.append((record_key(sc, rule, letter.raw.pairs or ()), letter.raw.id))
+                held.append((record_key(sc, rule, letter.raw), letter.raw.id))
             except EntryError:
                 continue
         if not held:

@@ -26,7 +26,7 @@ from kombu import serialization
 from kombu.connection import Connection
 from kombu.messaging import Producer
 
-from ..batch.dedupe import record_key
+from ..batch.dedupe import business_key, record_key
 from ..client.connection import Client
 from ..config import BridgeConfig, StreamConfig, load_config
 from ..entry import RawEntry
@@ -192,14 +192,14 @@ def preview(app: Celery, stream: str, fields: Fields, *, entry_id: str = "1-0", 
         return _converted(app, config, sc, raw, entry_id, options)
     # As the worker does: the business key before the conversion (a missing field is a dead letter).
     try:
-        record = record_key(sc, sc.dedupe, raw.pairs or ())
+        record = record_key(sc, sc.dedupe, raw)
     except EntryError as exc:
         return _dead(sc, entry_id, options, DeadLetterPreview(exc.reason, exc.error))
     deduplicated = None if redis is None else _held_by_another(redis, record, entry_id)
     shown = _converted(app, config, sc, raw, entry_id, options)
     if shown.dead_letter is not None:
         return shown
-    return dataclasses.replace(shown, dedupe_key=sc.dedupe.key(raw.pairs or ()), deduplicated=deduplicated)
+    return dataclasses.replace(shown, dedupe_key=business_key(sc, sc.dedupe, raw), deduplicated=deduplicated)
 
 
 def _held_by_another(client: Client, record: str, entry_id: str) -> bool:

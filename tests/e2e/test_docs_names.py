@@ -117,7 +117,7 @@ def test_docs_quote_only_metric_names_and_json_fields_that_the_code_exposes(
         [sys.executable, "-m", "celery", "-A", "tests.workerapp", "inspect", "stats", "--json", "-t", "5"],
         cwd=ROOT, env={**os.environ, **env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
-    outputs += [stats.stdout, cli(env, "dead-letters", "orders", "--requeue", "--json").stdout]
+    outputs += [stats.stdout, cli(env, "dead-letters", "orders", "--requeue", "--json", "--yes").stdout]
     exposed_fields = set().union(*(keys(json.loads(out)) for out in outputs))
     assert worker.stop() == 0
 

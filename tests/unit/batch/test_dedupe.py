@@ -82,3 +82,22 @@ def test_preview_says_whether_an_entry_would_be_deduplicated_given_a_redis(clien
     assert missing.dead_letter is not None and missing.dead_letter.reason == "dedupe_key"
     assert missing.deduplicated is False and missing.args == []
     assert preview(app, "plain", fields).deduplicated is False
+
+
+def test_under_a_json_decoder_the_key_comes_from_the_decoded_object(client: Client) -> None:
+    dedupe = {"key": "{tenant}:{order_id}"}
+    app = make_app(stream_tasks={"orders": {"task": "shop.handle", "decode": "json:payload", "dedupe": dedupe}})
+    (sc,) = load_config(app).streams
+    assert sc.dedupe is not None
+    batch = [
+        entry("1-0", payload='{"tenant": "t", "order_id": 42}'),
+        entry("2-0", payload='{"order_id": 42, "tenant": "t", "note": "again"}'),
+        entry("3-0", payload='{"tenant": "t"}'),
+        entry("4-0", payload="not json"),
+        entry("5-0", payload='["a list"]', tenant="u", order_id="7"),  # not an object: the entry's own fields
+    ]
+    sorted_ = Dedupe().claim(client, sc, sc.dedupe, batch)
+    assert [e.id for e in sorted_.live] == ["1-0", "5-0"] and sorted_.skipped == ["2-0"]
+    assert [(d.raw.id, d.reason) for d in sorted_.dead] == [("3-0", "dedupe_key"), ("4-0", "decode")]
+    assert client.get(keys.dedupe_record("orders", "group:celery", "t:42")) == b"1-0"
+    assert client.get(keys.dedupe_record("orders", "group:celery", "u:7")) == b"5-0"
