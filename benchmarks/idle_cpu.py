@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import psutil
 
 from benchmarks.common import Bench, log, stream_conf
-from celery_redis_stream.harness import Ready
+from celery_redis_stream.testing.processes import Ready
 
 
 def cpu_percent(pid: int, seconds: float) -> float:

@@ -15,7 +15,7 @@ from celery.worker.control import inspect_command
 
 from .config import load_config
 from .exceptions import StreamConfigError
-from .failed import connect_receivers
+from .failed_tasks import connect_receivers
 from .service import Service
 from .status import worker_time_lags
 
@@ -147,8 +147,8 @@ class ShutdownWatch:
         signals.worker_shutting_down.disconnect(self.shutting_down)
 
 
-@inspect_command()  # type: ignore[untyped-decorator]
-def redis_stream(state: AttributeDict, **kwargs: object) -> dict[str, object]:
+@inspect_command(name="redis_stream")  # type: ignore[untyped-decorator]
+def inspect_redis_stream(state: AttributeDict, **kwargs: object) -> dict[str, object]:
     """Readers of this worker: streams, mode, counts, last id, paused, last error."""
     service: Service | None = getattr(state.consumer.controller, "redis_stream", None)
     if service is None:

@@ -8,8 +8,8 @@ from unittest.mock import Mock
 import pytest
 from celery import Celery
 
-from celery_redis_stream.backpressure import Backpressure, target_queue
-from celery_redis_stream.dispatch import BrokerUnavailable
+from celery_redis_stream.exceptions import BrokerUnavailable
+from celery_redis_stream.read.backpressure import Backpressure, target_queue
 from celery_redis_stream.stats import StreamStats
 
 from .streams import stream_config
@@ -32,7 +32,7 @@ def test_a_stream_without_a_limit_is_never_paused() -> None:
 
 def test_pause_and_resume_are_logged_once_a_minute_at_info(caplog: pytest.LogCaptureFixture) -> None:
     backpressure, stats = gauged(11, 11, 3, 12, 2)
-    with caplog.at_level(logging.DEBUG, logger="celery_redis_stream.backpressure"):
+    with caplog.at_level(logging.DEBUG, logger="celery_redis_stream.read.backpressure"):
         assert backpressure.paused(SC, stats) and stats.paused
         assert backpressure.paused(SC, stats)  # still paused: nothing logged
         assert not backpressure.paused(SC, stats) and not stats.paused

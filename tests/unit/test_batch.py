@@ -7,13 +7,13 @@ from unittest.mock import Mock
 
 import pytest
 
-from celery_redis_stream.batch import Batches
-from celery_redis_stream.connection import Client
-from celery_redis_stream.deliveries import Deliveries, failures_key
-from celery_redis_stream.dispatch import BrokerUnavailable
+from celery_redis_stream.batch.batches import Batches
+from celery_redis_stream.batch.deliveries import Deliveries, failures_key
+from celery_redis_stream.client.connection import Client
+from celery_redis_stream.client.streams import ensure_group, read_group
+from celery_redis_stream.deadletters import DeadLetter
 from celery_redis_stream.entry import RawEntry
-from celery_redis_stream.position import DeadLetter
-from celery_redis_stream.reader import ensure_group, read_group
+from celery_redis_stream.exceptions import BrokerUnavailable
 from celery_redis_stream.stats import StreamStats
 
 from .conftest import UnitDB

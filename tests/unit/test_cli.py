@@ -12,7 +12,7 @@ import redis
 from celery import Celery
 from click.testing import CliRunner, Result
 
-from celery_redis_stream.cli import redis_stream
+from celery_redis_stream.cli.commands import redis_stream
 
 from ..support import RedisServer, free_port, make_app, produce_many
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from redis.exceptions import AuthenticationError, ConnectionError, NoPermissionError, ResponseError, TimeoutError
 
-from celery_redis_stream.connection import (
+from celery_redis_stream.client.connection import (
     classify,
     describe,
     is_busy_group,

@@ -11,8 +11,9 @@ import redis
 from celery import Celery
 
 from celery_redis_stream.config import StreamConfig, load_config
-from celery_redis_stream.dispatch import (
-    BrokerUnavailable,
+from celery_redis_stream.entry import RawEntry
+from celery_redis_stream.exceptions import BrokerUnavailable
+from celery_redis_stream.publish.dispatch import (
     Dispatcher,
     message_headers,
     prepare,
@@ -20,7 +21,6 @@ from celery_redis_stream.dispatch import (
     task_id_for,
     task_ids_for,
 )
-from celery_redis_stream.entry import RawEntry
 
 from ..support import RedisServer, free_port, make_app, queued_messages
 

@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Callable
 from typing import cast
 
-from celery_redis_stream.envelope import Envelope, build, uuid4_strings
+from celery_redis_stream.publish.redis_envelope import Envelope, build, uuid4_strings
 
 SAMPLE = ("Ym9keQ==", "tid-1", "1-0", "({'a': '1'},)", "{}", "tag-1")
 

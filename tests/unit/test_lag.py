@@ -8,7 +8,16 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from celery_redis_stream.lag import Lag, count_after, entry_age, id_key, lag_of, oldest_waiting, pending_min, server_ms
+from celery_redis_stream.position.lag import (
+    Lag,
+    count_after,
+    entry_age,
+    id_key,
+    lag_of,
+    oldest_waiting,
+    pending_min,
+    server_ms,
+)
 
 from ..support import RedisServer, produce_many
 

@@ -8,11 +8,11 @@ from unittest.mock import Mock
 
 from redis.exceptions import ConnectionError, NoPermissionError
 
-from celery_redis_stream.connection import Client
-from celery_redis_stream.dispatch import BrokerUnavailable
-from celery_redis_stream.loops import BACKOFF_MAX, ReaderThread, backoff
-from celery_redis_stream.readers import Reader
+from celery_redis_stream.client.connection import Client
+from celery_redis_stream.exceptions import BrokerUnavailable
+from celery_redis_stream.read.base import Reader
 from celery_redis_stream.stats import StreamStats
+from celery_redis_stream.thread import BACKOFF_MAX, ReaderThread, backoff
 
 
 class Scripted(Reader):

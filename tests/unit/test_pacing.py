@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from celery.worker import state as worker_state
 
-from celery_redis_stream import pacing
-from celery_redis_stream.pacing import Pacer
+from celery_redis_stream.batch import pacing
+from celery_redis_stream.batch.pacing import Pacer
 
 
 def ran_a_task(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from celery_redis_stream.connection import Client
+from celery_redis_stream.client.connection import Client
+from celery_redis_stream.deadletters import DeadLetter
 from celery_redis_stream.entry import RawEntry
-from celery_redis_stream.lag import server_ms
-from celery_redis_stream.position import (
-    DeadLetter,
-    GroupPosition,
-    Lease,
-    LeaseLost,
-    TrackerPosition,
-    commit,
-    position_of,
-)
+from celery_redis_stream.exceptions import LeaseLost
+from celery_redis_stream.position.group import GroupPosition
+from celery_redis_stream.position.lag import server_ms
+from celery_redis_stream.position.lease import Lease
+from celery_redis_stream.position.rule import commit, position_of
+from celery_redis_stream.position.tracker import TrackerPosition
 from celery_redis_stream.status import _stream_info
 
 from .conftest import UnitDB

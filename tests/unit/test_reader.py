@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from celery_redis_stream.connection import Client
-from celery_redis_stream.reader import (
+from celery_redis_stream.client.connection import Client
+from celery_redis_stream.client.streams import (
     as_entry_id,
     autoclaim,
     ensure_group,

@@ -8,11 +8,11 @@ from unittest.mock import Mock
 import pytest
 from celery import Celery
 
-from celery_redis_stream.connection import Client
-from celery_redis_stream.dispatch import BrokerUnavailable
-from celery_redis_stream.reader_group import GroupReader
-from celery_redis_stream.reader_tracker import TrackerReader
-from celery_redis_stream.readers import Discovery, Wiring
+from celery_redis_stream.client.connection import Client
+from celery_redis_stream.exceptions import BrokerUnavailable
+from celery_redis_stream.read.base import Discovery, Wiring
+from celery_redis_stream.read.group import GroupReader
+from celery_redis_stream.read.tracker import TrackerReader
 from celery_redis_stream.signals import reader_ready
 from celery_redis_stream.stats import StreamStats
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from redis._parsers import Encoder, _RESP2Parser
 from redis.exceptions import ResponseError
 
-from celery_redis_stream.resp import StreamReplyParser
+from celery_redis_stream.client.parser import StreamReplyParser
 
 Reply = None | int | bytes | list  # type: ignore[type-arg]
 
@@ -90,7 +90,7 @@ def test_a_stream_read_reply() -> None:
 
 @pytest.mark.parametrize("hiredis", [True, False])
 def test_parser_options_leave_hiredis_in_place(monkeypatch: pytest.MonkeyPatch, hiredis: bool) -> None:
-    from celery_redis_stream import resp
+    from celery_redis_stream.client import parser as resp
 
     monkeypatch.setattr(resp, "HIREDIS_AVAILABLE", hiredis)
     assert resp.parser_options() == ({} if hiredis else {"parser_class": StreamReplyParser})
