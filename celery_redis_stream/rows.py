@@ -67,6 +67,7 @@ class StreamRow(TypedDict, total=False):
     retention_last_run_ms: int | None
     retention_last_trim_ms: int | None
     retention_minid: str | None
+    capabilities: list[str]
 
 
 class Collected(TypedDict):

@@ -33,3 +33,4 @@ class StreamStats:
     broker_retries: int = 0
     guarantee: str | None = None  # "exactly-once" or "at-least-once", for the last batch (atomic.py)
     guarantee_reason: str | None = None
+    capabilities: list[str] = field(default_factory=list)  # newer stream commands in use (client/capabilities.py)
