@@ -19,7 +19,7 @@ from celery_redis_stream.position.lag import (
     server_ms,
 )
 
-from ..support import RedisServer, produce_many
+from ...support import RedisServer, produce_many
 
 
 @pytest.fixture

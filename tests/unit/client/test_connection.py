@@ -17,8 +17,8 @@ from celery_redis_stream.client.connection import (
     text,
 )
 
-from .conftest import UnitDB
-from .streams import raw_client
+from ..conftest import UnitDB
+from ..streams import raw_client
 
 
 @pytest.mark.parametrize(

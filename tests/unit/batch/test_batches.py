@@ -16,8 +16,8 @@ from celery_redis_stream.entry import RawEntry
 from celery_redis_stream.exceptions import BrokerUnavailable
 from celery_redis_stream.stats import StreamStats
 
-from .conftest import UnitDB
-from .streams import raw_client, stream_config
+from ..conftest import UnitDB
+from ..streams import raw_client, stream_config
 
 SC = stream_config(max_deliveries=2)
 

@@ -13,7 +13,7 @@ from celery_redis_stream.client.streams import (
     start_position,
 )
 
-from .streams import stream_config
+from ..streams import stream_config
 
 
 def test_ensure_group_creates_once_and_never_resets(client: Client) -> None:

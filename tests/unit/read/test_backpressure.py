@@ -12,7 +12,7 @@ from celery_redis_stream.exceptions import BrokerUnavailable
 from celery_redis_stream.read.backpressure import Backpressure, target_queue
 from celery_redis_stream.stats import StreamStats
 
-from .streams import stream_config
+from ..streams import stream_config
 
 SC = stream_config(max_queue_length=10, queue="orders-q")
 

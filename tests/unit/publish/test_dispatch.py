@@ -22,7 +22,7 @@ from celery_redis_stream.publish.dispatch import (
     task_ids_for,
 )
 
-from ..support import RedisServer, free_port, make_app, queued_messages
+from ...support import RedisServer, free_port, make_app, queued_messages
 
 ORDERS = {"orders": "shop.handle"}
 

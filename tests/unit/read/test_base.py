@@ -16,8 +16,8 @@ from celery_redis_stream.read.tracker import TrackerReader
 from celery_redis_stream.signals import reader_ready
 from celery_redis_stream.stats import StreamStats
 
-from .conftest import UnitDB
-from .streams import bridge_config, stream_config
+from ..conftest import UnitDB
+from ..streams import bridge_config, stream_config
 
 GROUP = stream_config("orders", fast_path=False)
 TRACKED = stream_config("events", mode="tracker", fast_path=False)

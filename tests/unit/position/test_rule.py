@@ -15,8 +15,8 @@ from celery_redis_stream.position.rule import commit, position_of
 from celery_redis_stream.position.tracker import TrackerPosition
 from celery_redis_stream.status import _stream_info
 
-from .conftest import UnitDB
-from .streams import stream_config
+from ..conftest import UnitDB
+from ..streams import stream_config
 
 
 def _pending(client: Client, *ids: str) -> None:

@@ -14,7 +14,7 @@ from click.testing import CliRunner, Result
 
 from celery_redis_stream.cli.commands import redis_stream
 
-from ..support import RedisServer, free_port, make_app, produce_many
+from ...support import RedisServer, free_port, make_app, produce_many
 
 
 @pytest.fixture
