@@ -188,7 +188,10 @@ class Service:
         only sets an event: no lock, no logging, no network. The readers keep
         their clients, consumers and leases until :meth:`stop`.
         """
-        self.stop_event.set()
+        # is_set() takes no lock: a second signal while the first is handled, or while stop() sets the
+        # event, must not wait on the event's lock from inside the handler.
+        if not self.stop_event.is_set():
+            self.stop_event.set()
 
     def stop(self, timeout: float | None = None) -> None:
         """Finish the batch in flight, then stop; waits at most about one read. Idempotent."""

@@ -66,21 +66,26 @@ class PositionSampler(threading.Thread):
         return [at - moment for at, _ in self.moves if at > moment]
 
 
-def bridge(spawn, server: RedisServer, mode: str, *, remap: bool = False, **conf: object) -> Worker:
+def bridge(spawn, server: RedisServer, mode: str, *, remap: bool = False, pool: str = "solo", **conf: object) -> Worker:
     worker: Worker = spawn(server.url, server.url_db(1), server.url_db(2), mode=mode, stream_batch_size=20, **conf)
     if remap:
         worker.env["REMAP_SIGTERM"] = "SIGQUIT"
+    if pool != "solo":
+        at = worker.cmd.index("--pool")
+        worker.cmd[at + 1 : at + 4] = [pool, "-c", "2"]
     return worker
 
 
-def stop_mid_stream(server: RedisServer, spawn, mode: str, sig: signal.Signals, *, soft: bool) -> list[float]:
+def stop_mid_stream(
+    server: RedisServer, spawn, mode: str, sig: signal.Signals, *, soft: bool, pool: str = "solo"
+) -> list[float]:
     """Start a worker under a steady producer, send ``sig`` mid-stream, restart; the moves after the signal."""
     ledger = Ledger(STREAM, server.client(1))
     conf: dict[str, object] = {}
     if soft:
         # On idle too: this worker runs no task (it only bridges), and Celery skips the window without one.
         conf = {"worker_soft_shutdown_timeout": SOFT_SECONDS, "worker_enable_soft_shutdown_on_idle": True}
-    worker = bridge(spawn, server, mode, remap=soft and sig == signal.SIGTERM, **conf).start()
+    worker = bridge(spawn, server, mode, remap=soft and sig == signal.SIGTERM, pool=pool, **conf).start()
     sampler = PositionSampler(server, mode)
     producer = Producer(ledger, server.client(), 60_000, chunk=10, pause=0.01)
     sampler.start()
@@ -100,7 +105,8 @@ def stop_mid_stream(server: RedisServer, spawn, mode: str, sig: signal.Signals, 
         sampler.done.set()
         sampler.join(5)
     moves = sampler.moves_after(signalled)
-    print(f"{mode} {sig.name} soft={soft}: {len(moves)} moves after the signal, last at {max(moves, default=0):.2f}s")
+    last = max(moves, default=0)
+    print(f"{mode} {sig.name} soft={soft} pool={pool}: {len(moves)} moves after the signal, last at {last:.2f}s")
     if soft:
         assert "stopped reading: the worker is shutting down" in worker.output()
     assert "redis-stream: stopped" in worker.output()
@@ -138,4 +144,12 @@ def test_cold_shutdown_stops_reading_at_once_and_a_restart_dispatches_each_entry
 @SOFT_SHUTDOWN
 def test_sigquit_with_soft_shutdown_stops_reading_at_once(redis_server, spawn):
     moves = stop_mid_stream(redis_server, spawn, "group", signal.SIGQUIT, soft=True)
+    assert max(moves, default=0) <= STOPPED_WITHIN, moves
+
+
+@SOFT_SHUTDOWN
+@pytest.mark.parametrize("pool", ["prefork", "threads"])
+def test_soft_shutdown_stops_reading_at_once_whatever_the_pool(redis_server, spawn, pool):
+    # The signal reaches the main process; prefork children never read (they are forked before the readers start).
+    moves = stop_mid_stream(redis_server, spawn, "group", signal.SIGTERM, soft=True, pool=pool)
     assert max(moves, default=0) <= STOPPED_WITHIN, moves
