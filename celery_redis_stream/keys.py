@@ -8,6 +8,7 @@ A stream ``orders`` (group ``celery``) has::
     stream_tracker:{orders}:retention             retention state, both modes
     stream_deliveries:{orders}:celery:inflight    in-flight records (group mode; tracker: <tracker>:inflight)
     stream_deliveries:{orders}:celery:failures    failed-delivery counts (group mode; tracker: <tracker>:failures)
+    stream_idempotency:{orders}:<key>             produce(..., idempotency_key=key): the entry id it added
 
 A stream that has a hash tag (``{t1}:orders``) keeps its own name in every
 key, so all of them hash to its cluster slot.
@@ -19,12 +20,13 @@ import re
 
 __all__ = [
     "DEAD_LETTER_TEMPLATE", "TRACKER_PREFIX", "dead_letter", "dead_letter_pattern", "failures", "hash_tag",
-    "inflight", "lease", "retention", "slot_name", "tracker",
+    "idempotency", "inflight", "lease", "requeue_idempotency_key", "retention", "slot_name", "tracker",
 ]  # fmt: skip
 
 TRACKER_PREFIX = "stream_tracker:"
 DEAD_LETTER_TEMPLATE = "{stream}:dead"
 DELIVERIES_PREFIX = "stream_deliveries:"
+IDEMPOTENCY_PREFIX = "stream_idempotency:"
 
 
 def hash_tag(key: str) -> str | None:
@@ -80,3 +82,13 @@ def failures(stream: str, group: str | None, tracker_key: str) -> str:
     if group is None:
         return f"{tracker_key}:failures"
     return f"{DELIVERIES_PREFIX}{slot_name(stream)}:{group}:failures"
+
+
+def idempotency(stream: str, key: str) -> str:
+    """The id ``produce(..., idempotency_key=key)`` added: ``stream_idempotency:{orders}:<key>``, in the slot."""
+    return f"{IDEMPOTENCY_PREFIX}{slot_name(stream)}:{key}"
+
+
+def requeue_idempotency_key(source_stream: str, source_id: str) -> str:
+    """The idempotency key ``dead-letters --requeue`` produces a dead letter back with: its source stream and id."""
+    return f"requeue:{source_stream}:{source_id}"

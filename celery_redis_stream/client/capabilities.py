@@ -22,6 +22,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from redis.exceptions import RedisClusterException, ResponseError
+
 from .connection import Client, command, text
 
 __all__ = ["XACKDEL", "XREADGROUP_CLAIM", "XTRIM_ACKED", "in_use", "probe"]
@@ -73,7 +75,8 @@ def probe(client: Client) -> frozenset[str]:
     names = sorted({name for name, _ in _PROBES.values()})
     try:
         docs = _by_command(command(client, "COMMAND DOCS", *names))
-    except Exception:  # an old server, an ACL without COMMAND: assume nothing newer
+    except (ResponseError, RedisClusterException):  # an old server, an ACL without COMMAND: nothing newer
+        # A lost connection propagates: an empty answer would be kept as the server's for good.
         return frozenset()
     found = set()
     for capability, (name, token) in _PROBES.items():
