@@ -8,6 +8,7 @@ from datetime import datetime, timedelta, timezone
 from redis.exceptions import ResponseError
 
 from . import keys
+from .client.capabilities import in_use, probe
 from .client.connection import Client, connect, is_missing_key, items, mapping, number, optional_text, servers, text
 from .config import BridgeConfig, StreamConfig
 from .position.lag import ID_RE, LAG_SCAN_LIMIT, count_after, entry_age, id_key, oldest_waiting, server_ms
@@ -72,8 +73,13 @@ def _stream_info(client: Client, stream: str) -> StreamInfo:
     }
 
 
-def stream_status(client: Client, sc: StreamConfig, *, limit: int = LAG_SCAN_LIMIT) -> StreamRow:
-    """The state of one mapped stream as plain JSON types; a Redis error is reported, not raised."""
+def stream_status(
+    client: Client, sc: StreamConfig, *, limit: int = LAG_SCAN_LIMIT, available: frozenset[str] | None = None
+) -> StreamRow:
+    """The state of one mapped stream as plain JSON types; a Redis error is reported, not raised.
+
+    ``available``: the server's capabilities (client/capabilities.py), probed here when not given.
+    """
     position = position_of(sc)
     out: StreamRow = {"stream": sc.stream, "mode": position.mode, "task": sc.task}
     try:
@@ -90,6 +96,9 @@ def stream_status(client: Client, sc: StreamConfig, *, limit: int = LAG_SCAN_LIM
         out["retention_last_run_ms"] = retention["retention_last_run_ms"]
         out["retention_last_trim_ms"] = retention["retention_last_trim_ms"]
         out["retention_minid"] = retention["retention_minid"]
+        out["capabilities"] = in_use(
+            probe(client) if available is None else available, retention=sc.retention_ms is not None
+        )
         _traffic(client, sc, out, now_ms)
     except ResponseError as exc:  # e.g. WRONGTYPE: show it on this stream, keep the others
         out["error"] = redact(str(exc))
@@ -139,8 +148,9 @@ def collect(client: Client, config: BridgeConfig, *, max_lag: int | None = None)
     entries before it gives up, so a lag that is only bounded is always over.
     """
     limit = LAG_SCAN_LIMIT if max_lag is None else max(LAG_SCAN_LIMIT, max_lag + 1)
+    available = probe(client)
     on = servers(client, [sc.stream for sc in config.streams])
-    streams = [stream_status(client, sc, limit=limit) for sc in config.streams]
+    streams = [stream_status(client, sc, limit=limit, available=available) for sc in config.streams]
     for row in streams:
         row["server"] = on.get(row["stream"])
     over = [] if max_lag is None else [s["stream"] for s in streams if _over(s, max_lag)]
