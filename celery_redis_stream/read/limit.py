@@ -101,7 +101,8 @@ class Limiter:
                 self.stats.rate_limited = False
             return got
         if not self.stats.rate_limited:
-            logger.info("redis-stream: stream=%s rate limited (%s for the fleet); waiting", self.stream, self.rate)
+            # DEBUG: a bursty stream meets its limit at every burst; inspect, status and metrics show the state.
+            logger.debug("redis-stream: stream=%s rate limited (%s for the fleet); waiting", self.stream, self.rate)
         self.stats.rate_limited = True
         self.stats.rate_limit_waits += 1
         self.wait(min(max(wait_ms, MIN_WAIT_MS), MAX_WAIT_MS) / 1000)
