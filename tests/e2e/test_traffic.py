@@ -102,6 +102,7 @@ def test_two_workers_sharing_a_20_per_second_stream_dispatch_at_most_20_a_second
         readers = inspect_streams(env)["orders"]
         assert len(readers) == 2 and all(r["rate_limit"] == "20/s" for r in readers), readers
         assert sum(r["rate_limit_waits"] for r in readers) > 0, readers
+        assert any(r["rate_limited"] for r in readers), readers  # the backlog keeps them waiting for tokens
         wait_for(lambda: redis_server.client(1).llen("celery") >= 300, 40, "300 dispatched")
         time.sleep(0.5)
     finally:
