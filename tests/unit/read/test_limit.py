@@ -78,4 +78,6 @@ def test_two_limiters_share_one_bucket(client: Client) -> None:
     b = Limiter("orders", parse_rate("100/s"), StreamStats("orders", "group", "t", "celery", None), wait_nowhere)
     assert a.take(client, 15) == 0  # a new bucket is empty
     time.sleep(1.1)
-    assert a.take(client, 15) + b.take(client, 15) == 10  # one bucket of a tenth of a second's worth
+    # One bucket of a tenth of a second's worth (10), plus what refills between the two takes on a slow machine;
+    # two buckets would give 20.
+    assert 10 <= a.take(client, 15) + b.take(client, 15) < 15
