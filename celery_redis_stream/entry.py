@@ -144,7 +144,7 @@ def _with_json(entry: StreamEntry, name: str) -> StreamEntry:
         raise EntryError(DECODE_ERROR, f"field {name!r} (decode 'json:{name}') is missing")
     try:
         body = json.loads(fields.pop(name))
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: valid JSON nested deeper than Python's limit
         raise EntryError(DECODE_ERROR, f"field {name!r} is not JSON: {exc}") from None
     return DecodedEntry(entry.stream, entry.id, fields, entry.delivery_count, entry.pairs, body)
 
@@ -166,7 +166,8 @@ def _faststream(raw: RawEntry, delivery_count: int) -> StreamEntry:
     try:
         body, headers = faststream.parse(data)
         value = faststream.body_value(body, headers)
-    except ValueError as exc:  # FormatError, UnicodeDecodeError and JSONDecodeError are all ValueErrors
+    # FormatError, UnicodeDecodeError and JSONDecodeError are all ValueErrors; RecursionError: JSON nested too deep
+    except (ValueError, RecursionError) as exc:
         raise EntryError(DECODE_ERROR, f"{type(exc).__name__}: {exc}") from None
     fields = decode(RawEntry(raw.stream, raw.id, tuple(rest)), max_bytes=sys.maxsize).fields
     return DecodedEntry(raw.stream, raw.id, fields, delivery_count, pairs, value, MappingProxyType(headers))

@@ -150,3 +150,21 @@ def test_bad_decode_settings_stop_the_worker_naming_setting_and_stream(conf: dic
     with pytest.raises(StreamConfigError, match=message) as info:
         load_config(app_with(**conf))
     assert "'bin'" in str(info.value) or "'s'" in str(info.value)
+
+
+DEEP = b"[" * 100_000 + b"]" * 100_000  # valid JSON; json.loads raises RecursionError on it, not ValueError
+
+
+@pytest.mark.parametrize(
+    ("decoder", "pairs"),
+    [
+        ("json:j", (b"j", DEEP)),
+        ("faststream", (b"__data__", DEEP)),  # the envelope itself
+        ("faststream", (b"__data__", b'{"data": "' + DEEP + b'", "headers": {"content-type": "application/json"}}')),
+        ("faststream", (b"__data__", binary_message([(b"content-type", b"application/json")], DEEP))),
+    ],
+)
+def test_json_nested_too_deep_is_a_decode_dead_letter(decoder: str, pairs: tuple[bytes, ...]) -> None:
+    with pytest.raises(EntryError) as info:
+        decode_as(decoder, raw(*pairs), max_bytes=10**6)
+    assert info.value.reason == "decode" and "recursion" in info.value.error
