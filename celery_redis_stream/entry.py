@@ -169,7 +169,10 @@ def _faststream(raw: RawEntry, delivery_count: int) -> StreamEntry:
     # FormatError, UnicodeDecodeError and JSONDecodeError are all ValueErrors; RecursionError: JSON nested too deep
     except (ValueError, RecursionError) as exc:
         raise EntryError(DECODE_ERROR, f"{type(exc).__name__}: {exc}") from None
-    fields = decode(RawEntry(raw.stream, raw.id, tuple(rest)), max_bytes=sys.maxsize).fields
+    try:  # fields besides __data__ (FastStream writes none): whatever is wrong with them is a decode failure too
+        fields = decode(RawEntry(raw.stream, raw.id, tuple(rest)), max_bytes=sys.maxsize).fields
+    except EntryError as exc:
+        raise EntryError(DECODE_ERROR, f"{exc.reason}: {exc.error}") from None
     return DecodedEntry(raw.stream, raw.id, fields, delivery_count, pairs, value, MappingProxyType(headers))
 
 

@@ -168,3 +168,15 @@ def test_json_nested_too_deep_is_a_decode_dead_letter(decoder: str, pairs: tuple
     with pytest.raises(EntryError) as info:
         decode_as(decoder, raw(*pairs), max_bytes=10**6)
     assert info.value.reason == "decode" and "recursion" in info.value.error
+
+
+@pytest.mark.parametrize(
+    ("pairs", "error"),
+    [
+        ((b"__data__", FS05_TEXT, b"\xff", b"x"), "not_utf8"),
+        ((b"__data__", FS05_TEXT, b"a", b"1", b"a", b"2"), "duplicate_field"),
+    ],
+)
+def test_faststream_entry_with_other_bad_fields_is_a_decode_dead_letter(pairs: tuple[bytes, ...], error: str) -> None:
+    reason, message = reason_of("faststream", *pairs)
+    assert reason == "decode" and error in message
