@@ -80,8 +80,12 @@ def decoder_conf(batch: int, decode: str) -> dict[str, Any]:
     return conf
 
 
-def bridge(bench: Bench, n: int, batch: int, fast: bool | None = None, decode: str = "utf-8") -> float:
-    """Entries per second; ``fast=None`` runs the default settings (the fast path on)."""
+def bridge(
+    bench: Bench, n: int, batch: int, fast: bool | None = None, decode: str = "utf-8",
+    options: dict[str, Any] | None = None,
+) -> float:  # fmt: skip
+    """Entries per second; ``fast=None`` runs the default settings (the fast path on); ``options``: more keys of
+    the stream's dict in stream_tasks (``dedupe``, ``rate_limit``)."""
     bench.reset()
     fill_for(bench.streams, decode, n)
     lo, hi = n // 10, n - n // 10
@@ -97,6 +101,7 @@ def bridge(bench: Bench, n: int, batch: int, fast: bool | None = None, decode: s
         return queued >= n and group_done(bench.streams, STREAM) == (0, 0)
 
     conf = stream_conf(batch, fast=fast) if decode == "utf-8" else decoder_conf(batch, decode)
+    conf["stream_tasks"][STREAM].update(options or {})
     with bench.worker("unused", **conf) as worker:
         wait_for(progress, 600, "the backlog dispatched", interval=0.005)
         if fast is not False and "fast path not used" in worker.output():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal, cast
@@ -11,7 +12,7 @@ from urllib.parse import urlparse
 from kombu.utils.url import maybe_sanitize_url
 
 from . import keys as _keys
-from .entry import CallShape, Converter, DecodeKind
+from .entry import CallShape, Converter, DecodeKind, DedupeRule, parse_dedupe
 from .exceptions import StreamConfigError
 from .redact import redact
 
@@ -19,7 +20,9 @@ if TYPE_CHECKING:
     from celery import Celery
     from celery.app.utils import Settings as CelerySettings
 
-__all__ = ["OPTIONS", "STREAM_OPTIONS", "BridgeConfig", "Mode", "Option", "StreamConfig", "load_config"]
+__all__ = [
+    "OPTIONS", "STREAM_OPTIONS", "BridgeConfig", "Mode", "Option", "Rate", "StreamConfig", "load_config", "parse_rate",
+]  # fmt: skip
 
 Mode = Literal["group", "tracker"]
 MODES = ("group", "tracker")
@@ -42,6 +45,68 @@ RESERVED_HEADERS = frozenset(
         "stamped_headers", "stamps", "redis_stream", "redis_stream_id",
     }
 )  # fmt: skip
+
+
+#: Celery's rate notation (celery.utils.time.rate): the unit after the slash, in milliseconds.
+UNITS_MS = {"s": 1000, "m": 60_000, "h": 3_600_000}
+
+#: The bucket holds what this many milliseconds of the rate bring (at least one token, at most one interval's
+#: worth): an even flow as Celery's own rate_limit gives (a bucket of one), in batches a busy stream can use.
+BURST_MS = 100
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    """At most ``count`` entries per ``interval_ms``, for the whole fleet; ``text`` as configured.
+
+    The bucket refills ``count / interval_ms`` tokens per millisecond and holds
+    ``capacity``: a tenth of a second's worth (BURST_MS), never more than one
+    interval's worth, at least one token (so ``"0.5/s"`` still lets an entry
+    through every two seconds). However long the stream was idle, any window
+    of T ms then sees at most ``per_ms * T + capacity`` entries.
+    """
+
+    count: float
+    interval_ms: int
+    text: str
+
+    @property
+    def capacity(self) -> int:
+        return max(1, math.floor(min(self.count, self.per_ms * BURST_MS)))
+
+    @property
+    def per_ms(self) -> float:
+        return self.count / self.interval_ms
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def parse_rate(value: object) -> Rate:
+    """``"100/s"``, ``"600/m"``, ``"1000/h"``, ``"5"`` or a number (per second), as Celery's ``rate_limit``.
+
+    Raises ValueError with the reason; zero or less is refused (no limit is None, not 0).
+    A Rate is returned as it is (a stream's ``rate_limit`` inherits the checked ``stream_rate_limit``).
+    """
+    if isinstance(value, Rate):
+        return value
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ValueError(f"expected a rate like '100/s', '600/m', '1000/h' or a number per second, got {value!r}")
+    if isinstance(value, str):
+        amount, _, unit = value.strip().partition("/")
+        unit = unit.strip() or "s"
+        if unit not in UNITS_MS:
+            raise ValueError(f"the unit after '/' must be s, m or h, got {value!r}")
+        try:
+            count = float(amount)
+        except ValueError:
+            raise ValueError(f"expected a number before '/', got {value!r}") from None
+        interval = UNITS_MS[unit]
+        text = f"{amount.strip()}/{unit}"
+    else:
+        count, interval, text = float(value), 1000, f"{value}/s"
+    if not math.isfinite(count) or count <= 0:
+        raise ValueError(f"must be more than zero (None means no limit), got {value!r}")
+    return Rate(count, interval, text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +148,8 @@ class StreamConfig:
     def json_field(self) -> str:
         """The field ``decode: "json:<field>"`` parses ("" for the other decoders)."""
         return self.decode.partition(":")[2]
+    rate_limit: Rate | None = None
+    dedupe: DedupeRule | None = None
 
     @property
     def is_pattern(self) -> bool:
@@ -263,6 +330,18 @@ def _decode(value: object, setting: str, stream: str | None = None) -> str:
         return text
     choices = ", ".join(repr(d) for d in (*DECODERS, "json:<field>"))
     raise _fail(setting, f"expected one of {choices}, got {text!r}", stream)
+def _rate(value: object, setting: str, stream: str | None = None) -> Rate:
+    try:
+        return parse_rate(value)
+    except ValueError as exc:
+        raise _fail(setting, str(exc), stream) from None
+
+
+def _dedupe(value: object, setting: str, stream: str | None = None) -> DedupeRule:
+    try:
+        return parse_dedupe(value)
+    except ValueError as exc:
+        raise _fail(setting, str(exc), stream) from None
 
 
 def _task_name(value: object, setting: str, stream: str | None = None) -> str:
@@ -529,6 +608,13 @@ OPTIONS: dict[str, Option] = {
             "dead-lettered with reason `decode` (see [Producers](producers.md))"
         ),
     ),
+    "stream_rate_limit": Option(
+        None, "str | number | None", _rate, nullable=True,
+        meaning=(
+            "the most entries of each stream read and dispatched per interval by the whole fleet: "
+            '`"100/s"`, `"600/m"`, `"1000/h"` or a number per second (see Traffic control)'
+        ),
+    ),
 }
 
 # The keys of a stream's dict in stream_tasks, in the order they are checked.
@@ -596,6 +682,17 @@ STREAM_OPTIONS: dict[str, Option] = {
     "decode": Option(
         None, _DECODE_TYPE, _decode, inherits="stream_decode",
         meaning="how this stream's entries are decoded",
+    ),
+    "rate_limit": Option(
+        None, "str | number | None", _rate, nullable=True, inherits="stream_rate_limit",
+        meaning='the fleet-wide rate limit of this stream (`"20/s"`); `None` turns it off for the stream',
+    ),
+    "dedupe": Option(
+        None, "dict | None", _dedupe, nullable=True,
+        meaning=(
+            'business-key deduplication: `{"key": "{tenant}:{order_id}", "ttl_ms": 3600000}` (`ttl_ms` '
+            "defaults to one day; see Traffic control)"
+        ),
     ),
 }
 
@@ -809,6 +906,8 @@ def _stream_config(
         dead_letter_failed_tasks=keys["dead_letter_failed_tasks"],
         trace_fields=settings["stream_trace_fields"],
         decode=_checked_decode(keys, stream, inherited="decode" not in spec),
+        rate_limit=keys["rate_limit"],
+        dedupe=keys["dedupe"],
     )
 
 

@@ -1,8 +1,12 @@
-"""StreamEntry, decoding raw entries (utf-8, raw, json:<field>, faststream) and the call shapes; no Redis, no Celery."""
+"""StreamEntry, decoding raw entries (utf-8, raw, json:<field>, faststream) and the call shapes; no Redis, no Celery.
+
+Also an entry's business key under a stream's ``dedupe`` (DedupeRule): a template over its fields.
+"""
 
 from __future__ import annotations
 
 import json
+import string
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -13,8 +17,8 @@ from .client import faststream
 from .exceptions import EntryError
 
 __all__ = [
-    "BODY_DECODERS", "DECODE_ERROR", "CallShape", "DecodeKind", "DecodedEntry", "RawEntry", "StreamEntry",
-    "build_call", "decode", "decode_as", "parse_read_reply",
+    "BODY_DECODERS", "DECODE_ERROR", "DEDUPE_KEY", "CallShape", "DecodeKind", "DecodedEntry", "DedupeRule",
+    "RawEntry", "StreamEntry", "build_call", "decode", "decode_as", "parse_dedupe", "parse_read_reply",
 ]  # fmt: skip
 
 CallShape = Literal["fields", "kwargs", "entry"]
@@ -234,3 +238,103 @@ def parse_read_reply(reply: object) -> dict[str, list[RawEntry]]:
         stream = _text(key)
         out[stream] = parse_entries(stream, cast("Iterable[object] | None", entries))
     return out
+
+
+#: dlq_reason of an entry that lacks a field of its stream's dedupe key template.
+DEDUPE_KEY = "dedupe_key"
+
+#: The record of a business key is kept this long when ``dedupe`` gives no ``ttl_ms`` (one day, as produce()'s key).
+DEFAULT_DEDUPE_TTL_MS = 86_400_000
+
+
+@dataclass(frozen=True, slots=True)
+class DedupeRule:
+    """A stream's business key: ``template`` over the entry's fields, remembered ``ttl_ms`` once dispatched.
+
+    ``parts`` is the template taken apart: (literal text, field name or None).
+    """
+
+    template: str
+    ttl_ms: int
+    parts: tuple[tuple[str, str | None], ...]
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        return tuple(name for _, name in self.parts if name is not None)
+
+    def key(self, pairs: tuple[bytes, ...]) -> str:
+        """The business key of an entry's own fields, given as Redis returned them (name, value, ...).
+
+        Only the template's fields are decoded (UTF-8), the first occurrence of a name counting; one that is
+        missing or not UTF-8 raises EntryError ``dedupe_key`` (the entry is dead-lettered).
+        """
+        wanted = self.fields
+        found: dict[str, str] = {}
+        for i in range(0, len(pairs) - 1, 2):
+            try:
+                name = pairs[i].decode()
+            except UnicodeDecodeError:
+                continue
+            if name in wanted and name not in found:
+                try:
+                    found[name] = pairs[i + 1].decode()
+                except UnicodeDecodeError:
+                    raise EntryError(DEDUPE_KEY, f"field {name!r} of the dedupe key is not UTF-8") from None
+        return self._render(found)
+
+    def key_in(self, body: Mapping[str, object]) -> str:
+        """The business key of a decoded JSON object (``decode: "json:<field>"``, ``"faststream"``).
+
+        A string value is taken as it is, any other as compact JSON (``42``, ``true``, ``{"a":1}``, keys in the
+        order the producer wrote them).
+        """
+        found: dict[str, str] = {}
+        for name in self.fields:
+            if name in body:
+                value = body[name]
+                found[name] = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+        return self._render(found)
+
+    def _render(self, found: Mapping[str, str]) -> str:
+        missing = [name for name in self.fields if name not in found]
+        if missing:
+            raise EntryError(
+                DEDUPE_KEY,
+                f"the entry has no field {', '.join(map(repr, missing))} for the dedupe key {self.template!r}",
+            )
+        return "".join(text + (found[name] if name is not None else "") for text, name in self.parts)
+
+
+def parse_dedupe(value: object) -> DedupeRule:
+    """``{"key": "{tenant}:{order_id}", "ttl_ms": 3600000}``; raises ValueError with the reason."""
+    if not isinstance(value, Mapping):
+        raise ValueError(f'expected a dict like {{"key": "{{order_id}}", "ttl_ms": 3600000}}, got {value!r}')
+    unknown = sorted(map(str, set(value) - {"key", "ttl_ms"}))
+    if unknown:
+        raise ValueError(f"unknown key(s) {', '.join(map(repr, unknown))}; allowed: 'key', 'ttl_ms'")
+    template = value.get("key")
+    if not isinstance(template, str) or not template:
+        raise ValueError(f"'key' must be a template over the entry's fields like '{{order_id}}', got {template!r}")
+    ttl = value.get("ttl_ms", DEFAULT_DEDUPE_TTL_MS)
+    if isinstance(ttl, bool) or not isinstance(ttl, int) or ttl < 1:
+        raise ValueError(f"'ttl_ms' must be an integer of at least 1 (milliseconds), got {ttl!r}")
+    return DedupeRule(template, ttl, _parts(template))
+
+
+def _parts(template: str) -> tuple[tuple[str, str | None], ...]:
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ValueError(f"'key' {template!r} is not a valid template: {exc}") from None
+    parts: list[tuple[str, str | None]] = []
+    for text, name, spec, conversion in parsed:
+        if name is not None and (not name or spec or conversion):
+            raise ValueError(
+                f"'key' {template!r}: a field is written '{{name}}', without format spec, conversion or position"
+            )
+        if name is not None and ("[" in name or "." in name):
+            raise ValueError(f"'key' {template!r}: {name!r} is not a plain field name")
+        parts.append((text, name))
+    if not any(name is not None for _, name in parts):
+        raise ValueError(f"'key' {template!r} names no field: write the fields in braces, like '{{order_id}}'")
+    return tuple(parts)

@@ -58,7 +58,7 @@ class Service:
         self.stats: dict[str, StreamStats] = {}
         self.configs: dict[str, StreamConfig] = {}
         self.wiring = Wiring(app, config, self.consumer, self.stop_event, self.stats, sender=self)
-        self._readers: dict[tuple[str, str | None, int], tuple[StreamReader, ReaderThread]] = {}
+        self._readers: dict[tuple[str, str | None, int, str | None], tuple[StreamReader, ReaderThread]] = {}
         self._lock = threading.Lock()
         self._started = False
         self._stopped = False
@@ -129,9 +129,12 @@ class Service:
             task=sc.task,
             group=position.name if position.shared else None,
             tracker=None if position.shared else position.name,
+            rate_limit=None if sc.rate_limit is None else str(sc.rate_limit),
         )
-        # One reader per group and batch size; all tracked streams of one batch size share one.
-        key = (position.mode, position.name if position.shared else None, sc.batch_size)
+        # One reader per group and batch size; all tracked streams of one batch size share one. A stream
+        # with a rate limit has its own: its reads are sized by its bucket, and its waits hold up no other.
+        limited = sc.stream if sc.rate_limit is not None else None
+        key = (position.mode, position.name if position.shared else None, sc.batch_size, limited)
         with self._lock:
             if key not in self._readers:
                 reader = self._reader(sc)

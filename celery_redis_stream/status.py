@@ -7,11 +7,13 @@ from datetime import datetime, timedelta, timezone
 
 from redis.exceptions import ResponseError
 
+from . import keys
 from .client.capabilities import in_use, probe
 from .client.connection import Client, connect, is_missing_key, items, mapping, number, optional_text, servers, text
 from .config import BridgeConfig, StreamConfig
 from .position.lag import ID_RE, LAG_SCAN_LIMIT, count_after, entry_age, id_key, oldest_waiting, server_ms
 from .position.rule import position_of
+from .read.limit import bucket_state
 from .redact import redact
 from .rows import Collected, StreamInfo, StreamRow
 from .upkeep.retention import retention_status
@@ -97,6 +99,7 @@ def stream_status(
         out["capabilities"] = in_use(
             probe(client) if available is None else available, retention=sc.retention_ms is not None
         )
+        _traffic(client, sc, out, now_ms)
     except ResponseError as exc:  # e.g. WRONGTYPE: show it on this stream, keep the others
         out["error"] = redact(str(exc))
         out.setdefault("ahead", False)
@@ -117,6 +120,18 @@ def is_ahead(row: StreamRow, info: StreamInfo) -> bool:
         return id_key(where) > id_key(last)
     except ValueError:  # a tracker that is not an id is reported as an error already
         return False
+
+
+def _traffic(client: Client, sc: StreamConfig, out: StreamRow, now_ms: int) -> None:
+    """The rate limit and whether readers wait for it now; the dedupe key and its deduplicated count (all workers)."""
+    out["rate_limit"] = None if sc.rate_limit is None else str(sc.rate_limit)
+    # Refused a token just now, with entries waiting: an idle reader blocking on an empty stream holds a
+    # token, and another refused meanwhile is not held back by the limit.
+    waiting = (out.get("lag_at_least") or 0) > 0 or (out.get("pending") or 0) > 0
+    out["rate_limited"] = sc.rate_limit is not None and waiting and bucket_state(client, sc.stream, now_ms)
+    out["dedupe_key"] = None if sc.dedupe is None else sc.dedupe.template
+    counted = client.hget(keys.dedupe_count(sc.stream, sc.position_name), "deduplicated") if sc.dedupe else None
+    out["deduplicated"] = number(counted)
 
 
 def _over(row: StreamRow, max_lag: int) -> bool:
