@@ -135,7 +135,11 @@ def decode_as(decoder: str, raw: RawEntry, *, max_bytes: int, delivery_count: in
     if kind == "raw":
         return StreamEntry(raw.stream, raw.id, None, delivery_count, raw.pairs or ())
     if kind == "json":
-        return _with_json(decode(raw, max_bytes=sys.maxsize, delivery_count=delivery_count), json_field)
+        try:
+            text = decode(raw, max_bytes=sys.maxsize, delivery_count=delivery_count)
+        except EntryError as exc:  # the JSON field itself unreadable is the decoder's failure: reason decode
+            raise (_json_field_error(raw, json_field) or exc) from None
+        return _with_json(text, json_field)
     if kind == "faststream":
         return _faststream(raw, delivery_count)
     raise ValueError(f"unknown decoder {decoder!r}")  # config.py checked it; a caller's mistake
@@ -151,6 +155,20 @@ def _with_json(entry: StreamEntry, name: str) -> StreamEntry:
     except (ValueError, RecursionError) as exc:  # RecursionError: valid JSON nested deeper than Python's limit
         raise EntryError(DECODE_ERROR, f"field {name!r} is not JSON: {exc}") from None
     return DecodedEntry(entry.stream, entry.id, fields, entry.delivery_count, entry.pairs, body)
+
+
+def _json_field_error(raw: RawEntry, name: str) -> EntryError | None:
+    """The ``decode`` error of the ``json:<name>`` field itself (repeated, or not UTF-8 and so not JSON), if any."""
+    pairs, key = raw.pairs or (), name.encode()
+    values = [pairs[i + 1] for i in range(0, len(pairs) - 1, 2) if pairs[i] == key]
+    if len(values) > 1:
+        return EntryError(DECODE_ERROR, f"field {name!r} (decode 'json:{name}') appears more than once")
+    for value in values:
+        try:
+            value.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return EntryError(DECODE_ERROR, f"field {name!r} is not JSON: it is not UTF-8: {exc}")
+    return None
 
 
 def _faststream(raw: RawEntry, delivery_count: int) -> StreamEntry:

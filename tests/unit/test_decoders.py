@@ -180,3 +180,16 @@ def test_json_nested_too_deep_is_a_decode_dead_letter(decoder: str, pairs: tuple
 def test_faststream_entry_with_other_bad_fields_is_a_decode_dead_letter(pairs: tuple[bytes, ...], error: str) -> None:
     reason, message = reason_of("faststream", *pairs)
     assert reason == "decode" and error in message
+
+
+@pytest.mark.parametrize(
+    ("pairs", "reason"),
+    [
+        ((b"j", b"\xff\xfe{}"), "decode"),  # the JSON field not UTF-8: not JSON
+        ((b"j", b"[1]", b"j", b"[2]"), "decode"),  # which one is the argument?
+        ((b"j", b"[1]", b"other", b"\xff"), "not_utf8"),  # another field: as under utf-8
+        ((b"j", b"[1]", b"o", b"1", b"o", b"2"), "duplicate_field"),
+    ],
+)
+def test_json_field_not_utf8_or_repeated_is_a_decode_dead_letter(pairs: tuple[bytes, ...], reason: str) -> None:
+    assert reason_of("json:j", *pairs)[0] == reason
