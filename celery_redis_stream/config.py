@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal, cast
@@ -11,7 +12,7 @@ from urllib.parse import urlparse
 from kombu.utils.url import maybe_sanitize_url
 
 from . import keys as _keys
-from .entry import CallShape, Converter
+from .entry import CallShape, Converter, DecodeKind, DedupeRule, parse_dedupe
 from .exceptions import StreamConfigError
 from .redact import redact
 
@@ -19,11 +20,14 @@ if TYPE_CHECKING:
     from celery import Celery
     from celery.app.utils import Settings as CelerySettings
 
-__all__ = ["OPTIONS", "STREAM_OPTIONS", "BridgeConfig", "Mode", "Option", "StreamConfig", "load_config"]
+__all__ = [
+    "OPTIONS", "STREAM_OPTIONS", "BridgeConfig", "Mode", "Option", "Rate", "StreamConfig", "load_config", "parse_rate",
+]  # fmt: skip
 
 Mode = Literal["group", "tracker"]
 MODES = ("group", "tracker")
 CALLS = ("fields", "kwargs", "entry")
+DECODERS = ("utf-8", "raw", "faststream")  # and "json:<field>"
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 STREAM_SCHEMES = (*REDIS_SCHEMES, "redis+cluster://", "rediss+cluster://", "sentinel://")
 GLOB_CHARS = frozenset("*?[")
@@ -41,6 +45,68 @@ RESERVED_HEADERS = frozenset(
         "stamped_headers", "stamps", "redis_stream", "redis_stream_id",
     }
 )  # fmt: skip
+
+
+#: Celery's rate notation (celery.utils.time.rate): the unit after the slash, in milliseconds.
+UNITS_MS = {"s": 1000, "m": 60_000, "h": 3_600_000}
+
+#: The bucket holds what this many milliseconds of the rate bring (at least one token, at most one interval's
+#: worth): an even flow as Celery's own rate_limit gives (a bucket of one), in batches a busy stream can use.
+BURST_MS = 100
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    """At most ``count`` entries per ``interval_ms``, for the whole fleet; ``text`` as configured.
+
+    The bucket refills ``count / interval_ms`` tokens per millisecond and holds
+    ``capacity``: a tenth of a second's worth (BURST_MS), never more than one
+    interval's worth, at least one token (so ``"0.5/s"`` still lets an entry
+    through every two seconds). However long the stream was idle, any window
+    of T ms then sees at most ``per_ms * T + capacity`` entries.
+    """
+
+    count: float
+    interval_ms: int
+    text: str
+
+    @property
+    def capacity(self) -> int:
+        return max(1, math.floor(min(self.count, self.per_ms * BURST_MS)))
+
+    @property
+    def per_ms(self) -> float:
+        return self.count / self.interval_ms
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def parse_rate(value: object) -> Rate:
+    """``"100/s"``, ``"600/m"``, ``"1000/h"``, ``"5"`` or a number (per second), as Celery's ``rate_limit``.
+
+    Raises ValueError with the reason; zero or less is refused (no limit is None, not 0).
+    A Rate is returned as it is (a stream's ``rate_limit`` inherits the checked ``stream_rate_limit``).
+    """
+    if isinstance(value, Rate):
+        return value
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ValueError(f"expected a rate like '100/s', '600/m', '1000/h' or a number per second, got {value!r}")
+    if isinstance(value, str):
+        amount, _, unit = value.strip().partition("/")
+        unit = unit.strip() or "s"
+        if unit not in UNITS_MS:
+            raise ValueError(f"the unit after '/' must be s, m or h, got {value!r}")
+        try:
+            count = float(amount)
+        except ValueError:
+            raise ValueError(f"expected a number before '/', got {value!r}") from None
+        interval = UNITS_MS[unit]
+        text = f"{amount.strip()}/{unit}"
+    else:
+        count, interval, text = float(value), 1000, f"{value}/s"
+    if not math.isfinite(count) or count <= 0:
+        raise ValueError(f"must be more than zero (None means no limit), got {value!r}")
+    return Rate(count, interval, text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +137,19 @@ class StreamConfig:
     max_deliveries: int | None = 5
     dead_letter_failed_tasks: bool = False
     trace_fields: tuple[str, ...] = ("traceparent", "tracestate")
+    decode: str = "utf-8"
+
+    @property
+    def decode_kind(self) -> DecodeKind:
+        """``decode`` without its argument: ``"json:payload"`` is ``"json"``."""
+        return cast(DecodeKind, self.decode.partition(":")[0])
+
+    @property
+    def json_field(self) -> str:
+        """The field ``decode: "json:<field>"`` parses ("" for the other decoders)."""
+        return self.decode.partition(":")[2]
+    rate_limit: Rate | None = None
+    dedupe: DedupeRule | None = None
 
     @property
     def is_pattern(self) -> bool:
@@ -184,10 +263,15 @@ def _start(value: object, setting: str, stream: str | None = None) -> str:
     text = _str(str(value) if isinstance(value, int) and not isinstance(value, bool) else value, setting, stream)
     if text in ("$", "0"):
         return text
-    ms, _, seq = text.partition("-")
-    if not ms.isdigit() or (seq and not seq.isdigit()):
+    ms, dash, seq = text.partition("-")
+    if not _id_part(ms) or (dash and not _id_part(seq)):
         raise _fail(setting, f"expected '$', '0' or an entry id like '1700000000000-0', got {text!r}", stream)
     return text
+
+
+def _id_part(text: str) -> bool:
+    # Redis takes ASCII digits up to 2**64 - 1 in each part of an id; anything else fails every read, not start-up.
+    return text.isascii() and text.isdigit() and int(text) < 2**64
 
 
 def _tasks(value: object, setting: str, stream: str | None = None) -> Mapping[object, object]:
@@ -238,6 +322,33 @@ def _trace_fields(value: object, setting: str, stream: str | None = None) -> tup
     return names
 
 
+def _decode(value: object, setting: str, stream: str | None = None) -> str:
+    text = _str(value, setting, stream)
+    kind, colon, name = text.partition(":")
+    if kind in DECODERS and not colon:
+        return text
+    if kind == "json" and colon:
+        if not name:
+            raise _fail(
+                setting, "'json:' needs the name of the field that holds the JSON, as in 'json:payload'", stream
+            )
+        return text
+    choices = ", ".join(repr(d) for d in (*DECODERS, "json:<field>"))
+    raise _fail(setting, f"expected one of {choices}, got {text!r}", stream)
+def _rate(value: object, setting: str, stream: str | None = None) -> Rate:
+    try:
+        return parse_rate(value)
+    except ValueError as exc:
+        raise _fail(setting, str(exc), stream) from None
+
+
+def _dedupe(value: object, setting: str, stream: str | None = None) -> DedupeRule:
+    try:
+        return parse_dedupe(value)
+    except ValueError as exc:
+        raise _fail(setting, str(exc), stream) from None
+
+
 def _task_name(value: object, setting: str, stream: str | None = None) -> str:
     task = _str(value, setting, stream).strip()
     if not task:
@@ -262,11 +373,13 @@ def _send_options(value: object, setting: str, stream: str | None = None) -> dic
 class Option:
     """One setting, as Celery's ``app/defaults.py`` declares its own: default, type, check.
 
-    ``type`` is what the README's settings table says (a test holds them to it).
+    ``type`` is what the generated settings reference (docs/settings.md) shows.
     ``nullable``: None is a value of its own ("no limit", "never"), not "the
     default". ``inherits``: a per-stream key whose default is that global
     setting. ``computed``: a default derived from ``app.conf`` (an empty value
-    takes it too). ``doc``: the README's default, where it is not a plain value.
+    takes it too). ``doc``: the default as the settings reference writes it, where
+    it is not a plain value. ``meaning``: one line for the settings reference,
+    which the docs build generates from these tables (docs/hooks/reference.py).
     """
 
     default: object
@@ -276,6 +389,7 @@ class Option:
     inherits: str | None = None
     computed: Callable[[CelerySettings], str] | None = None
     doc: str | None = None
+    meaning: str = ""
 
 
 def import_converter(path: str, stream: str) -> Converter:
@@ -358,58 +472,233 @@ def _check_queue_names(conf: CelerySettings, url: str, streams: list[StreamConfi
             )
 
 
-# The README's default where it is not a plain value.
+# The settings reference's default where it is not a plain value.
 _URL_DEFAULT = (
     "the broker URL when it is `redis://`, `rediss://`, `unix://` or `sentinel://` "
     "(then with the broker's `master_name`), else `redis://localhost:6379/0`"
 )
 _TRACKER_DEFAULT = '`"{<stream>}"` (the stream name itself when it already has a hash tag, e.g. `{t1}:orders`)'
 
+_DECODE_TYPE = '"utf-8" | "raw" | "json:<field>" | "faststream"'
+
 # The global settings, in the order they are checked (the first bad one is reported).
 OPTIONS: dict[str, Option] = {
-    "stream_tasks": Option({}, "dict[str, str | dict]", _tasks),
-    "stream_mode": Option("group", '"group" | "tracker"', _mode),
-    "stream_group": Option("celery", "str", _str),
-    "stream_start": Option("$", "str", _start),
-    "stream_batch_size": Option(100, "int >= 1", _positive),
-    "stream_block_ms": Option(1000, "int >= 1", _positive),
-    "stream_claim_idle_ms": Option(60000, "int >= 1", _positive),
-    "stream_max_entry_bytes": Option(1048576, "int >= 1", _positive),
-    "stream_dead_letter": Option(_keys.DEAD_LETTER_TEMPLATE, "str containing {stream}", _dead_letter),
-    "stream_tracker_prefix": Option(_keys.TRACKER_PREFIX, "str", _str),
-    "stream_max_queue_length": Option(None, "int >= 0 | None", _count, nullable=True),
-    "stream_url": Option(None, "str", _url, computed=default_url, doc=_URL_DEFAULT),
-    "stream_transport_options": Option({}, "dict", _transport_options),
-    "stream_discovery_interval": Option(30.0, "seconds", _seconds),
-    "stream_metrics_port": Option(None, "int | None", _positive, nullable=True),
+    "stream_tasks": Option(
+        {}, "dict[str, str | dict]", _tasks,
+        meaning=(
+            "stream key (or glob pattern) -> task name, or -> a dict of per-stream keys; empty: the worker "
+            "reads nothing"
+        ),
+    ),
+    "stream_mode": Option(
+        "group", '"group" | "tracker"', _mode,
+        meaning='`"group"`: XREADGROUP + XACK; `"tracker"`: XREAD + a tracker key holding the last dispatched id',
+    ),
+    "stream_group": Option(
+        "celery", "str", _str,
+        meaning="consumer group name (group mode)",
+    ),
+    "stream_start": Option(
+        "$", "str", _start,
+        meaning=(
+            'where a new group or tracker starts: `"$"` (new entries only), `"0"` (the whole stream) or an '
+            "entry id"
+        ),
+    ),
+    "stream_batch_size": Option(
+        100, "int >= 1", _positive,
+        meaning="entries per read, and so per publish batch and per XACK / tracker SET",
+    ),
+    "stream_block_ms": Option(
+        1000, "int >= 1", _positive,
+        meaning="read block time; the reader's socket timeout is this plus 10 s, and a warm stop waits about this long",
+    ),
+    "stream_claim_idle_ms": Option(
+        60000, "int >= 1", _positive,
+        meaning=(
+            "group mode: entries pending this long on another consumer are claimed (XAUTOCLAIM); also the "
+            "tracker lease time"
+        ),
+    ),
+    "stream_max_entry_bytes": Option(
+        1048576, "int >= 1", _positive,
+        meaning="entries whose field names and values add up to more bytes are dead-lettered (`too_large`)",
+    ),
+    "stream_dead_letter": Option(
+        _keys.DEAD_LETTER_TEMPLATE, "str containing {stream}", _dead_letter,
+        meaning="dead-letter stream name template",
+    ),
+    "stream_tracker_prefix": Option(
+        _keys.TRACKER_PREFIX, "str", _str,
+        meaning="tracker key prefix (tracker mode)",
+    ),
+    "stream_max_queue_length": Option(
+        None, "int >= 0 | None", _count, nullable=True,
+        meaning="backpressure: pause reading a stream while its target Celery queue holds more messages than this",
+    ),
+    "stream_url": Option(
+        None, "str", _url, computed=default_url, doc=_URL_DEFAULT,
+        meaning=(
+            "where the streams live: `redis://`, `rediss://`, `unix://`, `redis+cluster://h:p[,h:p]` or "
+            "`sentinel://h:p[;sentinel://...]`"
+        ),
+    ),
+    "stream_transport_options": Option(
+        {}, "dict", _transport_options,
+        meaning="extra redis-py client options for the streams Redis (`master_name` for Sentinel, `ssl_*`, timeouts)",
+    ),
+    "stream_discovery_interval": Option(
+        30.0, "seconds", _seconds,
+        meaning='how often streams matching a pattern key of `stream_tasks` (`"orders:*"`) are looked for (SCAN)',
+    ),
+    "stream_metrics_port": Option(
+        None, "int | None", _positive, nullable=True,
+        meaning="serve Prometheus metrics on this port from the worker's main process (`prometheus` extra)",
+    ),
     # loopback unless configured: metrics name streams and groups
-    "stream_metrics_addr": Option("127.0.0.1", "str", _str),
-    "stream_fast_path": Option(True, "bool", _flag),
-    "stream_trace_fields": Option(["traceparent", "tracestate"], "list[str]", _trace_fields),
-    "stream_consumer": Option(None, "str | None", _str, doc="the worker's nodename (`-n`)"),
-    "stream_reap_idle_ms": Option(3600000, "int >= 1", _positive),
-    "stream_retention_ms": Option(None, "int >= 1 | None", _positive, nullable=True),
-    "stream_max_deliveries": Option(5, "int >= 1 | None", _positive, nullable=True),
-    "stream_dead_letter_failed_tasks": Option(False, "bool", _flag),
+    "stream_metrics_addr": Option(
+        "127.0.0.1", "str", _str,
+        meaning='address the metrics endpoint binds to; `"0.0.0.0"` for a Prometheus outside the host',
+    ),
+    "stream_fast_path": Option(
+        True, "bool", _flag,
+        meaning=(
+            "build a batch's Redis or RabbitMQ task messages from one template (byte-identical to "
+            "`send_task`'s), falling back to `send_task` where it cannot; needed for exactly once"
+        ),
+    ),
+    "stream_trace_fields": Option(
+        ["traceparent", "tracestate"], "list[str]", _trace_fields,
+        meaning=(
+            "entry fields moved from the task's arguments into its message headers (W3C trace context); `[]` "
+            "keeps them arguments"
+        ),
+    ),
+    "stream_consumer": Option(
+        None, "str | None", _str, doc="the worker's nodename (`-n`)",
+        meaning="consumer name (group mode) and lease owner (tracker mode); keep it stable across restarts",
+    ),
+    "stream_reap_idle_ms": Option(
+        3600000, "int >= 1", _positive,
+        meaning="group mode: consumers idle this long with nothing pending are removed from the group",
+    ),
+    "stream_retention_ms": Option(
+        None, "int >= 1 | None", _positive, nullable=True,
+        meaning=(
+            "trim entries older than this that every group has acknowledged (and the tracker has passed); "
+            "`None` never trims"
+        ),
+    ),
+    "stream_max_deliveries": Option(
+        5, "int >= 1 | None", _positive, nullable=True,
+        meaning=(
+            "an entry read this many times by workers that died holding it is dead-lettered "
+            "(`max_deliveries`); `None` never gives up"
+        ),
+    ),
+    "stream_dead_letter_failed_tasks": Option(
+        False, "bool", _flag,
+        meaning=(
+            "an entry whose task fails for good (no retry left, or rejected) is dead-lettered with reason "
+            "`task_failed`"
+        ),
+    ),
+    "stream_decode": Option(
+        "utf-8", _DECODE_TYPE, _decode,
+        meaning=(
+            'how entries are decoded before they become arguments: `"utf-8"` text fields; `"raw"` no decoding, '
+            "the stream needs a `converter`, which reads `entry.raw_fields`; `\"json:<field>\"` that field's JSON "
+            'value is the argument; `"faststream"` the body of a message FastStream\'s Redis publisher wrote '
+            "(0.5 or 0.6+), its `correlation_id` a message header. An entry the decoder cannot read is "
+            "dead-lettered with reason `decode` (see [Producers](producers.md))"
+        ),
+    ),
+    "stream_rate_limit": Option(
+        None, "str | number | None", _rate, nullable=True,
+        meaning=(
+            "the most entries of each stream read and dispatched per interval by the whole fleet: "
+            '`"100/s"`, `"600/m"`, `"1000/h"` or a number per second (see Traffic control)'
+        ),
+    ),
 }
 
 # The keys of a stream's dict in stream_tasks, in the order they are checked.
 STREAM_OPTIONS: dict[str, Option] = {
-    "task": Option(None, "str", _task_name, doc="required"),
-    "registered": Option(True, "bool", _flag),
-    "call": Option("fields", '"fields" | "kwargs" | "entry"', _call),
-    "converter": Option(None, '"package.module:function"', _converter, nullable=True, doc="none"),
-    "mode": Option(None, '"group" | "tracker"', _mode, inherits="stream_mode"),
-    "queue": Option(None, "str", _str, nullable=True, doc="the task's routing"),
-    "options": Option({}, "dict", _send_options),
-    "tracker": Option(None, "str", _str, nullable=True, doc=_TRACKER_DEFAULT),
-    "max_queue_length": Option(None, "int >= 0 | None", _count, nullable=True, inherits="stream_max_queue_length"),
-    "max_deliveries": Option(None, "int >= 1 | None", _positive, nullable=True, inherits="stream_max_deliveries"),
-    "dead_letter_failed_tasks": Option(None, "bool", _flag, inherits="stream_dead_letter_failed_tasks"),
-    "group": Option(None, "str", _str, inherits="stream_group"),
-    "start": Option(None, "str", _start, inherits="stream_start"),
-    "batch_size": Option(None, "int >= 1", _positive, inherits="stream_batch_size"),
-    "retention_ms": Option(None, "int >= 1 | None", _positive, nullable=True, inherits="stream_retention_ms"),
+    "task": Option(
+        None, "str", _task_name, doc="required",
+        meaning="the task name; the task name never comes from the entry",
+    ),
+    "registered": Option(
+        True, "bool", _flag,
+        meaning="`False` when another app's workers run the task: its name is then not checked at start-up",
+    ),
+    "call": Option(
+        "fields", '"fields" | "kwargs" | "entry"', _call,
+        meaning="call shape: `task(fields)`, `task(**fields)` or `task(stream, entry_id, fields)`",
+    ),
+    "converter": Option(
+        None, '"package.module:function"', _converter, nullable=True, doc="none",
+        meaning="a function `StreamEntry -> (args, kwargs)`; overrides `call`",
+    ),
+    "mode": Option(
+        None, '"group" | "tracker"', _mode, inherits="stream_mode",
+        meaning="position kind for this stream",
+    ),
+    "queue": Option(
+        None, "str", _str, nullable=True, doc="the task's routing",
+        meaning="the queue this stream's tasks are sent to",
+    ),
+    "options": Option(
+        {}, "dict", _send_options,
+        meaning="extra `send_task` options (`priority`, `expires`, `headers`, ...)",
+    ),
+    "tracker": Option(
+        None, "str", _str, nullable=True, doc=_TRACKER_DEFAULT,
+        meaning="tracker name; the key is `stream_tracker_prefix` + tracker",
+    ),
+    "max_queue_length": Option(
+        None, "int >= 0 | None", _count, nullable=True, inherits="stream_max_queue_length",
+        meaning="backpressure limit for this stream; `None` turns it off for the stream",
+    ),
+    "max_deliveries": Option(
+        None, "int >= 1 | None", _positive, nullable=True, inherits="stream_max_deliveries",
+        meaning="poison-entry limit for this stream",
+    ),
+    "dead_letter_failed_tasks": Option(
+        None, "bool", _flag, inherits="stream_dead_letter_failed_tasks",
+        meaning="dead-letter the entries of this stream's tasks that fail for good",
+    ),
+    "group": Option(
+        None, "str", _str, inherits="stream_group",
+        meaning="consumer group for this stream",
+    ),
+    "start": Option(
+        None, "str", _start, inherits="stream_start",
+        meaning="start position of a new group or tracker for this stream",
+    ),
+    "batch_size": Option(
+        None, "int >= 1", _positive, inherits="stream_batch_size",
+        meaning="entries per read for this stream",
+    ),
+    "retention_ms": Option(
+        None, "int >= 1 | None", _positive, nullable=True, inherits="stream_retention_ms",
+        meaning="retention of this stream; `None` never trims it",
+    ),
+    "decode": Option(
+        None, _DECODE_TYPE, _decode, inherits="stream_decode",
+        meaning="how this stream's entries are decoded",
+    ),
+    "rate_limit": Option(
+        None, "str | number | None", _rate, nullable=True, inherits="stream_rate_limit",
+        meaning='the fleet-wide rate limit of this stream (`"20/s"`); `None` turns it off for the stream',
+    ),
+    "dedupe": Option(
+        None, "dict | None", _dedupe, nullable=True,
+        meaning=(
+            'business-key deduplication: `{"key": "{tenant}:{order_id}", "ttl_ms": 3600000}` (`ttl_ms` '
+            "defaults to one day; see Traffic control)"
+        ),
+    ),
 }
 
 DEFAULTS: dict[str, object] = {name: option.default for name, option in OPTIONS.items()}
@@ -621,4 +910,20 @@ def _stream_config(
         max_deliveries=keys["max_deliveries"],
         dead_letter_failed_tasks=keys["dead_letter_failed_tasks"],
         trace_fields=settings["stream_trace_fields"],
+        decode=_checked_decode(keys, stream, inherited="decode" not in spec),
+        rate_limit=keys["rate_limit"],
+        dedupe=keys["dedupe"],
     )
+
+
+def _checked_decode(keys: Settings, stream: str, *, inherited: bool) -> str:
+    """The stream's decoder; ``"raw"`` leaves the bytes to a converter, so it needs one."""
+    decode: str = keys["decode"]
+    if decode == "raw" and keys["converter"] is None:
+        raise _fail(
+            "stream_decode" if inherited else "stream_tasks 'decode'",
+            "decode 'raw' leaves the entry's bytes to a converter, and this stream has none: "
+            "add 'converter': 'package.module:function' (it reads entry.raw_fields)",
+            stream,
+        )
+    return decode

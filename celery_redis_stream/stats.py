@@ -31,5 +31,10 @@ class StreamStats:
     retention_trimmed: int = 0
     dead_lettered_by_reason: dict[str, int] = field(default_factory=dict)
     broker_retries: int = 0
-    guarantee: str | None = None  # "exactly-once" or "at-least-once", for the last batch (atomic.py)
+    guarantee: str | None = None  # "exactly-once" or "at-least-once", for the last batch (publish/exactly_once.py)
     guarantee_reason: str | None = None
+    capabilities: list[str] = field(default_factory=list)  # newer stream commands in use (client/capabilities.py)
+    rate_limit: str | None = None  # the fleet-wide limit as configured ("20/s"), read/limit.py
+    rate_limited: bool = False  # the reader waits for the bucket now
+    rate_limit_waits: int = 0
+    deduplicated: int = 0  # entries not dispatched: their business key was (batch/dedupe.py)

@@ -2,8 +2,8 @@
 
 A reader is handed what it works with (a Wiring: the app, the settings, its
 consumer name, the stop event, the stats, the sender of reader_ready) and
-knows nothing of the thread that runs it (loops.py) or of the service that
-made it. The two stream readers are reader_group.py and reader_tracker.py.
+knows nothing of the thread that runs it (thread.py) or of the service that
+made it. The two stream readers are read/group.py and read/tracker.py.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from ..publish.exactly_once import ExactlyOnce
 from ..stats import StreamStats
 from ..upkeep.cadence import Upkeep
 from .backpressure import Backpressure
+from .limit import Limiter
 
 __all__ = ["Discovery", "Reader", "StreamReader", "Wiring"]
 
@@ -86,6 +87,9 @@ class StreamReader(Reader):
         self.upkeep = Upkeep(block_ms=wiring.config.block_ms, reap_idle_ms=wiring.config.reap_idle_ms)
         self.incoming: list[StreamConfig] = []
         self._incoming_lock = threading.Lock()
+        # A stream with a fleet-wide rate limit has a reader of its own (Service.add): its bucket is the reader's.
+        self.limiter: Limiter | None = None
+        self.drained = False
 
     @property
     def stopping(self) -> bool:
@@ -102,6 +106,9 @@ class StreamReader(Reader):
         for sc in incoming:
             self.streams[sc.stream] = sc
             self.backpressure.watch(sc)
+            if sc.rate_limit is not None:
+                stats = self.wiring.stats[sc.stream]
+                self.limiter = Limiter(sc.stream, sc.rate_limit, stats, self.wiring.stop_event.wait)
             self.adopted(sc)
 
     def adopted(self, sc: StreamConfig) -> None:
@@ -123,6 +130,23 @@ class StreamReader(Reader):
         return {
             s: p for s, p in positions.items() if not self.backpressure.paused(self.streams[s], self.wiring.stats[s])
         }
+
+    def allowance(self, client: Client) -> int:
+        """How many entries the next read may return: the batch size, or what the rate limit grants (0: it waited).
+
+        A reader that last found the stream drained asks for one token only: it
+        is about to block on an empty stream, and tokens it held while blocking
+        would keep the other workers waiting for nothing.
+        """
+        if self.limiter is None:
+            return self.batch_size
+        return self.limiter.take(client, 1 if self.drained else self.batch_size)
+
+    def used(self, client: Client, granted: int, read: int) -> None:
+        """``read`` of the ``granted`` entries came back: the rest of the tokens go back to the bucket."""
+        if self.limiter is not None:
+            self.drained = read < granted
+            self.limiter.give_back(client, granted - read)
 
     def idle(self) -> None:
         """Every stream is paused: wait one read's time instead of reading."""

@@ -73,13 +73,21 @@ class GroupReader(StreamReader):
         if not positions:
             self.idle()
             return
-        reply = read_group(client, self.group, self.consumer, positions, count=self.batch_size, block_ms=self.block_ms)
+        count = self.allowance(client)
+        if not count:
+            return
+        reply = read_group(client, self.group, self.consumer, positions, count=count, block_ms=self.block_ms)
+        self.used(client, count, sum(map(len, reply.values())))
         for stream, entries in reply.items():
             if entries:
                 self.batches.handle(client, self.streams[stream], entries)
 
     def recover_own_pending(self, client: Client) -> None:
-        reply = read_group(client, self.group, self.consumer, self.pending, count=self.batch_size, block_ms=None)
+        count = self.allowance(client)
+        if not count:
+            return
+        reply = read_group(client, self.group, self.consumer, self.pending, count=count, block_ms=None)
+        self.used(client, count, sum(map(len, reply.values())))
         for stream in list(self.pending):
             entries = reply.get(stream) or []
             if not entries:
@@ -97,10 +105,14 @@ class GroupReader(StreamReader):
             self.deliveries.sweep(client, sc, grace=self.grace)
             cursor = "0-0"
             while not self.stopping:
+                count = self.allowance(client)
+                if not count:
+                    break
                 cursor, entries, trimmed = autoclaim(
                     client, sc, self.consumer, min_idle_ms=self.wiring.config.claim_idle_ms, start=cursor,
-                    count=self.batch_size,
+                    count=count,
                 )  # fmt: skip
+                self.used(client, count, len(entries))
                 if entries or trimmed:
                     self._claimed(client, sc, entries, trimmed)
                 if cursor in ("0-0", "0"):

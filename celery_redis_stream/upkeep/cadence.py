@@ -8,13 +8,14 @@ from collections.abc import Iterable, Mapping
 from celery.utils.log import get_logger
 from redis.exceptions import ResponseError
 
+from ..client.capabilities import XTRIM_ACKED, in_use, probe
 from ..client.connection import Client
 from ..config import StreamConfig
 from ..position.rule import position_of
 from ..redact import redact
 from ..stats import StreamStats
 from .consumers import REAP_BATCH, Removed, reap_consumers, remove_own_consumer
-from .retention import server_trims_acked, trim_passed
+from .retention import trim_passed
 
 __all__ = ["Upkeep", "cadence"]
 
@@ -53,7 +54,7 @@ class Upkeep:
         self.reap_every = cadence(reap_idle_ms, block_ms)
         self.next_reap: dict[str, float] = {}
         self.next_trim: dict[str, float] = {}
-        self.acked: bool | None = None
+        self.capabilities: frozenset[str] | None = None  # of the server, probed at the first trim
         self.warned: set[tuple[str, str]] = set()
 
     def _refused(self, what: str, sc: StreamConfig, exc: ResponseError) -> None:
@@ -122,18 +123,20 @@ class Upkeep:
             every = cadence(sc.retention_ms, self.block_ms)
             self.next_trim[sc.stream] = now + every
             try:
-                if self.acked is None:
-                    self.acked = server_trims_acked(client)
-                    logger.debug("redis-stream: XTRIM ... ACKED %s", "available" if self.acked else "not available")
+                if self.capabilities is None:
+                    self.capabilities = probe(client)
+                    logger.debug("redis-stream: server capabilities: %s", ",".join(sorted(self.capabilities)) or "-")
+                acked = XTRIM_ACKED in self.capabilities
+                stats[sc.stream].capabilities = in_use(self.capabilities, retention=True)
                 # About the same interval on the server: a fleet of readers of one stream
                 # trims it about once per interval (a little less, so clock skew between
                 # this worker and Redis does not make a lone reader skip every other round).
                 done = trim_passed(
-                    client, sc, retention_ms=sc.retention_ms, interval_ms=int(every * 900), acked=self.acked
+                    client, sc, retention_ms=sc.retention_ms, interval_ms=int(every * 900), acked=acked
                 )
                 trimmed, calls = done.trimmed, 1
                 while done.trimmed and calls < TRIM_CALLS and time.monotonic() - now < TRIM_SECONDS:
-                    done = trim_passed(client, sc, retention_ms=sc.retention_ms, interval_ms=0, acked=self.acked)
+                    done = trim_passed(client, sc, retention_ms=sc.retention_ms, interval_ms=0, acked=acked)
                     trimmed, calls = trimmed + done.trimmed, calls + 1
             except ResponseError as exc:
                 self._refused("trim under retention", sc, exc)

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TypedDict
 
 from .. import keys
-from ..client.connection import Client, command, items, mapping, text
+from ..client.connection import Client, items, mapping, text
 from ..config import StreamConfig
 from ..position.rule import position_of
 
 __all__ = [
-    "TRIM_PASSED", "RetentionRow", "Trim", "retention_key", "retention_status", "server_trims_acked", "trim_passed",
+    "TRIM_PASSED", "RetentionRow", "Trim", "retention_key", "retention_status", "trim_passed",
 ]  # fmt: skip
 
 # KEYS: stream, state hash, [tracker]. ARGV: retention ms, interval ms, own
@@ -113,27 +112,6 @@ class Trim:
 def retention_key(sc: StreamConfig) -> str:
     """The hash holding the stream's retention state and its trimmed total, beside the tracker (same slot)."""
     return keys.retention(sc.tracker_key)
-
-
-def _words(reply: object) -> Iterator[str]:
-    if isinstance(reply, (list, tuple)):
-        for item in reply:
-            yield from _words(item)
-    elif isinstance(reply, dict):
-        for key, item in reply.items():
-            yield from _words(key)
-            yield from _words(item)
-    elif isinstance(reply, (bytes, str)):
-        yield text(reply)
-
-
-def server_trims_acked(client: Client) -> bool:
-    """Whether the server's XTRIM takes ``ACKED`` (Redis 8.2), from COMMAND DOCS; False when it cannot say."""
-    try:
-        reply = command(client, "COMMAND DOCS", "XTRIM")
-    except Exception:  # an old server, an ACL without COMMAND or a cluster client: the Lua bound is always safe
-        return False
-    return any(word.upper() == "ACKED" for word in _words(reply))
 
 
 def trim_passed(client: Client, sc: StreamConfig, *, retention_ms: int, interval_ms: int, acked: bool = False) -> Trim:
