@@ -24,12 +24,13 @@ NEWEST=(celery kombu redis)
 # tests/unit/test_house.py reads the source (style, layout): make test runs it, no cell can tell it apart.
 # Server cells: what a server can change (commands, replies, Lua, cluster, persistence across a restart).
 SERVER_TESTS=(
-    tests/unit --ignore=tests/unit/test_house.py tests/e2e/test_worker_e2e.py tests/e2e/test_fault_broker.py tests/e2e/test_fault_streams_redis.py
-    tests/e2e/test_fault_workers.py tests/e2e/test_cluster.py tests/e2e/test_exactly_once.py
-    tests/e2e/test_hygiene.py tests/e2e/test_lag.py
+    tests/unit --ignore=tests/unit/test_house.py tests/e2e/test_worker_e2e.py tests/e2e/test_fault_broker.py
+    tests/e2e/test_fault_streams_redis.py tests/e2e/test_fault_workers.py tests/e2e/test_cluster.py
+    tests/e2e/test_exactly_once.py tests/e2e/test_hygiene.py tests/e2e/test_lag.py
 )
-# The worker subset: the pool CRS_POOL names (the banner, the tasks' processes), a real `celery worker` dispatching, sharing a stream, killed and restarted, stopped warm
-# mid-stream, claiming a dead worker's entries. test_one_reader_per_worker_whatever_the_pool names its pools.
+# The worker subset: the pool CRS_POOL names (the banner, the tasks' processes), a real `celery worker`
+# dispatching, sharing a stream, killed and restarted, stopped warm mid-stream, claiming a dead worker's entries.
+# (test_one_reader_per_worker_whatever_the_pool names its own pools: make test runs it.)
 WORKER_TESTS=(tests/e2e/test_worker_e2e.py -k
     "crs_pool or mapped_task or split_a_stream or kill_9_and_restart or sigterm_mid_stream or dead_worker or warm_shutdown")
 # Version cells: the unit tier (the fast paths build kombu's messages byte for byte) and the fast path through
