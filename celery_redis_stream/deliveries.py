@@ -165,7 +165,9 @@ class Deliveries:
             if value is not None:
                 known[entry_id] = number(value)
 
-    def sweep(self, client: Client, sc: StreamConfig, *, grace: float) -> None:
+    def sweep(
+        self, client: Client, sc: StreamConfig, *, grace: float, records: Mapping[str, str] | None = None
+    ) -> None:
         """Records of other consumers: count those left by a dead or hung one.
 
         A live consumer replaces its record with every batch and deletes it
@@ -173,9 +175,11 @@ class Deliveries:
         backoff of an outage's end): a record that stayed unchanged for
         ``grace`` seconds (server time, marked in Redis by the first worker
         that saw it) was left by a process that died or hangs. Its entries
-        are suspects from the first sight on.
+        are suspects from the first sight on. ``records``: the hash as
+        already read (HGETALL in a pipeline of many streams).
         """
-        records = _texts(client.hgetall(inflight_key(sc)))
+        if records is None:
+            records = _texts(client.hgetall(inflight_key(sc)))
         self.foreign = {k: v for k, v in self.foreign.items() if k[0] != sc.stream}
         for field, record in records.items():
             if field.startswith(SEEN):

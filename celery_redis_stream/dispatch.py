@@ -35,6 +35,7 @@ BATCH_PUBLISH_ERRORS: tuple[type[BaseException], ...] = tuple(
     getattr(kombu_exceptions, name) for name in ("BatchPublishError",) if hasattr(kombu_exceptions, name)
 )
 
+
 class BrokerUnavailable(StreamError):
     """The broker did not accept a publish; the batch is retried, nothing is acknowledged."""
 

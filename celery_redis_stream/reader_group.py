@@ -3,22 +3,63 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 from celery.utils.log import get_logger
+from redis.exceptions import ResponseError
 
 from .config import StreamConfig
-from .connection import Client
-from .deliveries import FOREIGN_GRACE_SECONDS
+from .connection import PIPELINE_CHUNK, Client, mapping, number, text
+from .deliveries import FOREIGN_GRACE_SECONDS, inflight_key
 from .dispatch import BrokerUnavailable
 from .entry import RawEntry
 from .lease import LeaseLost
 from .reader import autoclaim, ensure_group, read_group
 from .readers import StreamReader, Wiring
 from .signals import send_reader_ready
+from .upkeep import LOG_REMOVALS, Spread
 
 __all__ = ["GroupReader"]
 
 logger = get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Survey:
+    """What one pipeline says of a stream before its upkeep: who to sweep, claim from, reap."""
+
+    records: dict[str, str]  # the in-flight hash
+    pending: int  # entries pending in our group, on any consumer (-1: the stream or the group is missing)
+    consumers: int
+
+
+def survey(client: Client, streams: Sequence[StreamConfig], group: str) -> list[Survey]:
+    """XINFO GROUPS and HGETALL of the in-flight hash of each stream, in one pipeline.
+
+    A stream whose group has nothing pending needs no XAUTOCLAIM, and one
+    whose group has no consumer but us needs no reaping: on quiet streams
+    this is all the upkeep round costs.
+    """
+    pipe = client.pipeline(transaction=False)
+    for sc in streams:
+        pipe.xinfo_groups(sc.stream)
+        pipe.hgetall(inflight_key(sc))
+    replies = pipe.execute(raise_on_error=False)
+    out: list[Survey] = []
+    for i in range(len(streams)):
+        groups, records = replies[2 * i], replies[2 * i + 1]
+        if isinstance(records, ResponseError):
+            raise records
+        ours = {} if isinstance(groups, ResponseError) else next(
+            (g for g in map(mapping, groups) if text(g.get("name", b"")) == group), {}
+        )  # fmt: skip
+        out.append(Survey(
+            {text(k): text(v) for k, v in mapping(records).items()},
+            number(ours.get("pending"), -1) if ours else -1,
+            number(ours.get("consumers")),
+        ))  # fmt: skip
+    return out
 
 
 class GroupReader(StreamReader):
@@ -31,9 +72,10 @@ class GroupReader(StreamReader):
         self.unready: set[str] = set()
         self.created: set[str] = set()
         self.pending: dict[str, str] = {}
-        self.next_claim = 0.0
         claim_ms = wiring.config.claim_idle_ms
         self.claim_every = min(max(claim_ms / 2000, self.block_ms / 1000), 30.0)
+        self.rounds = Spread(self.claim_every)
+        self.claims_logged = 0
         self.grace = max(FOREIGN_GRACE_SECONDS, claim_ms / 1000)
 
     def adopted(self, sc: StreamConfig) -> None:
@@ -64,12 +106,7 @@ class GroupReader(StreamReader):
         if self.pending:
             self.recover_own_pending(client)
             return
-        if time.monotonic() >= self.next_claim:
-            self.claim(client)
-            self.next_claim = time.monotonic() + self.claim_every
-            # After the claim: a consumer whose entries were just claimed may go now.
-            self.upkeep.reap(client, self.streams.values(), self.consumer, self.wiring.stats)
-            self.upkeep.trim(client, self.streams.values(), self.wiring.stats)
+        self.upkeep_turn(client)
         positions = self.unpaused(dict.fromkeys(self.streams, ">"))
         if not positions:
             self.idle()
@@ -93,22 +130,51 @@ class GroupReader(StreamReader):
             self.deliveries.load(client, sc, [e.id for e in live])
             self.batches.handle(client, sc, live, trimmed=trimmed)
 
-    def claim(self, client: Client) -> None:
-        for sc in self.streams.values():
-            self.deliveries.sweep(client, sc, grace=self.grace)
-            cursor = "0-0"
-            while not self.stopping:
-                cursor, entries, trimmed = autoclaim(
-                    client, sc, self.consumer, min_idle_ms=self.wiring.config.claim_idle_ms, start=cursor,
-                    count=self.batch_size,
-                )  # fmt: skip
-                if entries or trimmed:
-                    self._claimed(client, sc, entries, trimmed)
-                if cursor in ("0-0", "0"):
-                    break
+    def upkeep_turn(self, client: Client) -> None:
+        """This turn's share of the upkeep round (Spread): sweep, claim, reap, trim, a chunk of streams at a time."""
+        turn = self.rounds.take(self.streams, time.monotonic())
+        self.claims_logged = 0
+        for start in range(0, len(turn), PIPELINE_CHUNK):
+            if self.stopping:
+                return
+            chunk = [self.streams[s] for s in turn[start : start + PIPELINE_CHUNK]]
+            crowded = self.claim(client, chunk)
+            # After the claim: a consumer whose entries were just claimed may go now.
+            self.upkeep.reap(client, chunk, self.consumer, self.wiring.stats, crowded=crowded)
+            self.upkeep.trim(client, chunk, self.wiring.stats)
+        if self.claims_logged > LOG_REMOVALS:
+            logger.info(
+                "redis-stream: claimed idle entries of %d more streams of group=%s",
+                self.claims_logged - LOG_REMOVALS, self.group,
+            )  # fmt: skip
+
+    def claim(self, client: Client, chunk: Sequence[StreamConfig]) -> set[str]:
+        """Sweep in-flight records and XAUTOCLAIM where anything is pending; the streams with other consumers."""
+        crowded: set[str] = set()
+        for sc, seen in zip(chunk, survey(client, chunk, self.group), strict=True):
+            if seen.records or self.deliveries.foreign:
+                self.deliveries.sweep(client, sc, grace=self.grace, records=seen.records)
+            if seen.consumers > 1:
+                crowded.add(sc.stream)
+            if seen.pending != 0:  # -1: missing; XAUTOCLAIM says NOGROUP and the reader recreates it
+                self.autoclaim_all(client, sc)
+        return crowded
+
+    def autoclaim_all(self, client: Client, sc: StreamConfig) -> None:
+        cursor = "0-0"
+        while not self.stopping:
+            cursor, entries, trimmed = autoclaim(
+                client, sc, self.consumer, min_idle_ms=self.wiring.config.claim_idle_ms, start=cursor,
+                count=self.batch_size,
+            )  # fmt: skip
+            if entries or trimmed:
+                self._claimed(client, sc, entries, trimmed)
+            if cursor in ("0-0", "0"):
+                break
 
     def _claimed(self, client: Client, sc: StreamConfig, entries: list[RawEntry], trimmed: list[str]) -> None:
-        logger.info(
+        self.claims_logged += 1
+        (logger.info if self.claims_logged <= LOG_REMOVALS else logger.debug)(
             "redis-stream: claimed %d idle entr%s of stream=%s group=%s",
             len(entries), "y" if len(entries) == 1 else "ies", sc.stream, sc.group,
         )  # fmt: skip

@@ -31,6 +31,9 @@ __all__ = ["Discovery", "Reader", "StreamReader", "Wiring"]
 
 logger = get_logger(__name__)
 
+#: Streams named one by one at INFO per discovery scan of a pattern; a scan that finds more logs their total.
+LOG_FOUND = 20
+
 
 @dataclass(frozen=True)
 class Wiring:
@@ -159,18 +162,25 @@ class Discovery(Reader):
 
     def step(self, client: Client) -> None:
         for pattern in self.patterns:
-            for key in client.scan_iter(match=pattern.stream, _type="STREAM", count=1000):
-                try:
-                    name = key.decode() if isinstance(key, bytes) else text(key)
-                except UnicodeDecodeError:
-                    # Decoded with replacement it would name another key, which MKSTREAM would create.
-                    self._refuse_undecodable(pattern, key)
-                    continue
-                if name in self.refused or self.known(name):
-                    continue
-                self._consider(pattern, name)
+            self.scan(client, pattern)
         self.first_scan = False
         self.stop_event.wait(self.config.discovery_interval)
+
+    def scan(self, client: Client, pattern: StreamConfig) -> None:
+        """One SCAN of ``pattern``: the first LOG_FOUND streams found named at INFO, the rest at DEBUG, one total."""
+        found = 0
+        for key in client.scan_iter(match=pattern.stream, _type="STREAM", count=1000):
+            try:
+                name = key.decode() if isinstance(key, bytes) else text(key)
+            except UnicodeDecodeError:
+                # Decoded with replacement it would name another key, which MKSTREAM would create.
+                self._refuse_undecodable(pattern, key)
+                continue
+            if name in self.refused or self.known(name):
+                continue
+            found += self._consider(pattern, name, found)
+        if found > LOG_FOUND:
+            logger.info("redis-stream: found %d streams matching %s", found, pattern.stream)
 
     def _refuse_undecodable(self, pattern: StreamConfig, key: bytes) -> None:
         shown = repr(key)
@@ -180,7 +190,8 @@ class Discovery(Reader):
                 "redis-stream: not reading stream %s matching %s: its name is not UTF-8", shown, pattern.stream
             )
 
-    def _consider(self, pattern: StreamConfig, name: str) -> None:
+    def _consider(self, pattern: StreamConfig, name: str, found: int) -> int:
+        """Check and start reading ``name``; 1 if it is read from now on (``found`` before it this scan)."""
         sc = pattern.for_stream(name, cluster=self.config.cluster)
         if not self.first_scan:
             # Created after the worker started: all of it is new.
@@ -190,6 +201,10 @@ class Discovery(Reader):
         except StreamConfigError as exc:
             self.refused.add(name)
             logger.error("redis-stream: not reading stream=%s matching %s: %s", name, pattern.stream, exc)
-            return
-        logger.info("redis-stream: found stream=%s matching %s", name, pattern.stream)
+            return 0
+        # Thousands of streams (one per tenant) would be thousands of lines: the first ones, then a total.
+        (logger.info if found < LOG_FOUND else logger.debug)(
+            "redis-stream: found stream=%s matching %s", name, pattern.stream
+        )
         self.found(sc)
+        return 1
