@@ -165,9 +165,7 @@ class Deliveries:
             if value is not None:
                 known[entry_id] = number(value)
 
-    def sweep(
-        self, client: Client, sc: StreamConfig, *, grace: float, records: Mapping[str, str] | None = None
-    ) -> None:
+    def sweep(self, client: Client, sc: StreamConfig, *, grace: float) -> None:
         """Records of other consumers: count those left by a dead or hung one.
 
         A live consumer replaces its record with every batch and deletes it
@@ -175,11 +173,9 @@ class Deliveries:
         backoff of an outage's end): a record that stayed unchanged for
         ``grace`` seconds (server time, marked in Redis by the first worker
         that saw it) was left by a process that died or hangs. Its entries
-        are suspects from the first sight on. ``records``: the hash as
-        already read (HGETALL in a pipeline of many streams).
+        are suspects from the first sight on.
         """
-        if records is None:
-            records = _texts(client.hgetall(inflight_key(sc)))
+        records = _texts(client.hgetall(inflight_key(sc)))
         self.foreign = {k: v for k, v in self.foreign.items() if k[0] != sc.stream}
         for field, record in records.items():
             if field.startswith(SEEN):

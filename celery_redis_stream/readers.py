@@ -24,6 +24,7 @@ from .deliveries import Deliveries
 from .dispatch import Dispatcher
 from .exceptions import StreamConfigError
 from .pacing import Pacer
+from .reader import PackedRead
 from .stats import StreamStats
 from .upkeep import Upkeep
 
@@ -63,6 +64,9 @@ class Reader:
     def on_error(self, exc: BaseException) -> None:
         """Forget what is not known to be true any more after an error."""
 
+    def wake(self) -> None:
+        """From another thread (a stop): end a long blocking read now, if one is under way."""
+
     def close(self, client: Client | None, *, warm: bool) -> None:
         """The thread is ending: ``warm`` after a stop with the last round done (and no failure pending)."""
 
@@ -89,6 +93,7 @@ class StreamReader(Reader):
         self.upkeep = Upkeep(block_ms=wiring.config.block_ms, reap_idle_ms=wiring.config.reap_idle_ms)
         self.incoming: list[StreamConfig] = []
         self._incoming_lock = threading.Lock()
+        self.packed = PackedRead()
 
     @property
     def stopping(self) -> bool:
@@ -133,6 +138,9 @@ class StreamReader(Reader):
 
     def on_error(self, exc: BaseException) -> None:
         self.batches.forget()
+
+    def wake(self) -> None:
+        self.packed.wake()
 
     def close(self, client: Client | None, *, warm: bool) -> None:
         self.backpressure.close()

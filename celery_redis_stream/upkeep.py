@@ -72,6 +72,12 @@ class Spread:
     def under_way(self) -> bool:
         return self.done < len(self.todo)
 
+    def until_next(self, now: float) -> float:
+        """Seconds until a turn has upkeep to do: one chunk's share of the round while one is under way."""
+        if self.under_way:
+            return self.every * ROUND_SHARE * PIPELINE_CHUNK / len(self.todo)
+        return max(0.0, self.next_round - now)
+
     def take(self, streams: Iterable[str], now: float) -> list[str]:
         """The streams this turn looks at (none between rounds)."""
         if not self.under_way:
