@@ -38,13 +38,15 @@ import redis  # noqa: E402
 from celery import Celery  # noqa: E402
 
 from benchmarks.common import RedisServer, Worker, fill_stream, group_done, wait_for  # noqa: E402
-from celery_redis_stream.atomic import ExactlyOnce  # noqa: E402
+from celery_redis_stream.client.connection import connect  # noqa: E402
+from celery_redis_stream.client.streams import read_group, read_tracked  # noqa: E402
 from celery_redis_stream.config import load_config  # noqa: E402
-from celery_redis_stream.dispatch import Dispatcher  # noqa: E402
-from celery_redis_stream.harness import Ready  # noqa: E402
-from celery_redis_stream.loops import StreamStats  # noqa: E402
-from celery_redis_stream.position import Lease, commit  # noqa: E402
-from celery_redis_stream.reader import connect, read_group, read_tracked  # noqa: E402
+from celery_redis_stream.position.lease import Lease  # noqa: E402
+from celery_redis_stream.position.rule import commit  # noqa: E402
+from celery_redis_stream.publish.dispatch import Dispatcher  # noqa: E402
+from celery_redis_stream.publish.exactly_once import ExactlyOnce  # noqa: E402
+from celery_redis_stream.stats import StreamStats  # noqa: E402
+from celery_redis_stream.testing.processes import Ready  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 STREAM = "bench"

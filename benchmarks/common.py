@@ -2,7 +2,7 @@
 
 No import of the test package: a benchmark must not depend on test fixtures,
 and the tests must be free to change theirs. The processes (redis-server,
-`celery worker`) are celery_redis_stream.harness's, as the tests' are.
+`celery worker`) are celery_redis_stream.testing.processes's, as the tests' are.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from typing import Any, TypeVar
 import psutil
 import redis
 
-from celery_redis_stream import harness
-from celery_redis_stream.harness import Ready
+from celery_redis_stream.testing import processes as harness
+from celery_redis_stream.testing.processes import Ready
 
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")

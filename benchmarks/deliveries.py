@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import RESULTS, STREAM, Bench, fill_stream, group_done, log, stream_conf, wait_for  # noqa: E402
-from celery_redis_stream.harness import Ready  # noqa: E402
+from celery_redis_stream.testing.processes import Ready  # noqa: E402
 
 
 def drain(bench: Bench, n: int, batch: int, max_deliveries: int | None) -> float:
@@ -42,8 +42,8 @@ def drain(bench: Bench, n: int, batch: int, max_deliveries: int | None) -> float
 def record_cost(bench: Bench, batch: int, batches: int = 2000) -> float:
     """Seconds per batch of what the bookkeeping adds: the record's HSET, and an HDEL in a pipeline."""
     from celery_redis_stream import keys
+    from celery_redis_stream.batch.deliveries import Deliveries
     from celery_redis_stream.config import StreamConfig
-    from celery_redis_stream.deliveries import Deliveries
 
     sc = StreamConfig(
         stream=STREAM, task="bench.noop", mode="group", group="celery", start="0",

@@ -1,6 +1,6 @@
 """CPU of a worker whose mapped stream is empty, with the bridge and with ``--without-redis-stream``.
 
-    .venv/bin/python benchmarks/idle_cpu.py [--seconds 8]
+.venv/bin/python benchmarks/idle_cpu.py [--seconds 8]
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import psutil
 
 from benchmarks.common import Bench, log, stream_conf
-from celery_redis_stream.harness import Ready
+from celery_redis_stream.testing.processes import Ready
 
 
 def cpu_percent(pid: int, seconds: float) -> float:

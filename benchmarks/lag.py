@@ -22,8 +22,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import RedisServer  # noqa: E402
+from celery_redis_stream.client.connection import connect  # noqa: E402
 from celery_redis_stream.config import load_config  # noqa: E402
-from celery_redis_stream.reader import connect  # noqa: E402
 from celery_redis_stream.status import stream_status  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -45,7 +45,7 @@ from celery import Celery  # noqa: E402
 from kombu import Connection, Exchange, Queue  # noqa: E402
 
 from benchmarks.common import RedisServer, Worker, cpu_model, log, wait_for  # noqa: E402
-from celery_redis_stream.harness import Ready  # noqa: E402
+from celery_redis_stream.testing.processes import Ready  # noqa: E402
 
 AMQP_URL = os.environ.get("CRS_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
 RESULTS = Path(__file__).resolve().parent / "results"

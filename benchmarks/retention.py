@@ -33,10 +33,10 @@ from celery import Celery  # noqa: E402
 
 from benchmarks.common import RedisServer  # noqa: E402
 from celery_redis_stream.config import StreamConfig, load_config  # noqa: E402
-from celery_redis_stream.hygiene import reap_consumers  # noqa: E402
-from celery_redis_stream.loops import StreamStats  # noqa: E402
-from celery_redis_stream.retention import retention_key, trim_passed  # noqa: E402
-from celery_redis_stream.upkeep import Upkeep  # noqa: E402
+from celery_redis_stream.stats import StreamStats  # noqa: E402
+from celery_redis_stream.upkeep.cadence import Upkeep  # noqa: E402
+from celery_redis_stream.upkeep.consumers import reap_consumers  # noqa: E402
+from celery_redis_stream.upkeep.retention import retention_key, trim_passed  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 STREAM = "bench"

@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 import redis  # noqa: E402
 
 from benchmarks.common import RedisServer, Worker, wait_for  # noqa: E402
-from celery_redis_stream.harness import Ready  # noqa: E402
+from celery_redis_stream.testing.processes import Ready  # noqa: E402
 
 STREAM = "bench"
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
@@ -86,8 +86,8 @@ def dispatch_rates(server: RedisServer, reps: int = 15) -> dict[str, float]:
     from celery import Celery
 
     from celery_redis_stream.config import load_config
-    from celery_redis_stream.dispatch import Dispatcher
     from celery_redis_stream.entry import RawEntry
+    from celery_redis_stream.publish.dispatch import Dispatcher
 
     app = Celery("trace-bench", broker=server.url_db(1), set_as_current=False)
     app.conf.update(

@@ -1,29 +1,28 @@
-"""celery-redis-stream: Redis Streams entries become Celery tasks, at least once.
+"""celery-redis-stream: Redis Streams entries become Celery tasks, at least once (exactly once on one server).
 
-The modules, in the order an entry travels through them (the folder is flat;
-this is its map):
+The package, in the order an entry travels through it:
 
-1. In the worker: ``bootstep`` (the step, ``install``), ``config`` (settings
-   as data, read once), ``service`` (one worker's readers), ``loops``
-   (``ReaderThread``: runs a reader, backs off, cleans up).
-2. Reading: ``connection`` (the Redis seam: raw replies, decoding, the error
-   table) with ``resp`` (its reply parser) and ``slots`` (one client for a
-   cluster), ``keys`` (the key layout), ``reader`` (the stream commands),
-   ``readers`` with ``reader_group`` / ``reader_tracker`` (one round per
-   ``step(client)``), ``lease``, ``backpressure``, ``pacing``, ``signals``.
-3. One batch, ``batch``: prepare (``deliveries``: the in-flight record and
-   failure counts; ``entry``: decoding, call shapes; ``deadletters``: the
-   format and reasons) -> publish (``dispatch``; Redis: ``fastpath``,
-   ``envelope``, ``atomic`` for exactly once; RabbitMQ: ``amqpfast``,
-   ``amqpframes``, ``confirms``; ``tracing`` for trace headers) -> commit
-   (``position`` with ``position_group`` / ``position_tracker``).
-4. After the task: ``failed`` (dead letters for tasks that fail for good).
-5. Keeping Redis tidy: ``upkeep``, ``hygiene``, ``retention``.
-6. Operating it: ``status`` with ``rows`` and ``lag``, ``stats``, ``metrics``,
-   ``cli`` with ``cli_common`` / ``cli_reset`` / ``cli_deadletters``,
-   ``terminal``, ``redact``.
-7. For users' code and tests: ``producer`` (``produce()``), ``testing``,
-   ``pytest_plugin``, ``harness``, ``exceptions``.
+1. In the worker: ``bootstep`` (the step, ``install``, the inspect command), ``config`` (settings as data,
+   read once), ``service`` (one worker's readers), ``thread`` (``ReaderThread``: runs a reader, backs off,
+   cleans up).
+2. ``read/``: one round of reading per ``step(client)``: ``base`` (what readers share, pattern discovery),
+   ``group`` and ``tracker`` (the two modes), ``backpressure``.
+3. ``batch/``: prepare -> publish -> commit (``batches``), the in-flight record and failure counts
+   (``deliveries``), ``pacing``. Entries are decoded by ``entry`` (call shapes, ``StreamEntry``); bad ones
+   become ``deadletters``.
+4. ``publish/``: ``dispatch`` (which path, bad entries apart from retryable failures); Redis: ``redis_fast``,
+   ``redis_envelope``, ``exactly_once``; RabbitMQ: ``amqp_fast``, ``amqp_frames``, ``amqp_confirms``; what
+   both fast paths share: ``template``; trace headers: ``tracing``.
+5. ``position/``: THE DELIVERY RULE (``rule``: commit only after publish), one type per mode (``group``,
+   ``tracker``), the tracker ``lease``, the ``lag`` of a position.
+6. ``client/``: the Redis seam: ``connection`` (clients, replies, the error table), ``streams`` (the stream
+   commands), ``cluster`` (many slots from one thread), ``parser`` (the reader's RESP2 parser); ``keys``
+   holds the key layout.
+7. ``upkeep/``: ``cadence``, ``consumers`` (hygiene), ``retention``. After the task: ``failed_tasks``.
+8. Operating it: ``status`` with ``rows``, ``stats``, ``metrics``, ``cli/`` (``celery redis-stream``),
+   ``redact``, ``signals``.
+9. For users' code and tests: ``producer`` (``produce()``), ``testing/`` (``preview``/``run``, and
+   ``processes``: private servers and workers), ``pytest_plugin``, ``exceptions``.
 """
 
 from __future__ import annotations

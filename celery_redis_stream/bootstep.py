@@ -13,7 +13,7 @@ from celery.worker.control import inspect_command
 
 from .config import load_config
 from .exceptions import StreamConfigError
-from .failed import connect_receivers
+from .failed_tasks import connect_receivers
 from .service import Service
 from .status import worker_time_lags
 
@@ -87,8 +87,8 @@ class RedisStreamStep(bootsteps.StartStopStep):  # type: ignore[misc]
         return {"redis_stream": service.info() if service is not None else {"streams": []}}
 
 
-@inspect_command()  # type: ignore[untyped-decorator]
-def redis_stream(state: AttributeDict, **kwargs: object) -> dict[str, object]:
+@inspect_command(name="redis_stream")  # type: ignore[untyped-decorator]
+def inspect_redis_stream(state: AttributeDict, **kwargs: object) -> dict[str, object]:
     """Readers of this worker: streams, mode, counts, last id, paused, last error."""
     service: Service | None = getattr(state.consumer.controller, "redis_stream", None)
     if service is None:

@@ -38,7 +38,7 @@ DLQ_FIELDS = frozenset({b"dlq_source_stream", b"dlq_source_id", b"dlq_reason", b
 BATCH = 500
 
 
-class Client(Protocol):
+class DeadLetterClient(Protocol):
     """The commands dead letters need (redis.Redis and RedisCluster have them), raw replies kept (reader.connect)."""
 
     def execute_command(self, *args: object) -> object: ...
@@ -104,7 +104,7 @@ def _items(reply: object) -> tuple[object, ...]:
     return tuple(reply) if isinstance(reply, (list, tuple)) else ()
 
 
-def read(client: Client, sc: StreamConfig, *, start: str = "-", count: int = BATCH) -> list[DeadEntry]:
+def read(client: DeadLetterClient, sc: StreamConfig, *, start: str = "-", count: int = BATCH) -> list[DeadEntry]:
     """XRANGE of the dead-letter stream from ``start`` (``"(id"`` excludes ``id``), oldest first.
 
     ``client`` must keep XRANGE replies raw (``reader.connect``), so nothing is decoded here.
@@ -112,7 +112,7 @@ def read(client: Client, sc: StreamConfig, *, start: str = "-", count: int = BAT
     return _parse(client.execute_command("XRANGE", sc.dead_letter, start, "+", "COUNT", count))
 
 
-def batches(client: Client, sc: StreamConfig, total: int, batch: int = BATCH) -> Iterator[list[DeadEntry]]:
+def batches(client: DeadLetterClient, sc: StreamConfig, total: int, batch: int = BATCH) -> Iterator[list[DeadEntry]]:
     """The oldest ``total`` dead letters in batches of at most ``batch``; bounded however the stream changes."""
     start, left = "-", total
     for _ in range(total // max(batch, 1) + 2):
@@ -126,7 +126,7 @@ def batches(client: Client, sc: StreamConfig, total: int, batch: int = BATCH) ->
         start = "(" + entries[-1].id
 
 
-def fetch(client: Client, sc: StreamConfig, ids: Sequence[str]) -> tuple[list[DeadEntry], list[str]]:
+def fetch(client: DeadLetterClient, sc: StreamConfig, ids: Sequence[str]) -> tuple[list[DeadEntry], list[str]]:
     """The dead letters with these ids, in the order given (one XRANGE id id each, pipelined); and the ids not found."""
     if not ids:
         return [], []
@@ -145,7 +145,7 @@ def fetch(client: Client, sc: StreamConfig, ids: Sequence[str]) -> tuple[list[De
 
 
 def matching(
-    client: Client, sc: StreamConfig, reason: str, *, limit: int | None = None, scan: int | None = None,
+    client: DeadLetterClient, sc: StreamConfig, reason: str, *, limit: int | None = None, scan: int | None = None,
     progress: Callable[[int], None] = lambda n: None,
 ) -> Iterator[list[DeadEntry]]:  # fmt: skip
     """Batches of the dead letters whose ``dlq_reason`` is ``reason``, oldest first, at most ``limit`` of them.
@@ -166,7 +166,7 @@ def matching(
             return
 
 
-def requeue_entries(client: Client, sc: StreamConfig, entries: Sequence[DeadEntry]) -> tuple[int, int]:
+def requeue_entries(client: DeadLetterClient, sc: StreamConfig, entries: Sequence[DeadEntry]) -> tuple[int, int]:
     """Append these dead letters' own fields to the source stream (one MULTI), then XDEL them.
 
     XADD comes before XDEL, so a crash in between can duplicate the batch but
@@ -184,7 +184,7 @@ def requeue_entries(client: Client, sc: StreamConfig, entries: Sequence[DeadEntr
 
 
 def requeue(
-    client: Client, sc: StreamConfig, total: int, *, progress: Callable[[int], None] = lambda n: None
+    client: DeadLetterClient, sc: StreamConfig, total: int, *, progress: Callable[[int], None] = lambda n: None
 ) -> tuple[int, int]:
     """Requeue the oldest ``total`` dead letters in batches (see ``requeue_entries``). Returns (requeued, skipped)."""
     requeued = skipped = 0
@@ -195,12 +195,14 @@ def requeue(
     return requeued, skipped
 
 
-def purge_entries(client: Client, sc: StreamConfig, entries: Sequence[DeadEntry]) -> int:
+def purge_entries(client: DeadLetterClient, sc: StreamConfig, entries: Sequence[DeadEntry]) -> int:
     """XDEL these dead letters; returns how many were still there."""
     return _int(client.xdel(sc.dead_letter, *(e.id for e in entries))) if entries else 0
 
 
-def purge(client: Client, sc: StreamConfig, total: int, *, progress: Callable[[int], None] = lambda n: None) -> int:
+def purge(
+    client: DeadLetterClient, sc: StreamConfig, total: int, *, progress: Callable[[int], None] = lambda n: None
+) -> int:
     """XDEL the oldest ``total`` dead letters; entries added meanwhile are kept."""
     purged = 0
     for entries in batches(client, sc, total):

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from celery.exceptions import ImproperlyConfigured
 
-__all__ = ["EmptyEntryError", "EntryError", "StreamConfigError", "StreamError"]
+__all__ = [
+    "BrokerUnavailable",
+    "EmptyEntryError",
+    "EntryError",
+    "LeaseLost",
+    "NotConfirmed",
+    "StreamConfigError",
+    "StreamError",
+]
 
 
 class StreamError(Exception):
@@ -58,3 +66,15 @@ class EntryError(StreamError):
 
 class EmptyEntryError(StreamError, ValueError):
     """produce() was given no field: Redis has no empty stream entries."""
+
+
+class BrokerUnavailable(StreamError):
+    """The broker did not accept a publish; the batch is retried, nothing is acknowledged."""
+
+
+class LeaseLost(StreamError):
+    """Another worker holds the tracker lease now; this worker must stop reading the stream."""
+
+
+class NotConfirmed(StreamError):
+    """RabbitMQ did not confirm every message of a batch; none of it may be acknowledged."""

@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING, Protocol
 
 from celery.utils.log import get_logger
 
+from .client.connection import Client, connect
 from .config import BridgeConfig, StreamConfig
-from .connection import Client, connect
 from .exceptions import StreamConfigError
-from .position import position_of
+from .position.rule import position_of
 from .rows import StreamRow
 from .stats import StreamStats
 from .status import stream_status

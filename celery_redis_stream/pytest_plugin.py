@@ -29,12 +29,12 @@ from celery.contrib.testing.worker import start_worker
 from celery.worker import WorkController
 
 from . import install
+from .client.connection import text
 from .config import load_config
-from .dispatch import task_id_for
-from .harness import RedisServer, wait_for
-from .lag import text
 from .producer import FieldValue, produce
-from .testing import DeadLettered, DeadLetterPreview, stream_config
+from .publish.dispatch import task_id_for
+from .testing.preview import DeadLettered, DeadLetterPreview, stream_config
+from .testing.processes import RedisServer, wait_for
 
 __all__ = ["RedisStreamServer", "StreamWorker", "TaskRun"]
 

@@ -13,16 +13,16 @@ from celery import Celery
 from celery.utils.log import get_logger
 
 from . import keys
-from .atomic import assess
+from .client.connection import Client, connect
 from .config import BridgeConfig, StreamConfig, check_slots
-from .connection import Client, connect
-from .loops import ReaderThread
 from .metrics import MetricsServer
-from .position import position_of
-from .reader_group import GroupReader
-from .reader_tracker import TrackerReader
-from .readers import Discovery, StreamReader, Wiring
+from .position.rule import position_of
+from .publish.exactly_once import assess
+from .read.base import Discovery, StreamReader, Wiring
+from .read.group import GroupReader
+from .read.tracker import TrackerReader
 from .stats import StreamStats
+from .thread import ReaderThread
 
 __all__ = ["Service", "StreamStats"]
 

@@ -7,13 +7,13 @@ from datetime import datetime, timedelta, timezone
 
 from redis.exceptions import ResponseError
 
+from .client.connection import Client, connect, is_missing_key, items, mapping, number, optional_text, text
 from .config import BridgeConfig, StreamConfig
-from .connection import Client, connect, is_missing_key, items, mapping, number, optional_text, text
-from .lag import ID_RE, LAG_SCAN_LIMIT, count_after, entry_age, id_key, oldest_waiting, server_ms
-from .position import position_of
+from .position.lag import ID_RE, LAG_SCAN_LIMIT, count_after, entry_age, id_key, oldest_waiting, server_ms
+from .position.rule import position_of
 from .redact import redact
-from .retention import retention_status
 from .rows import Collected, StreamInfo, StreamRow
+from .upkeep.retention import retention_status
 
 __all__ = [
     "LAG_SCAN_LIMIT", "Collected", "StreamRow", "collect", "count_after", "id_key", "parse_target", "stream_status",

@@ -26,7 +26,7 @@ from pathlib import Path
 import redis
 from kombu.utils.url import maybe_sanitize_url
 
-from celery_redis_stream.harness import Ready, RedisServer, WorkerProcess, wait_for
+from celery_redis_stream.testing.processes import Ready, RedisServer, WorkerProcess, wait_for
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))

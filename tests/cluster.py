@@ -1,6 +1,6 @@
 """Test harness: a private Redis Cluster (masters, optional replicas) on free loopback ports.
 
-The lifecycle is celery_redis_stream.harness.Cluster's (the benchmarks use it
+The lifecycle is celery_redis_stream.testing.processes.Cluster's (the benchmarks use it
 too), with tests.support.RedisServer nodes. Helpers here move one slot (with
 its keys) to another master and kill a master, as an operator's reshard or a
 crash would. Every node is stopped by pid.
@@ -16,7 +16,7 @@ import redis
 from redis.crc import key_slot
 from redis.exceptions import RedisError
 
-from celery_redis_stream import harness
+from celery_redis_stream.testing import processes as harness
 
 from .support import ProducerThread, RedisServer, server_binary, wait_for
 

@@ -1,6 +1,6 @@
 """Test helpers, each defined once: private redis-server processes, real `celery worker` subprocesses, app builders.
 
-The processes are celery_redis_stream.harness's (the benchmarks and the demo use the same), with the test
+The processes are celery_redis_stream.testing.processes's (the benchmarks and the demo use the same), with the test
 suite's choices: CRS_SERVER selects the server binary, timeouts fail the test.
 """
 
@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import redis
 from celery import Celery
 
-from celery_redis_stream import harness
+from celery_redis_stream.testing import processes as harness
 
 T = TypeVar("T")
 Ready = harness.Ready

@@ -19,11 +19,12 @@ from amqp import Message
 from celery import Celery, signals
 from kombu import Connection
 
-from celery_redis_stream import amqpframes
 from celery_redis_stream.config import StreamConfig, load_config
-from celery_redis_stream.confirms import Confirms
-from celery_redis_stream.dispatch import BrokerUnavailable, Dispatcher, task_id_for
 from celery_redis_stream.entry import RawEntry
+from celery_redis_stream.exceptions import BrokerUnavailable
+from celery_redis_stream.publish import amqp_frames as amqpframes
+from celery_redis_stream.publish.amqp_confirms import Confirms
+from celery_redis_stream.publish.dispatch import Dispatcher, task_id_for
 
 from .conftest import AMQP_URL
 

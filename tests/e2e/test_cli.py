@@ -316,9 +316,10 @@ def test_no_password_appears_in_any_output() -> None:
 
 
 def test_lag_count_reads_a_bounded_number_of_entries_and_says_when_it_stopped(server: RedisServer) -> None:
+    from celery_redis_stream.client.connection import connect
     from celery_redis_stream.config import load_config
-    from celery_redis_stream.reader import connect
-    from celery_redis_stream.status import _stream_info, count_after
+    from celery_redis_stream.position.lag import count_after
+    from celery_redis_stream.status import _stream_info
 
     class App:
         conf = {"stream_url": server.url, "stream_tasks": {"s": "t"}}

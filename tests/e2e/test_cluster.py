@@ -427,8 +427,9 @@ def test_master_failover_with_one_reader_polling_many_slots(broker_server: Redis
 
 
 def test_a_read_over_many_slots_reads_every_slot_in_one_round_and_waits_longer_while_idle(cluster: Cluster) -> None:
-    from celery_redis_stream import slots
-    from celery_redis_stream.reader import connect, read_group
+    from celery_redis_stream.client import cluster as slots
+    from celery_redis_stream.client.connection import connect
+    from celery_redis_stream.client.streams import read_group
 
     cluster.flush()
     streams = one_stream_per_master(cluster, "poll-")

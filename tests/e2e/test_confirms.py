@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from amqp import Message
 
-from celery_redis_stream.confirms import CONFIRM_TIMEOUT, Confirms, confirm_timeout, transport_options
+from celery_redis_stream.publish.amqp_confirms import CONFIRM_TIMEOUT, Confirms, confirm_timeout, transport_options
 
 
 class FakeTransport:

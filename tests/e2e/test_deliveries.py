@@ -5,10 +5,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from celery_redis_stream.batch.deliveries import SEEN, Deliveries, failures_key, inflight_key
+from celery_redis_stream.client.connection import connect
 from celery_redis_stream.config import BridgeConfig, StreamConfig
-from celery_redis_stream.deliveries import SEEN, Deliveries, failures_key, inflight_key
 from celery_redis_stream.entry import RawEntry
-from celery_redis_stream.reader import connect
 
 from ..support import RedisServer
 

@@ -20,11 +20,12 @@ import pytest
 from celery import Celery
 
 from celery_redis_stream import keys
-from celery_redis_stream.atomic import EXACTLY_ONCE, STEP, ExactlyOnce, PositionMoved
+from celery_redis_stream.client.connection import connect
+from celery_redis_stream.client.streams import read_group, read_tracked
 from celery_redis_stream.config import load_config
-from celery_redis_stream.dispatch import Dispatcher
-from celery_redis_stream.loops import StreamStats
-from celery_redis_stream.reader import connect, read_group, read_tracked
+from celery_redis_stream.publish.dispatch import Dispatcher
+from celery_redis_stream.publish.exactly_once import EXACTLY_ONCE, STEP, ExactlyOnce, PositionMoved
+from celery_redis_stream.stats import StreamStats
 
 from ..ledger import GROUP, STREAM, Ledger, Producer
 from ..proxy import Proxy
@@ -237,7 +238,8 @@ def test_group_fence_refuses_a_batch_another_consumer_claimed_and_pushes_nothing
 
 
 def test_tracker_fence_refuses_a_moved_tracker_or_a_lost_lease_and_pushes_nothing(redis_server):
-    from celery_redis_stream.position import Lease, LeaseLost
+    from celery_redis_stream.exceptions import LeaseLost
+    from celery_redis_stream.position.lease import Lease
 
     app = make_app(redis_server, "tracker")
     config = load_config(app)

@@ -11,10 +11,10 @@ import sys
 from typing import Any
 
 from celery_redis_stream import deadletters, keys
+from celery_redis_stream.client.connection import connect
 from celery_redis_stream.config import BridgeConfig, StreamConfig
-from celery_redis_stream.dispatch import task_id_for
-from celery_redis_stream.failed import dead_letter_task
-from celery_redis_stream.reader import connect
+from celery_redis_stream.failed_tasks import dead_letter_task
+from celery_redis_stream.publish.dispatch import task_id_for
 
 from ..support import FAST, ROOT, RedisServer, Worker, executed, wait_for, worker_env
 

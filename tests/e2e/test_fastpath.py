@@ -15,9 +15,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from celery_redis_stream.config import StreamConfig, load_config
-from celery_redis_stream.dispatch import Dispatcher, task_id_for
 from celery_redis_stream.entry import RawEntry
-from celery_redis_stream.fastpath import argument_repr
+from celery_redis_stream.publish.dispatch import Dispatcher, task_id_for
+from celery_redis_stream.publish.template import argument_repr
 
 from ..support import RedisServer, Worker, executed, produce_many, wait_for, worker_env
 
@@ -258,7 +258,7 @@ def test_fast_path_batch_is_byte_identical_to_send_task(
     server: RedisServer, spec: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The whole stored text of every message of a batch, not only its decoded fields, but the delivery tag."""
-    from celery_redis_stream import fastpath
+    from celery_redis_stream.publish import redis_fast as fastpath
 
     built: list[bool] = []
 
@@ -294,7 +294,7 @@ def test_fast_path_batch_is_byte_identical_to_send_task(
 def test_delivery_tags_drawn_per_batch_are_uuid4_strings() -> None:
     import uuid
 
-    from celery_redis_stream.envelope import uuid4_strings
+    from celery_redis_stream.publish.redis_envelope import uuid4_strings
 
     tags = uuid4_strings(1000)
     assert len(set(tags)) == 1000
@@ -313,7 +313,7 @@ def test_empty_arguments_are_shown_as_saferepr_shows_them() -> None:
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.one_of(st.from_regex(r"\A[0-9]{1,13}-[0-9]{1,5}\Z"), text), max_size=20), text)
 def test_batch_task_ids_are_the_uuid5_task_ids(entry_ids: list[str], stream: str) -> None:
-    from celery_redis_stream.dispatch import task_ids_for
+    from celery_redis_stream.publish.dispatch import task_ids_for
 
     sc = StreamConfig(stream=stream or "s", task="t", mode="group", group="g", start="$", tracker_key="k",
                       batch_size=10, dead_letter="d")  # fmt: skip
@@ -324,7 +324,7 @@ def test_batch_task_ids_are_the_uuid5_task_ids(entry_ids: list[str], stream: str
 def test_a_batch_template_is_reused_unless_it_holds_a_time(
     server: RedisServer, monkeypatch: pytest.MonkeyPatch, options: dict[str, Any], builds: int
 ) -> None:
-    from celery_redis_stream.fastpath import FastPath
+    from celery_redis_stream.publish.redis_fast import FastPath
 
     made: list[str] = []
     template = FastPath.template

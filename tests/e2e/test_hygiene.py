@@ -10,8 +10,8 @@ import redis
 from celery import Celery
 
 from celery_redis_stream.config import StreamConfig, load_config
-from celery_redis_stream.hygiene import reap_consumers, remove_own_consumer
-from celery_redis_stream.retention import retention_key, retention_status, server_trims_acked, trim_passed
+from celery_redis_stream.upkeep.consumers import reap_consumers, remove_own_consumer
+from celery_redis_stream.upkeep.retention import retention_key, retention_status, server_trims_acked, trim_passed
 
 from ..support import RedisServer
 
@@ -344,15 +344,15 @@ def test_removals_and_trims_are_counted_in_inspect_and_metrics() -> None:
 def test_a_retention_round_keeps_trimming_a_large_backlog_past_the_per_call_limit(
     client: redis.Redis, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from celery_redis_stream.loops import StreamStats
-    from celery_redis_stream.upkeep import Upkeep
+    from celery_redis_stream.stats import StreamStats
+    from celery_redis_stream.upkeep.cadence import Upkeep
 
     sc = stream_config(retention_ms=1)
     produced = fill(client, 5000)
     client.xgroup_create("orders", "celery", id="$")
     stats = {"orders": StreamStats(stream="orders", mode="group", task="t", group="celery", tracker=None)}
     upkeep = Upkeep(block_ms=20_000, reap_idle_ms=3_600_000)  # rounds every 20 s (at least a read)
-    with caplog.at_level("INFO", logger="celery_redis_stream.upkeep"):
+    with caplog.at_level("INFO", logger="celery_redis_stream.upkeep.cadence"):
         upkeep.trim(client, [sc], stats)
     # 500 nodes of 10; XTRIM ~ frees at most 100 nodes a call: one round, several calls, one log line
     assert ids(client) == produced[4990:]
@@ -372,9 +372,9 @@ def test_a_retention_round_keeps_trimming_a_large_backlog_past_the_per_call_limi
 def test_thousands_of_ghosts_go_in_short_scripts_and_few_log_lines(
     client: redis.Redis, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from celery_redis_stream.hygiene import REAP_BATCH
-    from celery_redis_stream.loops import StreamStats
-    from celery_redis_stream.upkeep import LOG_REMOVALS, Upkeep
+    from celery_redis_stream.stats import StreamStats
+    from celery_redis_stream.upkeep.cadence import LOG_REMOVALS, Upkeep
+    from celery_redis_stream.upkeep.consumers import REAP_BATCH
 
     sc = stream_config()
     client.xgroup_create("orders", "celery", id="$", mkstream=True)
@@ -385,7 +385,7 @@ def test_thousands_of_ghosts_go_in_short_scripts_and_few_log_lines(
     time.sleep(0.01)
     assert len(reap_consumers(client, sc, "me", min_idle_ms=1)) == REAP_BATCH == 200
     stats = {"orders": StreamStats(stream="orders", mode="group", task="t", group="celery", tracker=None)}
-    with caplog.at_level("INFO", logger="celery_redis_stream.upkeep"):
+    with caplog.at_level("INFO", logger="celery_redis_stream.upkeep.cadence"):
         Upkeep(block_ms=200, reap_idle_ms=1).reap(client, [sc], "me", stats)
     assert consumers(client) == {} and stats["orders"].consumers_removed == 250
     lines = [r.getMessage() for r in caplog.records if r.levelname == "INFO"]

@@ -7,10 +7,10 @@ from collections.abc import Iterator
 import pytest
 from celery import Celery
 
+from celery_redis_stream.client.connection import connect
 from celery_redis_stream.config import load_config
-from celery_redis_stream.hygiene import reap_consumers, remove_own_consumer
-from celery_redis_stream.reader import connect
-from celery_redis_stream.retention import retention_status, server_trims_acked, trim_passed
+from celery_redis_stream.upkeep.consumers import reap_consumers, remove_own_consumer
+from celery_redis_stream.upkeep.retention import retention_status, server_trims_acked, trim_passed
 
 from ..cluster import Cluster
 

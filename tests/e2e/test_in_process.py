@@ -67,7 +67,7 @@ def test_the_step_runs_in_an_in_process_worker_and_results_are_stored(celery_app
     (stats,) = info["streams"]
     assert stats["dispatched"] == 5 and stats["last_id"] == ids[-1] and stats["mode"] == "group"
     # the task id is derived from the entry, so the result can be looked up by it
-    from celery_redis_stream.dispatch import task_id_for
+    from celery_redis_stream.publish.dispatch import task_id_for
 
     sc = load_config(celery_app).streams[0]
     assert celery_app.AsyncResult(task_id_for(sc, ids[0])).get(timeout=10) == "0"

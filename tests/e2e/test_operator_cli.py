@@ -170,7 +170,7 @@ def test_dead_letters_json_reason_and_id_choose_what_is_listed_requeued_and_purg
 def test_redis_stream_inspect_waits_one_second_by_default_like_celery_inspect() -> None:
     from celery.bin.control import inspect as celery_inspect
 
-    from celery_redis_stream.cli import inspect_readers
+    from celery_redis_stream.cli.commands import inspect_readers
 
     ours = next(p for p in inspect_readers.params if p.name == "timeout")
     celerys = next(p for p in celery_inspect.params if p.name == "timeout")

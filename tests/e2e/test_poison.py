@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from celery_redis_stream import keys
-from celery_redis_stream.deliveries import failures_key, inflight_key
+from celery_redis_stream.batch.deliveries import failures_key, inflight_key
 
 from ..ledger import BRIDGE_ONLY_QUEUE, FAST, STREAM, Ledger
 from ..proxy import Proxy

@@ -13,8 +13,8 @@ import pytest
 from celery import Celery
 from redis.sentinel import Sentinel
 
+from celery_redis_stream.client.connection import connect
 from celery_redis_stream.config import load_config
-from celery_redis_stream.reader import connect
 
 from ..cluster import Producer, wait_logged
 from ..support import RedisServer, Worker, executed, free_port, produce_many, wait_for, worker_env

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from celery_redis_stream.terminal import safe
+from celery_redis_stream.cli.terminal import safe
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ from celery.exceptions import ImproperlyConfigured
 
 import celery_redis_stream
 from celery_redis_stream.config import load_config
-from celery_redis_stream.dispatch import task_id_for
+from celery_redis_stream.publish.dispatch import task_id_for
 from celery_redis_stream.testing import DeadLettered, Preview, preview, run
 
 from ..support import RedisServer, Worker, wait_for, worker_env

@@ -12,9 +12,9 @@ from opentelemetry.sdk.trace import TracerProvider
 
 import celery_redis_stream
 from celery_redis_stream.config import load_config
-from celery_redis_stream.dispatch import Dispatcher
 from celery_redis_stream.entry import RawEntry
 from celery_redis_stream.exceptions import StreamConfigError
+from celery_redis_stream.publish.dispatch import Dispatcher
 
 from ..support import RedisServer, Worker, executed, wait_for, worker_env
 
@@ -97,7 +97,7 @@ def test_both_publishing_paths_put_trace_fields_in_the_headers_and_not_in_the_ar
 
 
 def test_a_converter_sees_the_fields_without_the_trace_fields(redis_server: RedisServer) -> None:
-    from celery_redis_stream.dispatch import prepare
+    from celery_redis_stream.publish.dispatch import prepare
 
     app = config_app()
     app.conf.stream_tasks = {"s": {"task": "t", "registered": False, "converter": "tests.e2e.test_tracing:keys"}}
@@ -211,7 +211,7 @@ import redis
 from celery import Celery
 import celery_redis_stream
 from celery_redis_stream.config import load_config
-from celery_redis_stream.dispatch import Dispatcher
+from celery_redis_stream.publish.dispatch import Dispatcher
 from celery_redis_stream.entry import RawEntry
 
 url, broker = sys.argv[1], sys.argv[2]

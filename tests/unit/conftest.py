@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import pytest
 import redis
 
-from celery_redis_stream.connection import Client
+from celery_redis_stream.client.connection import Client
 
 from ..support import RedisServer
 from .streams import raw_client

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from celery_redis_stream import keys
+from celery_redis_stream.client.connection import Client, connect
 from celery_redis_stream.config import BridgeConfig, Mode, StreamConfig
-from celery_redis_stream.connection import Client, connect
 
 
 def stream_config(stream: str = "orders", mode: Mode = "group", **overrides: object) -> StreamConfig:

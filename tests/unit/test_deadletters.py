@@ -9,8 +9,8 @@ import pytest
 import redis
 
 from celery_redis_stream import deadletters
+from celery_redis_stream.client.connection import connect
 from celery_redis_stream.config import BridgeConfig, StreamConfig, load_config
-from celery_redis_stream.reader import connect
 
 from ..support import RedisServer, make_app
 

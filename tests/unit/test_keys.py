@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from celery_redis_stream import keys
-from celery_redis_stream.deliveries import failures_key, inflight_key
-from celery_redis_stream.retention import retention_key
+from celery_redis_stream.batch.deliveries import failures_key, inflight_key
+from celery_redis_stream.upkeep.retention import retention_key
 
 from .streams import stream_config
 

@@ -6,8 +6,8 @@ import time
 
 from celery import Celery
 
-from celery_redis_stream.reader_group import GroupReader
-from celery_redis_stream.reader_tracker import TrackerReader
+from celery_redis_stream.read.group import GroupReader
+from celery_redis_stream.read.tracker import TrackerReader
 from celery_redis_stream.service import Service
 
 from .conftest import UnitDB

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from celery_redis_stream.connection import Client
+from celery_redis_stream.client.connection import Client
 from celery_redis_stream.status import collect, parse_target, stream_status, time_lags
 
 from .conftest import UnitDB

@@ -1,0 +1,177 @@
+"""`celery redis-stream ...`: status, inspect, reset and dead-letters, registered as a celery.commands entry point."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING
+
+import click
+
+from ..client.connection import mapping
+from ..redact import redact
+from ..rows import Collected, StreamRow
+from ..status import collect
+from .common import cell, client_for, config_of, console, echo, redis_errors, rows, seconds, table
+from .dead_letters import dead_letters
+from .reset import reset
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+
+__all__ = ["redis_stream"]
+
+# The commands: status and inspect here, reset (cli_reset) and dead-letters
+# (cli_deadletters); what they share is in cli_common (which says why rich is
+# imported only where a table is drawn).
+
+
+@click.group(name="redis-stream")
+@click.pass_context
+def redis_stream(ctx: click.Context) -> None:
+    """Inspect and steer the Redis streams this app maps to tasks."""
+
+
+# -- status -------------------------------------------------------------------------------------
+
+
+def _lag(s: StreamRow) -> str:
+    """The exact lag, or ``>=N`` when only a lower bound is known, or ``?``."""
+    if s.get("lag") is not None:
+        return str(s["lag"])
+    return f">={s['lag_at_least']}" if s.get("lag_at_least") is not None else "?"
+
+
+def _render_status(data: Collected, console: Console) -> None:
+    from rich.text import Text
+
+    counts = ("length", "lag", "time lag", "pending", "dead letters")
+    streams = table(f"streams at {data['url']}", "stream", "mode", *counts, "lease holder", right=counts)
+    positions = table("positions", "stream", "last id", "group / tracker key", "position")
+    consumers = table("consumers", "stream", "group", "consumer", "pending", "idle", right=("pending", "idle"))
+    for s in data["streams"]:
+        name = cell(s["stream"] if s.get("exists", True) else f"{s['stream']} (missing)")
+        if s.get("error") and "length" not in s:
+            streams.add_row(name, s["mode"], *[""] * 5, cell(f"error: {s['error']}", style="red"))
+            continue
+        lag = Text(_lag(s), style="bold red" if s["stream"] in data["over_max_lag"] else "")
+        age = seconds(s.get("lag_seconds"))
+        if s["mode"] == "group":
+            streams.add_row(
+                name, "group", str(s["length"]), lag, age, str(s["pending"]), str(s["dead_letter_length"]), ""
+            )  # fmt: skip
+            where = s["group"] if s["group_exists"] else f"{s['group']} (missing)"
+            positions.add_row(name, cell(s["last_id"] or "-"), cell(where), cell(s["last_delivered_id"] or "-"))
+            for c in s["consumers"]:
+                idle = f"{c['idle_ms'] / 1000:.1f}s"
+                consumers.add_row(cell(s["stream"]), cell(s["group"]), cell(c["name"]), str(c["pending"]), idle)
+        else:
+            holder = cell(s["lease_holder"] or "-")
+            streams.add_row(name, "tracker", str(s["length"]), lag, age, "", str(s["dead_letter_length"]), holder)
+            positions.add_row(
+                name, cell(s["last_id"] or "-"), cell(s["tracker_key"]), cell(s["position"] or "(not set)")
+            )
+        if s.get("error"):
+            streams.add_row("", "", "", "", "", "", "", cell(f"error: {s['error']}", style="red"))
+    console.print(streams)
+    console.print(positions)
+    if consumers.row_count:
+        console.print(consumers)
+    _render_retention(data, console)
+    if data["max_lag"] is not None:
+        if data["ok"]:
+            console.print(f"OK: every lag is at most {data['max_lag']}")
+        else:
+            console.print(f"LAG: over {data['max_lag']} (or unknown) on {', '.join(data['over_max_lag'])}")
+
+
+def _render_retention(data: Collected, console: Console) -> None:
+    """Streams under stream_retention_ms: the retention, what the bridge trimmed (all workers) and when."""
+    from rich.text import Text
+
+    retained = table("retention", "stream", "retention", "trimmed", "last trim", "kept from", right=("trimmed",))
+    for s in data["streams"]:
+        retention_ms = s.get("retention_ms")
+        if retention_ms is None:
+            continue
+        last = s.get("retention_last_trim_ms")
+        when = datetime.fromtimestamp(last / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ") if last else "-"
+        retention = f"{retention_ms / 1000:g}s"
+        retained.add_row(Text(s["stream"]), retention, str(s["retention_trimmed"]), when, s["retention_minid"] or "-")
+    if retained.row_count:
+        console.print(retained)
+
+
+@redis_stream.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option("--max-lag", type=click.IntRange(min=0), default=None,
+              help="Exit 1 when any stream's lag is above N (a health or autoscaling probe).")  # fmt: skip
+@click.pass_context
+def status(ctx: click.Context, as_json: bool, max_lag: int | None) -> None:
+    """Length, last id, position, lag, pending, consumers, lease and dead letters of every mapped stream.
+
+    Exits 1 when --max-lag is given and a lag is above it or cannot be read.
+    """
+    config = config_of(ctx)
+    with redis_errors(config):
+        data = collect(client_for(config), config, max_lag=max_lag)
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+    else:
+        _render_status(data, console())
+    ctx.exit(0 if data["ok"] else 1)
+
+
+# -- inspect ------------------------------------------------------------------------------------
+
+
+@redis_stream.command(name="inspect")
+@click.option("--destination", "-d", default=None, help="Comma-separated worker node names (default: all).")
+@click.option("--timeout", "-t", type=float, default=1.0, show_default=True,
+              help="Seconds to wait for replies (1, like celery inspect).")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.pass_context
+def inspect_readers(ctx: click.Context, destination: str | None, timeout: float, as_json: bool) -> None:
+    """Each running worker's readers (the `inspect redis_stream` remote command, on any Celery version).
+
+    Exits 1 when no worker replied.
+    """
+    app = ctx.obj.app
+    nodes = [d.strip() for d in destination.split(",") if d.strip()] if destination else None
+    # With named workers, return as soon as each of them answered.
+    limit = len(nodes) if nodes else None
+    replies = app.control.broadcast("redis_stream", reply=True, timeout=timeout, destination=nodes, limit=limit)
+    workers: dict[str, object] = {}
+    for reply in replies or ():
+        workers.update(mapping(reply))
+    if as_json:
+        click.echo(redact(json.dumps(workers, indent=2, sort_keys=True)))  # JSON escapes control characters
+    else:
+        console().print(_readers_table(workers))
+    if not workers:
+        echo("No worker replied within the timeout.", err=True)
+        ctx.exit(1)
+
+
+def _readers_table(workers: Mapping[str, object]) -> Table:
+    out = table(
+        "Readers", "worker", "stream", "mode", "dispatched", "dead-lettered", "time lag", "last id", "reading",
+        "paused", "last error", right=("dispatched", "dead-lettered", "time lag"),
+    )  # fmt: skip
+    for node, reply in sorted(workers.items()):
+        info = mapping(reply)
+        for s in rows(info.get("streams")):
+            out.add_row(
+                cell(node), cell(s["stream"]), cell(s["mode"]), str(s["dispatched"]), str(s["dead_lettered"]),
+                seconds(s.get("lag_seconds")), cell(s["last_id"] or "-"), "yes" if s["reading"] else "no",
+                "yes" if s["paused"] else "no", cell(s["last_error"] or ""),
+            )  # fmt: skip
+        if not info.get("enabled", True):
+            out.add_row(cell(node), "-", "-", "-", "-", "-", "-", "no", "no", "redis-stream is off in this worker")
+    return out
+
+
+redis_stream.add_command(reset)
+redis_stream.add_command(dead_letters)

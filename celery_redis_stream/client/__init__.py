@@ -1,0 +1,2 @@
+"""The Redis seam: connecting and sorting errors (connection), the stream commands (streams), many cluster slots
+from one thread (cluster), and the reader's reply parser (parser)."""

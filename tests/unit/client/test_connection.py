@@ -1,0 +1,73 @@
+"""connection.py, the Redis seam: error classification, reply decoding, raw stream replies."""
+
+from __future__ import annotations
+
+import pytest
+from redis.exceptions import AuthenticationError, ConnectionError, NoPermissionError, ResponseError, TimeoutError
+
+from celery_redis_stream.client.connection import (
+    classify,
+    describe,
+    is_busy_group,
+    is_missing_key,
+    items,
+    mapping,
+    number,
+    optional_text,
+    text,
+)
+
+from ..conftest import UnitDB
+from ..streams import raw_client
+
+
+@pytest.mark.parametrize(
+    ("exc", "kind"),
+    [
+        (NoPermissionError("no permissions"), "fatal"),
+        (AuthenticationError("invalid password"), "fatal"),
+        (ResponseError("NOPERM this user has no permissions"), "fatal"),
+        (ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value"), "fatal"),
+        (ResponseError("WRONGPASS invalid username-password pair"), "fatal"),
+        (ResponseError("BUSYGROUP Consumer Group name already exists"), "busy group"),
+        (ResponseError("ERR no such key"), "no such key"),
+        (ResponseError("LOADING Redis is loading the dataset in memory"), "retry"),
+        (ConnectionError("Connection refused"), "retry"),
+        (TimeoutError("Timeout reading from socket"), "retry"),
+        (RuntimeError("anything else"), "retry"),
+    ],
+)
+def test_errors_are_sorted_by_one_table(exc: BaseException, kind: str) -> None:
+    assert classify(exc) == kind
+
+
+def test_busy_group_and_missing_key_are_answers() -> None:
+    assert is_busy_group(ResponseError("BUSYGROUP Consumer Group name already exists"))
+    assert is_missing_key(ResponseError("ERR no such key"))
+    assert not is_missing_key(ConnectionError("no such key"))
+
+
+def test_describe_redacts_passwords_and_bounds_the_text() -> None:
+    described = describe(ConnectionError("redis://u:secret@host:6379 refused " + "x" * 1000))
+    assert "secret" not in described and described.startswith("ConnectionError: ")
+    assert len(described) == 500
+
+
+def test_reply_helpers_decode_and_narrow() -> None:
+    assert text(b"caf\xc3\xa9") == "café" and text(b"\xff") == "\ufffd" and text(5) == "5"
+    assert optional_text(None) is None and optional_text(b"x") == "x"
+    assert items(None) == [] and items((1, 2)) == [1, 2]
+    assert mapping({b"a": 1}) == {"a": 1} and mapping(None) == {}
+    assert number(b"12") == 12 and number(None, 3) == 3
+    with pytest.raises(TypeError):
+        number(object())
+
+
+def test_stream_replies_stay_raw_so_duplicate_fields_survive(unit_db: UnitDB) -> None:
+    unit_db.client.execute_command("XADD", "s", "1-0", "a", "1", "a", "2")
+    client = raw_client(unit_db.url)
+    try:
+        reply = items(client.execute_command("XRANGE", "s", "-", "+"))
+        assert items(items(reply[0])[1]) == [b"a", b"1", b"a", b"2"]
+    finally:
+        client.close()
