@@ -7,6 +7,8 @@ import threading
 from collections.abc import Callable, Mapping
 
 import redis
+from redis.connection import Connection
+from redis.exceptions import ResponseError
 
 from ..config import StreamConfig
 from ..entry import RawEntry, parse_entries, parse_read_reply
@@ -72,6 +74,8 @@ class PackedRead:
         self.count = 0
         self._blocked: tuple[redis.Redis, int] | None = None
         self._lock = threading.Lock()
+        #: False once Redis refused CLIENT ID (an ACL without it): reads are then never made long.
+        self.wakeable = True
 
     def _pack(self, positions: Mapping[str, str]) -> None:
         key = (*positions.keys(), *positions.values())
@@ -91,17 +95,25 @@ class PackedRead:
         except TypeError:  # redis-py before 5.3 wants a command name
             conn = pool.get_connection("XREADGROUP")
         try:
-            if wakeable:
-                # Its id now (a reconnection changes it): who wants the read back asks Redis to unblock this id.
-                conn.send_command("CLIENT", "ID")  # type: ignore[no-untyped-call]
-                with self._lock:
-                    self._blocked = (client, int(conn.read_response()))
+            if wakeable and self.wakeable:
+                self._note_id(client, conn)
             conn.send_packed_command(packed)  # type: ignore[no-untyped-call]
             return conn.read_response()
         finally:
             with self._lock:
                 self._blocked = None
             pool.release(conn)
+
+    def _note_id(self, client: redis.Redis, conn: Connection) -> None:
+        """The connection's id now (a reconnection changes it): who wants the read back unblocks this id."""
+        conn.send_command("CLIENT", "ID")  # type: ignore[no-untyped-call]
+        try:
+            client_id = int(conn.read_response())
+        except ResponseError:  # an ACL without CLIENT ID: no long waits from now on
+            self.wakeable = False
+            return
+        with self._lock:
+            self._blocked = (client, client_id)
 
     def wake(self) -> None:
         """From another thread: end a wakeable read now (CLIENT UNBLOCK; best effort, e.g. an ACL may refuse it)."""

@@ -36,21 +36,21 @@ QUIET_BLOCK_MAX_MS = 5000
 # Returns, for the streams that need upkeep only, flat: their index (1-based),
 # the group's pending count (-1: no such stream or group), its consumers, and
 # whether the in-flight hash holds records. A quiet stream (nothing pending,
-# no other consumer, no record) costs one XINFO GROUPS and one EXISTS here
-# and is not in the reply: its upkeep is done.
+# no other consumer, no record) costs one XPENDING summary, one XINFO
+# CONSUMERS and one HGETALL of an empty hash here, and is not in the reply:
+# its upkeep is done. Only commands the reader's ACL allows anyway
+# (docs/security.md): a script's commands are checked like any other.
 SURVEY = """
 local out = {}
 for i = 1, #KEYS, 2 do
   local pending, consumers = -1, 0
-  local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', KEYS[i])
+  local ok, summary = pcall(redis.call, 'XPENDING', KEYS[i], ARGV[1])
   if ok then
-    for _, g in ipairs(groups) do
-      local info = {}
-      for j = 1, #g, 2 do info[g[j]] = g[j + 1] end
-      if info['name'] == ARGV[1] then pending, consumers = info['pending'], info['consumers'] end
-    end
+    pending = summary[1]
+    local listed, all = pcall(redis.call, 'XINFO', 'CONSUMERS', KEYS[i], ARGV[1])
+    if listed then consumers = #all end
   end
-  local records = redis.call('EXISTS', KEYS[i + 1])
+  local records = #redis.call('HGETALL', KEYS[i + 1])
   if pending ~= 0 or consumers > 1 or records > 0 then
     local n = #out
     out[n + 1], out[n + 2], out[n + 3], out[n + 4] = (i + 1) / 2, pending, consumers, records
@@ -69,14 +69,22 @@ class Survey:
     records: bool  # the in-flight hash exists
 
 
-def survey(client: Client, streams: Sequence[StreamConfig], group: str) -> dict[str, Survey]:
+#: What a stream gets when Redis refuses the survey (an ACL): every kind of upkeep, as without one.
+UNSURVEYED = Survey(pending=1, consumers=2, records=True)
+
+
+def survey(
+    client: Client, streams: Sequence[StreamConfig], group: str
+) -> tuple[dict[str, Survey], ResponseError | None]:
     """The streams among ``streams`` that need upkeep, by one SURVEY script per hash slot, pipelined.
 
     A stream whose group has nothing pending needs no XAUTOCLAIM, one whose
     group has no consumer but us needs no reaping, one without in-flight
     records no sweep: on quiet streams this is all an upkeep round costs. On
     one Redis all streams of the chunk go in one script; on a cluster, where
-    a script's keys must share a slot, one per slot.
+    a script's keys must share a slot, one per slot. Refused (an ACL
+    without one of its commands), its streams get UNSURVEYED, and the refusal
+    is returned for the caller to log.
     """
     by_slot: dict[int, list[StreamConfig]] = {}
     for sc in streams:
@@ -84,13 +92,16 @@ def survey(client: Client, streams: Sequence[StreamConfig], group: str) -> dict[
     parts = list(by_slot.values())
     calls: list[ScriptCall] = [([k for sc in part for k in (sc.stream, inflight_key(sc))], [group]) for part in parts]
     out: dict[str, Survey] = {}
+    refusal: ResponseError | None = None
     for part, reply in zip(parts, run_scripts(client, SURVEY, calls), strict=True):
         if isinstance(reply, ResponseError):
-            raise reply
+            refusal = reply
+            out.update((sc.stream, UNSURVEYED) for sc in part)
+            continue
         flat = [number(x) for x in items(reply)]
         for i in range(0, len(flat) - 3, 4):
             out[part[flat[i] - 1].stream] = Survey(flat[i + 1], flat[i + 2], bool(flat[i + 3]))
-    return out
+    return out, refusal
 
 
 class GroupReader(StreamReader):
@@ -160,7 +171,7 @@ class GroupReader(StreamReader):
         paused (its queue's length is checked once a read), nor when the
         stop event is set.
         """
-        if not self.quiet_reads or paused or self.stopping:
+        if not self.quiet_reads or paused or self.stopping or not self.packed.wakeable:
             return self.block_ms
         longest = max(self.block_ms, QUIET_BLOCK_MAX_MS)
         quiet = min(self.block_ms << min(self.quiet_reads, 12), longest)
@@ -202,7 +213,9 @@ class GroupReader(StreamReader):
     def claim(self, client: Client, chunk: Sequence[StreamConfig]) -> set[str]:
         """Sweep in-flight records and XAUTOCLAIM where anything is pending; the streams with other consumers."""
         crowded: set[str] = set()
-        surveyed = survey(client, chunk, self.group)
+        surveyed, refusal = survey(client, chunk, self.group)
+        if refusal is not None:
+            self.upkeep.refused("survey the streams' upkeep in one script", chunk[0], refusal)
         foreign = {stream for stream, _ in self.deliveries.foreign}
         for sc in chunk:
             seen = surveyed.get(sc.stream)

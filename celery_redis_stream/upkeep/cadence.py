@@ -115,7 +115,8 @@ class Upkeep:
         self.acked: bool | None = None
         self.warned: set[tuple[str, str]] = set()
 
-    def _refused(self, what: str, sc: StreamConfig, exc: ResponseError) -> None:
+    def refused(self, what: str, sc: StreamConfig, exc: ResponseError) -> None:
+        """Redis refused ``what`` on ``sc``: a WARNING the first time, DEBUG after; reading goes on."""
         loud = (what, sc.stream) not in self.warned
         self.warned.add((what, sc.stream))
         (logger.warning if loud else logger.debug)(
@@ -146,7 +147,7 @@ class Upkeep:
             more: list[StreamConfig] = []
             for sc, reply in zip(due, reap_many(client, due, own, min_idle_ms=self.reap_idle_ms), strict=True):
                 if isinstance(reply, ResponseError):
-                    self._refused("remove idle consumers", sc, reply)
+                    self.refused("remove idle consumers", sc, reply)
                     continue
                 removed += [(sc, consumer) for consumer in reply]
                 if len(reply) >= REAP_BATCH:
@@ -167,7 +168,7 @@ class Upkeep:
                 if len(batch) < REAP_BATCH or time.monotonic() - begun > TRIM_SECONDS:
                     break
         except ResponseError as exc:
-            self._refused("remove idle consumers", sc, exc)
+            self.refused("remove idle consumers", sc, exc)
         return removed
 
     def _removed(self, removed: Sequence[tuple[StreamConfig, Removed]], stats: Mapping[str, StreamStats]) -> None:
@@ -238,7 +239,7 @@ class Upkeep:
             logger.debug("redis-stream: XTRIM ... ACKED %s", "available" if self.acked else "not available")
         for (sc, retention_ms, _), done in zip(due, trim_many(client, due, acked=self.acked), strict=True):
             if isinstance(done, ResponseError):
-                self._refused("trim under retention", sc, done)
+                self.refused("trim under retention", sc, done)
             else:
                 self._trim_more(client, sc, retention_ms, done, stats)
 
@@ -253,7 +254,7 @@ class Upkeep:
                 done = trim_passed(client, sc, retention_ms=retention_ms, interval_ms=0, acked=bool(self.acked))
                 trimmed, calls = trimmed + done.trimmed, calls + 1
         except ResponseError as exc:
-            self._refused("trim under retention", sc, exc)
+            self.refused("trim under retention", sc, exc)
             return
         if trimmed:
             logger.info(
