@@ -43,6 +43,9 @@ LOG_REMOVALS = 20
 TURN_MAX = 4 * PIPELINE_CHUNK
 #: A spread round aims to end within this share of its interval.
 ROUND_SHARE = 0.8
+#: A stream's next reap or trim is due a little before its interval has passed: a spread round
+#: may come to the stream a turn earlier than the last one did, and must not skip it for a whole round.
+SLACK = 0.9
 
 
 def cadence(ms: int, block_ms: int) -> float:
@@ -137,7 +140,7 @@ class Upkeep:
         due: list[StreamConfig] = []
         for sc in streams:
             if now >= self.next_reap.get(sc.stream, 0.0):
-                self.next_reap[sc.stream] = now + self.reap_every
+                self.next_reap[sc.stream] = now + self.reap_every * SLACK
                 if crowded is None or sc.stream in crowded:
                     due.append(sc)
         if not due:
@@ -227,7 +230,7 @@ class Upkeep:
             if sc.retention_ms is None or now < self.next_trim.get(sc.stream, 0.0):
                 continue
             every = cadence(sc.retention_ms, self.block_ms)
-            self.next_trim[sc.stream] = now + every
+            self.next_trim[sc.stream] = now + every * SLACK
             # About the same interval on the server: a fleet of readers of one stream
             # trims it about once per interval (a little less, so clock skew between
             # this worker and Redis does not make a lone reader skip every other round).
