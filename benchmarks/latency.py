@@ -1,6 +1,6 @@
 """Latency from XADD to the task's start, at 300 entries/s, in a solo worker that consumes the target queue.
 
-.venv/bin/python benchmarks/latency.py [--seconds 8] [--standard]
+    .venv/bin/python benchmarks/latency.py [--seconds 8] [--standard]
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Worker RSS after 10,000 and after N dispatched entries (default settings; the target queue is emptied as it goes).
 
-.venv/bin/python benchmarks/memory.py [--entries 200000]
+    .venv/bin/python benchmarks/memory.py [--entries 200000]
 """
 
 from __future__ import annotations
