@@ -6,7 +6,7 @@ import redis
 
 from celery_redis_stream.client.connection import PIPELINE_CHUNK
 from celery_redis_stream.stats import StreamStats
-from celery_redis_stream.upkeep.cadence import ROUND_SHARE, TURN_MAX, Spread, Upkeep
+from celery_redis_stream.upkeep.cadence import ROUND_SHARE, TURN_MAX, TURN_WAIT, Spread, Upkeep
 
 from ..streams import stream_config
 
@@ -47,7 +47,7 @@ def test_a_slow_loop_catches_up_in_bigger_turns_up_to_turn_max() -> None:
     spread = Spread(30.0)
     streams = [f"s{i}" for i in range(20_000)]
     assert len(spread.take(streams, 0.0)) == PIPELINE_CHUNK
-    assert spread.until_next(0.0) == 30.0 * ROUND_SHARE * PIPELINE_CHUNK / len(streams)
+    assert spread.until_next(0.0) == 30.0 * ROUND_SHARE * TURN_WAIT / len(streams)
     assert len(spread.take(streams, 12.0)) == TURN_MAX  # half the span later: 10,000 due, at most TURN_MAX now
 
 
