@@ -15,7 +15,7 @@ from .config import load_config
 from .exceptions import StreamConfigError
 from .failed_tasks import connect_receivers
 from .service import Service
-from .status import worker_time_lags
+from .status import worker_extras
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -89,13 +89,14 @@ class RedisStreamStep(bootsteps.StartStopStep):  # type: ignore[misc]
 
 @inspect_command(name="redis_stream")  # type: ignore[untyped-decorator]
 def inspect_redis_stream(state: AttributeDict, **kwargs: object) -> dict[str, object]:
-    """Readers of this worker: streams, mode, counts, last id, paused, last error."""
+    """Readers of this worker: streams, mode, server, counts, last id, paused, last error."""
     service: Service | None = getattr(state.consumer.controller, "redis_stream", None)
     if service is None:
         return {"enabled": False, "streams": []}
     info = service.info()
-    ages = worker_time_lags(service.config, list(service.configs.values()))
-    streams = [{**stream, "lag_seconds": ages.get(str(stream["stream"]))} for stream in info["streams"]]
+    extras = worker_extras(service.config, list(service.configs.values()))
+    unknown = {"lag_seconds": None, "server": None}
+    streams = [{**stream, **extras.get(str(stream["stream"]), unknown)} for stream in info["streams"]]
     return {**info, "streams": streams, "enabled": True, "alive": service.alive}
 
 

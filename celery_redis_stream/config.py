@@ -262,11 +262,13 @@ def _send_options(value: object, setting: str, stream: str | None = None) -> dic
 class Option:
     """One setting, as Celery's ``app/defaults.py`` declares its own: default, type, check.
 
-    ``type`` is what the README's settings table says (a test holds them to it).
+    ``type`` is what the generated settings reference (docs/settings.md) shows.
     ``nullable``: None is a value of its own ("no limit", "never"), not "the
     default". ``inherits``: a per-stream key whose default is that global
     setting. ``computed``: a default derived from ``app.conf`` (an empty value
-    takes it too). ``doc``: the README's default, where it is not a plain value.
+    takes it too). ``doc``: the default as the settings reference writes it, where
+    it is not a plain value. ``meaning``: one line for the settings reference,
+    which the docs build generates from these tables (docs/hooks/reference.py).
     """
 
     default: object
@@ -276,6 +278,7 @@ class Option:
     inherits: str | None = None
     computed: Callable[[CelerySettings], str] | None = None
     doc: str | None = None
+    meaning: str = ""
 
 
 def import_converter(path: str, stream: str) -> Converter:
@@ -358,7 +361,7 @@ def _check_queue_names(conf: CelerySettings, url: str, streams: list[StreamConfi
             )
 
 
-# The README's default where it is not a plain value.
+# The settings reference's default where it is not a plain value.
 _URL_DEFAULT = (
     "the broker URL when it is `redis://`, `rediss://`, `unix://` or `sentinel://` "
     "(then with the broker's `master_name`), else `redis://localhost:6379/0`"
@@ -367,49 +370,190 @@ _TRACKER_DEFAULT = '`"{<stream>}"` (the stream name itself when it already has a
 
 # The global settings, in the order they are checked (the first bad one is reported).
 OPTIONS: dict[str, Option] = {
-    "stream_tasks": Option({}, "dict[str, str | dict]", _tasks),
-    "stream_mode": Option("group", '"group" | "tracker"', _mode),
-    "stream_group": Option("celery", "str", _str),
-    "stream_start": Option("$", "str", _start),
-    "stream_batch_size": Option(100, "int >= 1", _positive),
-    "stream_block_ms": Option(1000, "int >= 1", _positive),
-    "stream_claim_idle_ms": Option(60000, "int >= 1", _positive),
-    "stream_max_entry_bytes": Option(1048576, "int >= 1", _positive),
-    "stream_dead_letter": Option(_keys.DEAD_LETTER_TEMPLATE, "str containing {stream}", _dead_letter),
-    "stream_tracker_prefix": Option(_keys.TRACKER_PREFIX, "str", _str),
-    "stream_max_queue_length": Option(None, "int >= 0 | None", _count, nullable=True),
-    "stream_url": Option(None, "str", _url, computed=default_url, doc=_URL_DEFAULT),
-    "stream_transport_options": Option({}, "dict", _transport_options),
-    "stream_discovery_interval": Option(30.0, "seconds", _seconds),
-    "stream_metrics_port": Option(None, "int | None", _positive, nullable=True),
+    "stream_tasks": Option(
+        {}, "dict[str, str | dict]", _tasks,
+        meaning=(
+            "stream key (or glob pattern) -> task name, or -> a dict of per-stream keys; empty: the worker "
+            "reads nothing"
+        ),
+    ),
+    "stream_mode": Option(
+        "group", '"group" | "tracker"', _mode,
+        meaning='`"group"`: XREADGROUP + XACK; `"tracker"`: XREAD + a tracker key holding the last dispatched id',
+    ),
+    "stream_group": Option(
+        "celery", "str", _str,
+        meaning="consumer group name (group mode)",
+    ),
+    "stream_start": Option(
+        "$", "str", _start,
+        meaning=(
+            'where a new group or tracker starts: `"$"` (new entries only), `"0"` (the whole stream) or an '
+            "entry id"
+        ),
+    ),
+    "stream_batch_size": Option(
+        100, "int >= 1", _positive,
+        meaning="entries per read, and so per publish batch and per XACK / tracker SET",
+    ),
+    "stream_block_ms": Option(
+        1000, "int >= 1", _positive,
+        meaning="read block time; the reader's socket timeout is this plus 10 s, and a warm stop waits about this long",
+    ),
+    "stream_claim_idle_ms": Option(
+        60000, "int >= 1", _positive,
+        meaning=(
+            "group mode: entries pending this long on another consumer are claimed (XAUTOCLAIM); also the "
+            "tracker lease time"
+        ),
+    ),
+    "stream_max_entry_bytes": Option(
+        1048576, "int >= 1", _positive,
+        meaning="entries whose field names and values add up to more bytes are dead-lettered (`too_large`)",
+    ),
+    "stream_dead_letter": Option(
+        _keys.DEAD_LETTER_TEMPLATE, "str containing {stream}", _dead_letter,
+        meaning="dead-letter stream name template",
+    ),
+    "stream_tracker_prefix": Option(
+        _keys.TRACKER_PREFIX, "str", _str,
+        meaning="tracker key prefix (tracker mode)",
+    ),
+    "stream_max_queue_length": Option(
+        None, "int >= 0 | None", _count, nullable=True,
+        meaning="backpressure: pause reading a stream while its target Celery queue holds more messages than this",
+    ),
+    "stream_url": Option(
+        None, "str", _url, computed=default_url, doc=_URL_DEFAULT,
+        meaning=(
+            "where the streams live: `redis://`, `rediss://`, `unix://`, `redis+cluster://h:p[,h:p]` or "
+            "`sentinel://h:p[;sentinel://...]`"
+        ),
+    ),
+    "stream_transport_options": Option(
+        {}, "dict", _transport_options,
+        meaning="extra redis-py client options for the streams Redis (`master_name` for Sentinel, `ssl_*`, timeouts)",
+    ),
+    "stream_discovery_interval": Option(
+        30.0, "seconds", _seconds,
+        meaning='how often streams matching a pattern key of `stream_tasks` (`"orders:*"`) are looked for (SCAN)',
+    ),
+    "stream_metrics_port": Option(
+        None, "int | None", _positive, nullable=True,
+        meaning="serve Prometheus metrics on this port from the worker's main process (`prometheus` extra)",
+    ),
     # loopback unless configured: metrics name streams and groups
-    "stream_metrics_addr": Option("127.0.0.1", "str", _str),
-    "stream_fast_path": Option(True, "bool", _flag),
-    "stream_trace_fields": Option(["traceparent", "tracestate"], "list[str]", _trace_fields),
-    "stream_consumer": Option(None, "str | None", _str, doc="the worker's nodename (`-n`)"),
-    "stream_reap_idle_ms": Option(3600000, "int >= 1", _positive),
-    "stream_retention_ms": Option(None, "int >= 1 | None", _positive, nullable=True),
-    "stream_max_deliveries": Option(5, "int >= 1 | None", _positive, nullable=True),
-    "stream_dead_letter_failed_tasks": Option(False, "bool", _flag),
+    "stream_metrics_addr": Option(
+        "127.0.0.1", "str", _str,
+        meaning='address the metrics endpoint binds to; `"0.0.0.0"` for a Prometheus outside the host',
+    ),
+    "stream_fast_path": Option(
+        True, "bool", _flag,
+        meaning=(
+            "build a batch's Redis or RabbitMQ task messages from one template (byte-identical to "
+            "`send_task`'s), falling back to `send_task` where it cannot; needed for exactly once"
+        ),
+    ),
+    "stream_trace_fields": Option(
+        ["traceparent", "tracestate"], "list[str]", _trace_fields,
+        meaning=(
+            "entry fields moved from the task's arguments into its message headers (W3C trace context); `[]` "
+            "keeps them arguments"
+        ),
+    ),
+    "stream_consumer": Option(
+        None, "str | None", _str, doc="the worker's nodename (`-n`)",
+        meaning="consumer name (group mode) and lease owner (tracker mode); keep it stable across restarts",
+    ),
+    "stream_reap_idle_ms": Option(
+        3600000, "int >= 1", _positive,
+        meaning="group mode: consumers idle this long with nothing pending are removed from the group",
+    ),
+    "stream_retention_ms": Option(
+        None, "int >= 1 | None", _positive, nullable=True,
+        meaning=(
+            "trim entries older than this that every group has acknowledged (and the tracker has passed); "
+            "`None` never trims"
+        ),
+    ),
+    "stream_max_deliveries": Option(
+        5, "int >= 1 | None", _positive, nullable=True,
+        meaning=(
+            "an entry read this many times by workers that died holding it is dead-lettered "
+            "(`max_deliveries`); `None` never gives up"
+        ),
+    ),
+    "stream_dead_letter_failed_tasks": Option(
+        False, "bool", _flag,
+        meaning=(
+            "an entry whose task fails for good (no retry left, or rejected) is dead-lettered with reason "
+            "`task_failed`"
+        ),
+    ),
 }
 
 # The keys of a stream's dict in stream_tasks, in the order they are checked.
 STREAM_OPTIONS: dict[str, Option] = {
-    "task": Option(None, "str", _task_name, doc="required"),
-    "registered": Option(True, "bool", _flag),
-    "call": Option("fields", '"fields" | "kwargs" | "entry"', _call),
-    "converter": Option(None, '"package.module:function"', _converter, nullable=True, doc="none"),
-    "mode": Option(None, '"group" | "tracker"', _mode, inherits="stream_mode"),
-    "queue": Option(None, "str", _str, nullable=True, doc="the task's routing"),
-    "options": Option({}, "dict", _send_options),
-    "tracker": Option(None, "str", _str, nullable=True, doc=_TRACKER_DEFAULT),
-    "max_queue_length": Option(None, "int >= 0 | None", _count, nullable=True, inherits="stream_max_queue_length"),
-    "max_deliveries": Option(None, "int >= 1 | None", _positive, nullable=True, inherits="stream_max_deliveries"),
-    "dead_letter_failed_tasks": Option(None, "bool", _flag, inherits="stream_dead_letter_failed_tasks"),
-    "group": Option(None, "str", _str, inherits="stream_group"),
-    "start": Option(None, "str", _start, inherits="stream_start"),
-    "batch_size": Option(None, "int >= 1", _positive, inherits="stream_batch_size"),
-    "retention_ms": Option(None, "int >= 1 | None", _positive, nullable=True, inherits="stream_retention_ms"),
+    "task": Option(
+        None, "str", _task_name, doc="required",
+        meaning="the task name; the task name never comes from the entry",
+    ),
+    "registered": Option(
+        True, "bool", _flag,
+        meaning="`False` when another app's workers run the task: its name is then not checked at start-up",
+    ),
+    "call": Option(
+        "fields", '"fields" | "kwargs" | "entry"', _call,
+        meaning="call shape: `task(fields)`, `task(**fields)` or `task(stream, entry_id, fields)`",
+    ),
+    "converter": Option(
+        None, '"package.module:function"', _converter, nullable=True, doc="none",
+        meaning="a function `StreamEntry -> (args, kwargs)`; overrides `call`",
+    ),
+    "mode": Option(
+        None, '"group" | "tracker"', _mode, inherits="stream_mode",
+        meaning="position kind for this stream",
+    ),
+    "queue": Option(
+        None, "str", _str, nullable=True, doc="the task's routing",
+        meaning="the queue this stream's tasks are sent to",
+    ),
+    "options": Option(
+        {}, "dict", _send_options,
+        meaning="extra `send_task` options (`priority`, `expires`, `headers`, ...)",
+    ),
+    "tracker": Option(
+        None, "str", _str, nullable=True, doc=_TRACKER_DEFAULT,
+        meaning="tracker name; the key is `stream_tracker_prefix` + tracker",
+    ),
+    "max_queue_length": Option(
+        None, "int >= 0 | None", _count, nullable=True, inherits="stream_max_queue_length",
+        meaning="backpressure limit for this stream; `None` turns it off for the stream",
+    ),
+    "max_deliveries": Option(
+        None, "int >= 1 | None", _positive, nullable=True, inherits="stream_max_deliveries",
+        meaning="poison-entry limit for this stream",
+    ),
+    "dead_letter_failed_tasks": Option(
+        None, "bool", _flag, inherits="stream_dead_letter_failed_tasks",
+        meaning="dead-letter the entries of this stream's tasks that fail for good",
+    ),
+    "group": Option(
+        None, "str", _str, inherits="stream_group",
+        meaning="consumer group for this stream",
+    ),
+    "start": Option(
+        None, "str", _start, inherits="stream_start",
+        meaning="start position of a new group or tracker for this stream",
+    ),
+    "batch_size": Option(
+        None, "int >= 1", _positive, inherits="stream_batch_size",
+        meaning="entries per read for this stream",
+    ),
+    "retention_ms": Option(
+        None, "int >= 1 | None", _positive, nullable=True, inherits="stream_retention_ms",
+        meaning="retention of this stream; `None` never trims it",
+    ),
 }
 
 DEFAULTS: dict[str, object] = {name: option.default for name, option in OPTIONS.items()}

@@ -211,8 +211,8 @@ def purge(
     return purged
 
 
-#: Every dlq_reason: entry.py and envelope.py raise EntryError with the conversion ones,
-#: dispatch.py gives ``publish_error``, deliveries.py ``max_deliveries``, failed.py ``task_failed``.
+#: Every dlq_reason: entry.py and publish/redis_envelope.py raise EntryError with the conversion ones,
+#: publish/dispatch.py gives ``publish_error``, batch/deliveries.py ``max_deliveries``, failed_tasks.py ``task_failed``.
 PUBLISH_ERROR = "publish_error"
 MAX_DELIVERIES = "max_deliveries"
 TASK_FAILED = "task_failed"

@@ -8,7 +8,7 @@ __all__ = ["Collected", "ConsumerRow", "LagFields", "StreamInfo", "StreamRow", "
 
 
 class StreamInfo(TypedDict, total=False):
-    """XINFO STREAM, as lag.py reads it; the Redis 7 fields are None on Redis 6.2."""
+    """XINFO STREAM, as position/lag.py reads it; the Redis 7 fields are None on Redis 6.2."""
 
     exists: bool
     length: int
@@ -40,6 +40,7 @@ class StreamRow(TypedDict, total=False):
     stream: str
     mode: str
     task: str
+    server: str | None  # "redis 7.0.15", "valkey 9.1.2" (INFO server); None where INFO is denied
     exists: bool
     length: int
     last_id: str | None
@@ -59,6 +60,7 @@ class StreamRow(TypedDict, total=False):
     lag_exact: bool
     lag_at_least: int | None
     lag_seconds: float | None
+    ahead: bool  # the position lies after the stream's last id: nothing is read until ids pass it
     error: str
     dead_letter: str
     dead_letter_length: int

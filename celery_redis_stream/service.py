@@ -43,7 +43,7 @@ class Service:
     Streams are read by as few threads as possible: one per group (and batch
     size) and one for the tracked streams. On a single Redis each is one
     blocking read for all its streams; on a cluster, where one read cannot
-    span hash slots, each polls its slots per master (slots.py), and all
+    span hash slots, each polls its slots per master (client/cluster.py), and all
     readers of the worker share one cluster client.
     """
 

@@ -31,5 +31,5 @@ class StreamStats:
     retention_trimmed: int = 0
     dead_lettered_by_reason: dict[str, int] = field(default_factory=dict)
     broker_retries: int = 0
-    guarantee: str | None = None  # "exactly-once" or "at-least-once", for the last batch (atomic.py)
+    guarantee: str | None = None  # "exactly-once" or "at-least-once", for the last batch (publish/exactly_once.py)
     guarantee_reason: str | None = None

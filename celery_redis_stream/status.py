@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 
 from redis.exceptions import ResponseError
 
-from .client.connection import Client, connect, is_missing_key, items, mapping, number, optional_text, text
+from .client.connection import Client, connect, is_missing_key, items, mapping, number, optional_text, servers, text
 from .config import BridgeConfig, StreamConfig
 from .position.lag import ID_RE, LAG_SCAN_LIMIT, count_after, entry_age, id_key, oldest_waiting, server_ms
 from .position.rule import position_of
@@ -17,7 +17,7 @@ from .upkeep.retention import retention_status
 
 __all__ = [
     "LAG_SCAN_LIMIT", "Collected", "StreamRow", "collect", "count_after", "id_key", "parse_target", "stream_status",
-    "text", "time_lags", "worker_time_lags",
+    "text", "time_lags", "worker_extras",
 ]  # fmt: skip
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -80,6 +80,7 @@ def stream_status(client: Client, sc: StreamConfig, *, limit: int = LAG_SCAN_LIM
         out["exists"], out["length"] = bool(info.get("exists")), info.get("length", 0)
         out["last_id"] = info.get("last_id")
         out.update(position.status(client, info, limit=limit, now_ms=now_ms))
+        out["ahead"] = is_ahead(out, info)
         out["dead_letter"] = sc.dead_letter
         out["dead_letter_length"] = number(client.xlen(sc.dead_letter))
         retention = retention_status(client, sc)
@@ -89,22 +90,44 @@ def stream_status(client: Client, sc: StreamConfig, *, limit: int = LAG_SCAN_LIM
         out["retention_minid"] = retention["retention_minid"]
     except ResponseError as exc:  # e.g. WRONGTYPE: show it on this stream, keep the others
         out["error"] = redact(str(exc))
+        out.setdefault("ahead", False)
     return out
+
+
+def is_ahead(row: StreamRow, info: StreamInfo) -> bool:
+    """The group's or tracker's position lies after the stream's last id (XINFO STREAM last-generated-id).
+
+    Nothing after it exists, so the lag counts 0, yet every entry added until
+    ids pass it is skipped: `reset --to 99999999999999-0` or a mistyped time does that.
+    """
+    where = row.get("last_delivered_id") if row.get("mode") == "group" else row.get("position")
+    last = info.get("last_id")
+    if not info.get("exists") or where is None or last is None:
+        return False
+    try:
+        return id_key(where) > id_key(last)
+    except ValueError:  # a tracker that is not an id is reported as an error already
+        return False
 
 
 def _over(row: StreamRow, max_lag: int) -> bool:
     least = row.get("lag_at_least")
-    return bool(row.get("error")) or least is None or least > max_lag or row.get("lag") is None
+    unknown = least is None or row.get("lag") is None
+    return bool(row.get("error")) or bool(row.get("ahead")) or unknown or (least is not None and least > max_lag)
 
 
 def collect(client: Client, config: BridgeConfig, *, max_lag: int | None = None) -> Collected:
-    """Status of every mapped stream; ``ok`` is False when a lag exceeds ``max_lag`` or is unknown.
+    """Status of every mapped stream, with the server it lives on (INFO server); ``ok`` is False when a lag
+    exceeds ``max_lag`` or is unknown, or a position is ahead of its stream.
 
     A lower bound above ``max_lag`` is over it too: the count reads ``max_lag + 1``
     entries before it gives up, so a lag that is only bounded is always over.
     """
     limit = LAG_SCAN_LIMIT if max_lag is None else max(LAG_SCAN_LIMIT, max_lag + 1)
+    on = servers(client, [sc.stream for sc in config.streams])
     streams = [stream_status(client, sc, limit=limit) for sc in config.streams]
+    for row in streams:
+        row["server"] = on.get(row["stream"])
     over = [] if max_lag is None else [s["stream"] for s in streams if _over(s, max_lag)]
     return {"url": config.safe_url, "max_lag": max_lag, "ok": not over, "over_max_lag": over, "streams": streams}
 
@@ -129,21 +152,24 @@ def time_lags(client: Client, configs: list[StreamConfig]) -> dict[str, float | 
     return out
 
 
-def worker_time_lags(
+def worker_extras(
     config: BridgeConfig, configs: list[StreamConfig], timeout: float = 0.5
-) -> dict[str, float | None]:
-    """``time_lags`` on a short-lived client of its own, for a remote-control reply that must come within ~1 s.
+) -> dict[str, dict[str, object]]:
+    """Per stream ``lag_seconds`` (``time_lags``) and ``server`` (INFO server), on a short-lived client of its own,
+    for a remote-control reply that must come within ~1 s.
 
-    The readers' clients are busy in blocking reads; a failure gives None for every stream, never an error.
+    The readers' clients are busy in blocking reads; a failure gives None for every value, never an error.
     """
+    names = [sc.stream for sc in configs]
     client: Client | None = None
     try:
         client = connect(
             config, socket_timeout=timeout, socket_connect_timeout=timeout, client_name="celery-redis-stream-inspect"
         )
-        return time_lags(client, configs)
+        ages, on = time_lags(client, configs), servers(client, names)
+        return {name: {"lag_seconds": ages.get(name), "server": on.get(name)} for name in names}
     except Exception:  # Redis down or slow: the reply still goes out, without time lags
-        return dict.fromkeys((sc.stream for sc in configs), None)
+        return {name: {"lag_seconds": None, "server": None} for name in names}
     finally:
         if client is not None:
             with contextlib.suppress(Exception):

@@ -5,12 +5,14 @@
 
 Uses REDIS_URL when it is set; otherwise starts a private redis-server on a
 free loopback port in a temporary directory (and stops it afterwards). Then
-it starts the worker of the example Django project, waits for its readers
-(the ``reader_ready`` signal), XADDs a few entries (``produce``), waits until
-the worker has executed a task for each of them, prints those task log lines,
-stops the worker with SIGTERM (warm shutdown) and prints the stream positions
-as ``celery redis-stream status --json`` reports them. Exits 0 on success,
-non-zero with a message otherwise.
+it prints the stream -> task mapping of the example Django project with the
+call each stream's entries become, starts its worker, waits for its readers
+(the ``reader_ready`` signal), prints the worker's own start-up line that
+names each stream's delivery guarantee, XADDs a few entries (``produce``),
+waits until the worker has executed a task for each of them, prints those
+task log lines, stops the worker with SIGTERM (warm shutdown) and prints a
+digest of the stream positions read from ``celery redis-stream status --json``.
+Exits 0 on success, non-zero with a message otherwise.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from celery_redis_stream.testing.processes import Ready, RedisServer, WorkerProc
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from produce import produce_examples  # noqa: E402
+from produce import EXAMPLES, produce_examples  # noqa: E402
 
 STARTUP_TIMEOUT = 60.0
 EXECUTE_TIMEOUT = 60.0
@@ -72,6 +74,47 @@ def executed_lines(output: str, produced: list[tuple[str, str, dict[str, str]]])
     return found
 
 
+#: What the task is called with, per ``call`` (the shape) of a stream without a converter.
+SHAPES = {"fields": "{task}(fields)", "kwargs": "{task}(**fields)", "entry": "{task}(stream, entry_id, fields)"}
+
+
+def call_text(task: str, args: list[object], kwargs: dict[str, object]) -> str:
+    shown = [repr(a) for a in args] + [f"{k}={v!r}" for k, v in kwargs.items()]
+    return f"{task.rsplit('.', 1)[-1]}({', '.join(shown)})"
+
+
+def mapping_lines() -> list[str]:
+    """Each mapped stream: its task, mode, queue and call shape, and the call its first example entry becomes.
+
+    The call is what the worker would send (``celery_redis_stream.testing.preview`` runs its code path).
+    """
+    from shop.celery import app
+
+    from celery_redis_stream.config import load_config
+    from celery_redis_stream.testing import preview
+
+    lines = []
+    for sc in load_config(app, check_registered=False).streams:
+        short = sc.task.rsplit(".", 1)[-1]
+        shape = f"converter {sc.converter_path} -> {short}(*args, **kwargs)" if sc.converter_path else (
+            SHAPES[sc.call].format(task=short)
+        )  # fmt: skip
+        where = f"group {sc.group}" if sc.mode == "group" else f"tracker {sc.tracker_key}"
+        fields = next(f for stream, f in EXAMPLES if stream == sc.stream)
+        seen = preview(app, sc.stream, fields, entry_id="1700000000000-0")
+        lines.append(f"    {sc.stream} -> {sc.task} ({where}, queue {seen.queue}): {shape}")
+        lines.append(f"        e.g. XADD {sc.stream} * {fields} -> {call_text(seen.task, seen.args, seen.kwargs)}")
+    return lines
+
+
+def guarantee_line(output: str) -> str:
+    """The worker's start-up log line naming each stream, its task and its delivery guarantee."""
+    for line in output.splitlines():
+        if "redis-stream: reading " in line:
+            return line[line.index("redis-stream: reading ") :]
+    raise DemoError(f"the worker did not log its redis-stream start-up line:\n{output[-3000:]}")
+
+
 def position(s: dict[str, object]) -> str:
     if s["mode"] == "tracker":
         return f"{s['stream']}: tracker {s['tracker_key']} = {s['position']}"
@@ -101,10 +144,15 @@ def run() -> int:
         from shop import settings  # reads REDIS_URL
 
         streams = list(settings.CELERY_STREAM_TASKS)
+        say("streams mapped to tasks (CELERY_STREAM_TASKS in shop/settings.py), each with its call shape:")
+        for line in mapping_lines():
+            print(line, flush=True)
         say("starting: celery -A shop worker " + " ".join(worker.cmd[worker.cmd.index("worker") + 1 :]))
         worker.start(wait=None)
         worker.wait_ready(Ready.READERS, STARTUP_TIMEOUT, streams=streams)
         say(f"worker pid {worker.pid} is reading streams {', '.join(streams)} (reader_ready)")
+        say("the worker's start-up line, with the delivery guarantee of each stream:")
+        print(f"    {guarantee_line(worker.output())}", flush=True)
 
         produced = produce_examples(client)
         for stream, entry_id, fields in produced:
@@ -130,7 +178,7 @@ def run() -> int:
         say(f"worker stopped by SIGTERM (warm shutdown), exit code {code}")
         if code != 0:
             raise DemoError(f"the worker exited with code {code}:\n{worker.output()[-3000:]}")
-        say("stream positions after the run (celery redis-stream status --json):")
+        say("stream positions after the run (a digest of `celery -A shop redis-stream status --json`):")
         status = operator(url, "status")["streams"]
         for s in status if isinstance(status, list) else ():
             print(f"    {position(s)}", flush=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -60,6 +61,14 @@ def server_binary(tool: int = 0) -> str:
     if binary is None:
         raise RuntimeError(f"{name} is not installed (CRS_SERVER={kind}): the tests need the real server ({install})")
     return binary
+
+
+def expected_server() -> str:
+    """``"redis 7.0.15"``, ``"valkey 9.1.2"``: the server the tests run, as its binary's ``--version`` names it."""
+    out = subprocess.run([server_binary(), "--version"], capture_output=True, text=True, timeout=30).stdout
+    match = re.search(r"^(\w+) server v=(\S+)", out)
+    assert match is not None, out
+    return f"{match.group(1).lower()} {match.group(2)}"
 
 
 class RedisServer(harness.RedisServer):

@@ -38,7 +38,7 @@ class Prepared:
 
 
 class Batches:
-    """Dispatches the batches of one reader, then moves their positions past them (one step where atomic.py can)."""
+    """Dispatches the batches of one reader, then moves their positions (in one step where exactly_once.py can)."""
 
     def __init__(
         self, dispatcher: Dispatcher, exactly: ExactlyOnce, deliveries: Deliveries, pacer: Pacer,

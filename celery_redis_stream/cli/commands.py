@@ -13,18 +13,20 @@ from ..client.connection import mapping
 from ..redact import redact
 from ..rows import Collected, StreamRow
 from ..status import collect
-from .common import cell, client_for, config_of, console, echo, redis_errors, rows, seconds, table
+from .common import Unavailable, cell, client_for, config_of, console, redis_errors, rows, seconds, table
 from .dead_letters import dead_letters
 from .reset import reset
+from .terminal import safe
 
 if TYPE_CHECKING:
+    from celery import Celery
     from rich.console import Console
     from rich.table import Table
 
 __all__ = ["redis_stream"]
 
-# The commands: status and inspect here, reset (cli_reset) and dead-letters
-# (cli_deadletters); what they share is in cli_common (which says why rich is
+# The commands: status and inspect here, reset (reset.py) and dead-letters
+# (dead_letters.py); what they share is in common.py (which says why rich is
 # imported only where a table is drawn).
 
 
@@ -38,7 +40,9 @@ def redis_stream(ctx: click.Context) -> None:
 
 
 def _lag(s: StreamRow) -> str:
-    """The exact lag, or ``>=N`` when only a lower bound is known, or ``?``."""
+    """``ahead`` when the position lies after the stream's last id, the exact lag, ``>=N`` for a lower bound, ``?``."""
+    if s.get("ahead"):
+        return "ahead"
     if s.get("lag") is not None:
         return str(s["lag"])
     return f">={s['lag_at_least']}" if s.get("lag_at_least") is not None else "?"
@@ -48,7 +52,9 @@ def _render_status(data: Collected, console: Console) -> None:
     from rich.text import Text
 
     counts = ("length", "lag", "time lag", "pending", "dead letters")
-    streams = table(f"streams at {data['url']}", "stream", "mode", *counts, "lease holder", right=counts)
+    on = sorted({str(s["server"]) for s in data["streams"] if s.get("server")})
+    title = f"streams at {data['url']}" + (f" ({', '.join(on)})" if on else "")
+    streams = table(title, "stream", "mode", *counts, "lease holder", right=counts)
     positions = table("positions", "stream", "last id", "group / tracker key", "position")
     consumers = table("consumers", "stream", "group", "consumer", "pending", "idle", right=("pending", "idle"))
     for s in data["streams"]:
@@ -56,7 +62,8 @@ def _render_status(data: Collected, console: Console) -> None:
         if s.get("error") and "length" not in s:
             streams.add_row(name, s["mode"], *[""] * 5, cell(f"error: {s['error']}", style="red"))
             continue
-        lag = Text(_lag(s), style="bold red" if s["stream"] in data["over_max_lag"] else "")
+        flagged = s["stream"] in data["over_max_lag"] or s.get("ahead")
+        lag = Text(_lag(s), style="bold red" if flagged else "")
         age = seconds(s.get("lag_seconds"))
         if s["mode"] == "group":
             streams.add_row(
@@ -80,11 +87,17 @@ def _render_status(data: Collected, console: Console) -> None:
     if consumers.row_count:
         console.print(consumers)
     _render_retention(data, console)
+    ahead = [s["stream"] for s in data["streams"] if s.get("ahead")]
+    if ahead:
+        console.print(
+            Text(f"AHEAD: {', '.join(ahead)}: the position is after the stream's last entry id; entries added until "
+                 "ids pass it are not dispatched (`reset STREAM --to $` moves it back to the end)", style="bold red")
+        )  # fmt: skip
     if data["max_lag"] is not None:
         if data["ok"]:
             console.print(f"OK: every lag is at most {data['max_lag']}")
         else:
-            console.print(f"LAG: over {data['max_lag']} (or unknown) on {', '.join(data['over_max_lag'])}")
+            console.print(f"LAG: over {data['max_lag']}, unknown or ahead on {', '.join(data['over_max_lag'])}")
 
 
 def _render_retention(data: Collected, console: Console) -> None:
@@ -107,12 +120,15 @@ def _render_retention(data: Collected, console: Console) -> None:
 @redis_stream.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option("--max-lag", type=click.IntRange(min=0), default=None,
-              help="Exit 1 when any stream's lag is above N (a health or autoscaling probe).")  # fmt: skip
+              help="Exit 1 when any stream's lag is above N, cannot be read, or its position is ahead of the stream "
+                   "(a health or autoscaling probe).")  # fmt: skip
 @click.pass_context
 def status(ctx: click.Context, as_json: bool, max_lag: int | None) -> None:
-    """Length, last id, position, lag, pending, consumers, lease and dead letters of every mapped stream.
+    """Length, last id, position, lag, pending, consumers, lease, dead letters and server of every mapped stream.
 
-    Exits 1 when --max-lag is given and a lag is above it or cannot be read.
+    A group or tracker after the stream's last entry id is flagged `ahead`.
+    Exits 1 when --max-lag is given and a lag is above it or cannot be read,
+    or a position is ahead; 2 when the app maps no stream (no -A).
     """
     config = config_of(ctx)
     with redis_errors(config):
@@ -136,40 +152,62 @@ def status(ctx: click.Context, as_json: bool, max_lag: int | None) -> None:
 def inspect_readers(ctx: click.Context, destination: str | None, timeout: float, as_json: bool) -> None:
     """Each running worker's readers (the `inspect redis_stream` remote command, on any Celery version).
 
-    Exits 1 when no worker replied.
+    Exits 69, as celery inspect, when the broker cannot be reached or no worker replied.
     """
-    app = ctx.obj.app
+    config_of(ctx)  # a stream must be mapped, as for every redis-stream command
     nodes = [d.strip() for d in destination.split(",") if d.strip()] if destination else None
-    # With named workers, return as soon as each of them answered.
-    limit = len(nodes) if nodes else None
-    replies = app.control.broadcast("redis_stream", reply=True, timeout=timeout, destination=nodes, limit=limit)
     workers: dict[str, object] = {}
-    for reply in replies or ():
+    for reply in _broadcast(ctx.obj.app, timeout, nodes):
         workers.update(mapping(reply))
+    if not workers:
+        raise Unavailable(f"no worker replied within {timeout:g}s (is a worker of this app running?)")
     if as_json:
         click.echo(redact(json.dumps(workers, indent=2, sort_keys=True)))  # JSON escapes control characters
     else:
         console().print(_readers_table(workers))
-    if not workers:
-        echo("No worker replied within the timeout.", err=True)
-        ctx.exit(1)
+
+
+def _broadcast(app: Celery, timeout: float, nodes: list[str] | None) -> list[object]:
+    """The ``redis_stream`` remote command's replies; a broker that cannot be reached is one line, exit 69.
+
+    One connection attempt first: kombu's publish retries a refused
+    connection for seconds and then raises with a long traceback.
+    """
+    from kombu.exceptions import OperationalError
+    from kombu.utils.url import maybe_sanitize_url
+
+    conn = app.connection_for_write()
+    try:
+        with conn:
+            conn.ensure_connection(max_retries=0)
+            # With named workers, return as soon as each of them answered.
+            limit = len(nodes) if nodes else None
+            replies = app.control.broadcast(
+                "redis_stream", reply=True, timeout=timeout, destination=nodes, limit=limit, connection=conn
+            )
+    except (OperationalError, OSError, *conn.connection_errors, *conn.channel_errors) as exc:  # AMQP: ACCESS_REFUSED
+        url = app.conf.broker_url
+        where = maybe_sanitize_url(url) if isinstance(url, str) else conn.as_uri()  # as_uri() always shows ":**@"
+        raise Unavailable(f"cannot reach the broker at {safe(where)}: {safe(redact(str(exc)))}") from exc
+    return list(replies or ())
 
 
 def _readers_table(workers: Mapping[str, object]) -> Table:
     out = table(
-        "Readers", "worker", "stream", "mode", "dispatched", "dead-lettered", "time lag", "last id", "reading",
-        "paused", "last error", right=("dispatched", "dead-lettered", "time lag"),
+        "Readers", "worker", "stream", "mode", "server", "dispatched", "dead-lettered", "time lag", "last id",
+        "reading", "paused", "last error", right=("dispatched", "dead-lettered", "time lag"),
     )  # fmt: skip
     for node, reply in sorted(workers.items()):
         info = mapping(reply)
         for s in rows(info.get("streams")):
             out.add_row(
-                cell(node), cell(s["stream"]), cell(s["mode"]), str(s["dispatched"]), str(s["dead_lettered"]),
+                cell(node), cell(s["stream"]), cell(s["mode"]), cell(s.get("server") or "?"), str(s["dispatched"]),
+                str(s["dead_lettered"]),
                 seconds(s.get("lag_seconds")), cell(s["last_id"] or "-"), "yes" if s["reading"] else "no",
                 "yes" if s["paused"] else "no", cell(s["last_error"] or ""),
             )  # fmt: skip
         if not info.get("enabled", True):
-            out.add_row(cell(node), "-", "-", "-", "-", "-", "-", "no", "no", "redis-stream is off in this worker")
+            out.add_row(cell(node), "-", "-", "-", "-", "-", "-", "-", "no", "no", "redis-stream is off in this worker")
     return out
 
 

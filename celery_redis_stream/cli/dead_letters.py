@@ -16,9 +16,7 @@ from ..client.connection import Client, number
 from ..config import StreamConfig
 from ..deadletters import DeadEntry
 from ..position.lag import id_key
-from ..redact import redact
-from .common import client_for, config_of, confirm, console, echo, mapped, redis_errors
-from .terminal import safe
+from .common import client_for, config_of, confirm, console, echo, mapped, redis_errors, shown, table
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -66,13 +64,14 @@ def _ids(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> 
     default=None,
     help="At most N entries, oldest first (default: 20 when listing, all with --requeue/--purge).",
 )
-@click.option("--reason", default=None, metavar="REASON",
-              help="Only dead letters with this dlq_reason (not_utf8, too_large, converter_error, ...).")  # fmt: skip
+@click.option("--reason", type=click.Choice(deadletters.REASONS), default=None,
+              help="Only dead letters with this dlq_reason.")  # fmt: skip
 @click.option("--id", "ids", multiple=True, callback=_ids, metavar="ID",
               help="Only the dead letter with this id (in the dead-letter stream); repeatable.")  # fmt: skip
-@click.option("--requeue", is_flag=True, help="Append the entries' own fields to STREAM and delete them here.")
+@click.option("--requeue", is_flag=True,
+              help="Append the entries' own fields to STREAM, then delete them here (asks first).")  # fmt: skip
 @click.option("--purge", is_flag=True, help="Delete the entries (asks for confirmation).")
-@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation (needed where stdin is not a terminal).")
 @click.option("--json", "as_json", is_flag=True, help='Print JSON (bytes exact: a string, or {"base64": ...}).')
 @click.pass_context
 def dead_letters(
@@ -82,6 +81,8 @@ def dead_letters(
     """List, requeue or purge the dead-letter stream of STREAM (reason, source id, error, fields).
 
     --reason and --id choose which; exit code 1 when an --id was not found.
+    --requeue and --purge ask first; where stdin is not a terminal they change
+    nothing and exit 1 without --yes.
     """
     if requeue and purge:
         raise click.UsageError("--requeue and --purge exclude each other")
@@ -131,8 +132,8 @@ def _selection(
 def _show(value: bytes | None, limit: int = 200) -> str:
     if value is None:
         return ""
-    shown = safe(redact(value.decode("utf-8", errors="replace")))
-    return shown if len(shown) <= limit else shown[: limit - 1] + "…"
+    out = shown(value)  # bytes that are not UTF-8 as \xff escapes
+    return out if len(out) <= limit else out[: limit - 1] + "…"
 
 
 def _exact(value: bytes | None) -> Exact:
@@ -160,21 +161,18 @@ def _dead_json(e: DeadEntry) -> dict[str, Exact | list[list[Exact]]]:
 
 
 def _render_dead(sc: StreamConfig, total: int, entries: list[DeadEntry], out: Console, chosen: str = "") -> None:
-    from rich.table import Table
     from rich.text import Text
 
     title = f"{sc.dead_letter}: {total} dead letter(s), showing {len(entries)}{chosen}"
-    table = Table(title=title, title_justify="left")
-    for column in ("id", "source id", "reason", "error", "fields"):
-        table.add_column(column, overflow="fold")
+    listing = table(title, "id", "source id", "reason", "error", "fields")
     for e in entries:
         own = e.original
         fields = " ".join(f"{_show(own[i], 60)}={_show(own[i + 1], 60)}" for i in range(0, len(own) - 1, 2))
-        table.add_row(
+        listing.add_row(
             e.id, Text(_show(e.meta("dlq_source_id"))), Text(_show(e.meta("dlq_reason"))),
             Text(_show(e.meta("dlq_error"))), Text(fields),
         )  # fmt: skip
-    out.print(table)
+    out.print(listing)
 
 
 def _list(client: Client, sc: StreamConfig, length: int, choice: Choice, as_json: bool) -> list[str]:
@@ -216,9 +214,11 @@ def _move(
     if total == 0 or length == 0:
         _report(sc, as_json, f"{sc.dead_letter}: no dead letters", {"missing": ids})
         return ids
-    if not requeue and not yes:
-        what = f"the dead letters{choice.describe()} among {length}" if reason or ids else f"{total} dead letter(s)"
-        confirm(f"Delete {what} from {sc.dead_letter}? There is no undo.")
+    what = f"the dead letters{choice.describe()} among {length}" if reason or ids else f"{total} dead letter(s)"
+    if requeue:
+        confirm(f"Requeue {what} of {sc.dead_letter} to {sc.stream}? They are read and dispatched again.", yes)
+    else:
+        confirm(f"Delete {what} from {sc.dead_letter}? There is no undo.", yes)
     done = kept = 0
     with _progress(f"requeue to {sc.stream}" if requeue else f"purge {sc.dead_letter}", total) as advance:
         chunks, missing = _selection(client, sc, length, choice, progress=advance)

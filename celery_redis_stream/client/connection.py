@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Literal, TypeGuard, Union
 from urllib.parse import parse_qs, unquote, urlparse
 
@@ -13,7 +14,7 @@ from ..redact import redact
 
 try:
     from .parser import parser_options
-except ImportError:  # a redis-py without the parser internals resp.py builds on: its own parser
+except ImportError:  # a redis-py without the parser internals parser.py builds on: its own parser
 
     def parser_options() -> dict[str, object]:
         return {}
@@ -34,6 +35,7 @@ __all__ = [
     "command",
     "connect",
     "describe",
+    "escaped",
     "is_busy_group",
     "is_denied",
     "is_missing_key",
@@ -42,6 +44,8 @@ __all__ = [
     "number",
     "optional_text",
     "run_scripts",
+    "server_name",
+    "servers",
     "text",
 ]  # fmt: skip
 
@@ -109,6 +113,13 @@ def text(value: object) -> str:
     if isinstance(value, bytes):
         return value.decode("utf-8", errors="replace")
     return str(value)
+
+
+def escaped(value: object) -> str | None:
+    """A reply value to show an operator: bytes that are not UTF-8 as ``\\xff`` escapes (not U+FFFD); nil as None."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="backslashreplace")
+    return None if value is None else str(value)
 
 
 def optional_text(value: object) -> str | None:
@@ -274,3 +285,48 @@ def run_scripts(client: Client, source: str, calls: Sequence[ScriptCall]) -> lis
                 replies[i] = reply
         out += replies
     return out
+
+
+def server_name(info: Mapping[str, object]) -> str:
+    """``"redis 7.0.15"``, ``"valkey 9.1.2"``: the server's name and version from its ``INFO server`` fields.
+
+    Valkey reports ``redis_version:7.2.4`` for compatibility and its own version
+    in ``valkey_version`` (with ``server_name:valkey``), so the name is read from
+    those fields, never guessed from the version string.
+    """
+    name = optional_text(info.get("server_name"))
+    if name:
+        version = info.get(f"{name.lower()}_version") or info.get("redis_version")
+        return f"{name.lower()} {text(version) if version is not None else '?'}"
+    if info.get("valkey_version") is not None:
+        return f"valkey {text(info['valkey_version'])}"
+    version = info.get("redis_version")
+    return f"redis {text(version) if version is not None else '?'}"
+
+
+def servers(client: Client, streams: Iterable[str]) -> dict[str, str | None]:
+    """Per stream, the server it lives on (:func:`server_name`): INFO server once, or per node of a cluster.
+
+    None where the server does not say (an ACL without INFO, a renamed INFO); a lost connection raises.
+    """
+    names = list(streams)
+    if not is_cluster(client):
+        name = _server_of(lambda: client.info("server"))
+        return dict.fromkeys(names, name)
+    cluster = client
+    by_node: dict[str, str | None] = {}
+    out: dict[str, str | None] = {}
+    for stream in names:
+        node = cluster.get_node_from_key(stream)  # type: ignore[no-untyped-call]
+        if node.name not in by_node:
+            by_node[node.name] = _server_of(partial(cluster.info, "server", target_nodes=node))
+        out[stream] = by_node[node.name]
+    return out
+
+
+def _server_of(info: Callable[[], object]) -> str | None:
+    try:
+        reply = info()
+    except ResponseError:  # NOPERM, or INFO renamed away: the server stays unnamed, the status goes on
+        return None
+    return server_name(mapping(reply)) if isinstance(reply, dict) else None

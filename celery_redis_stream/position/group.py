@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
-from ..client.connection import Client, items, mapping, number, optional_text, text
+from ..client.connection import Client, escaped, items, mapping, number, text
 from ..client.streams import as_entry_id
 from ..config import StreamConfig
 from ..deadletters import DeadLetter
@@ -95,7 +95,7 @@ class GroupPosition:
 
 def _consumer(consumer: Mapping[str, object]) -> ConsumerRow:
     return {
-        "name": optional_text(consumer.get("name")) or "",
+        "name": escaped(consumer.get("name")) or "",  # shown to operators: not-UTF-8 bytes escaped
         "pending": number(consumer.get("pending")),
         "idle_ms": number(consumer.get("idle")),
     }

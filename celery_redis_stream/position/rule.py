@@ -65,7 +65,7 @@ def commit(
     with the same task ids. Dead letters are written before the move so a
     bad entry is never acknowledged without leaving a trace. ``forget``
     (hash key -> fields: the batch's in-flight record and the failure counts
-    of its entries, see deliveries.py) is deleted with the move, in the same
+    of its entries, see batch/deliveries.py) is deleted with the move, in the same
     pipeline. Group mode acknowledges with XACK; tracker mode moves its key
     under the lease (LeaseLost when another worker holds it).
     """

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
-from ..client.connection import Client, is_cluster, optional_text
+from ..client.connection import Client, escaped, is_cluster, optional_text
 from ..client.streams import as_entry_id
 from ..config import StreamConfig
 from ..deadletters import DeadLetter
@@ -82,7 +82,7 @@ class TrackerPosition:
             "tracker_key": sc.tracker_key,
             "position": position,
             "lease_key": sc.lease_key,
-            "lease_holder": optional_text(client.get(sc.lease_key)),
+            "lease_holder": escaped(client.get(sc.lease_key)),  # a worker name, shown: not-UTF-8 bytes escaped
         }
         try:
             start = position if position is not None else as_entry_id(sc.start, lambda: info.get("last_id") or "0-0")

@@ -172,7 +172,7 @@ class Confirms:
         return result
 
     def write(self, frames: Sequence[bytes], keys: Sequence[str], timeout: float | None = None) -> None:
-        """Send ready-made ``basic.publish`` frames (amqpframes.Publisher), one message per key, in one write.
+        """Send ready-made ``basic.publish`` frames (amqp_frames.Publisher), one message per key, in one write.
 
         The same messages and delivery tags as one :meth:`_publish` each;
         settled with the batch in the same way.

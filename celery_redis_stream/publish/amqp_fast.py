@@ -146,12 +146,12 @@ def _recorded(
 class AmqpFastPath:
     """Publishes a batch of task messages on a py-amqp channel without ``send_task`` for each.
 
-    The same rule as the Redis fast path (fastpath.py): each message is what
+    The same rule as the Redis fast path (redis_fast.py): each message is what
     ``send_task`` would publish on this channel (routing, properties, headers,
     body), and whenever that cannot be guaranteed (publish-signal receivers,
     ``task_send_sent_event``, protocol 1, another serializer, compression) the
     batch goes through ``send_task``, and the reason is logged once. The
-    channel is the bridge's confirmed one (confirms.py): every publish is
+    channel is the bridge's confirmed one (amqp_confirms.py): every publish is
     mandatory and is settled with the batch.
     """
 

@@ -100,7 +100,7 @@ class Dispatcher:
         self.app = app
         self.max_entry_bytes = max_entry_bytes
         self._connection: Connection | None = None
-        self._producer: Any = None  # a kombu Producer, or testing.py's stand-in for one
+        self._producer: Any = None  # a kombu Producer, or testing/preview.py's stand-in for one
         self.fast_path = FastPath(app)
         self.amqp_fast_path = AmqpFastPath(app)
         self._bound: dict[str, Queue] = {}
@@ -245,7 +245,7 @@ class Dispatcher:
         """Publish the calls by a fast path, else by ``send_task``; the ``(entry id, error)`` that could not be."""
         options, extra_headers = send_options(sc)
         if sc.fast_path and self._amqp:
-            # What an exactly-once step would say of this broker (atomic.py shows it).
+            # What an exactly-once step would say of this broker (exactly_once.py shows it).
             self.fast_path.reason = self.fast_path.unsupported(producer)
             failed = self.amqp_fast_path.publish(
                 producer,
@@ -318,7 +318,7 @@ class Dispatcher:
 
     @staticmethod
     def _reprs(args: object, kwargs: object, limits: tuple[int, int, int]) -> dict[str, str]:
-        """The ``argsrepr``/``kwargsrepr`` that Celery's ``as_task_v2`` would compute, faster (fastpath.argument_repr).
+        """The ``argsrepr``/``kwargsrepr`` that Celery's ``as_task_v2`` would compute, faster (template.argument_repr).
 
         Passed to ``send_task`` as its own options; on AMQP they only fill
         those two headers (a Redis-broker message would also keep them as

@@ -187,7 +187,7 @@ class FastPath:
         on_task_call = None if tpl.ignore_result else self.app.backend.on_task_call
         uuid4 = self._uuid4
         # Per batch, once: the delivery tags, the body's constant tail and the
-        # envelope text around the per-entry values (envelope.py).
+        # envelope text around the per-entry values (redis_envelope.py).
         tags = uuid4_strings(len(calls)) if uuid4 is uuid.uuid4 else [str(uuid4()) for _ in calls]
         kept = self._envelopes.get(sc.stream)
         batch = _Batch(tpl, repr_limits(self.app), kept[1] if kept is not None and kept[0] is tpl else None)

@@ -2,8 +2,8 @@
 
 A reader is handed what it works with (a Wiring: the app, the settings, its
 consumer name, the stop event, the stats, the sender of reader_ready) and
-knows nothing of the thread that runs it (loops.py) or of the service that
-made it. The two stream readers are reader_group.py and reader_tracker.py.
+knows nothing of the thread that runs it (thread.py) or of the service that
+made it. The two stream readers are read/group.py and read/tracker.py.
 """
 
 from __future__ import annotations

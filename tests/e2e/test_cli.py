@@ -135,8 +135,11 @@ def test_reset_group_asks_then_moves_it_and_lag_is_recomputed(state: dict[str, A
     assert refused.returncode == 1 and "Aborted" in refused.stderr
     assert "Move group 'celery' of stream 'orders'" in refused.stdout
     assert group_info(c, "orders")["last-delivered-id"].decode() == state["orders"][1]
-    # A script has nobody to ask: it runs as written, as with --yes.
+    # A script has nobody to ask: without --yes it changes nothing and exits 1.
     scripted = cli(env, "reset", "orders", "--to", "0")
+    assert scripted.returncode == 1 and "--yes" in scripted.stderr, scripted.stderr
+    assert group_info(c, "orders")["last-delivered-id"].decode() == state["orders"][1]
+    scripted = cli(env, "reset", "orders", "--to", "0", "--yes")
     assert scripted.returncode == 0, scripted.stderr
     assert group_info(c, "orders")["last-delivered-id"].decode() == "0-0"
     accepted = cli_at_terminal(env, "reset", "orders", "--to", state["orders"][1], answer="y\n")
@@ -229,12 +232,12 @@ def test_dead_letters_lists_requeues_original_bytes_and_purges(server: RedisServ
     listed = cli(env, "dead-letters", "orders")
     assert listed.returncode == 0, listed.stderr
     for text in (*src, "3 dead letter(s)", "decode", "bad utf-8", "converter", "ValueError: bad entry",
-                 "too-large", "\ufffd", "[bold]k=v", "order_id=7"):  # fmt: skip
+                 "too-large", "n=\\xff\\xfe-not-utf8", "[bold]k=v", "order_id=7"):  # fmt: skip
         assert text in listed.stdout, (text, listed.stdout)
     limited = cli(env, "dead-letters", "orders", "--limit", "1").stdout
     assert "showing 1" in limited and "bad utf-8" in limited and "converter" not in limited
 
-    requeued = cli(env, "dead-letters", "orders", "--requeue", "--limit", "2")
+    requeued = cli(env, "dead-letters", "orders", "--requeue", "--limit", "2", "--yes")
     assert requeued.returncode == 0, requeued.stderr
     assert "requeued 2 entries to orders" in requeued.stdout
     back = c.xrange("orders")
@@ -256,7 +259,7 @@ def test_dead_letters_requeue_of_a_large_set_runs_in_batches_with_progress(serve
     for i in range(1234):
         pipe.xadd("orders:dead", {"n": str(i), "dlq_reason": "converter", "dlq_source_id": f"{i}-0", "dlq_error": "x"})
     pipe.execute()
-    result = cli(env, "dead-letters", "orders", "--requeue")
+    result = cli(env, "dead-letters", "orders", "--requeue", "--yes")
     assert result.returncode == 0, result.stderr
     assert "requeued 1234 entries" in result.stdout
     assert "1234/1234" in result.stderr  # the rich progress bar, on stderr
@@ -299,7 +302,7 @@ def test_no_password_appears_in_any_output() -> None:
             cli(env, "reset", "events", "--to", "0", "--yes"),
             cli(env, "reset", "nope", "--to", "0"),
             cli(env, "dead-letters", "orders"),
-            cli(env, "dead-letters", "orders", "--requeue"),
+            cli(env, "dead-letters", "orders", "--requeue", "--yes"),
             cli(env_for(f"redis://:{password}x@127.0.0.1:{server.port}/0"), "status"),  # wrong password
             cli(env_for(f"redis://:{password}@127.0.0.1:{free_port()}/0"), "status"),  # nothing listening
         ]

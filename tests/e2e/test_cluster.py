@@ -452,3 +452,23 @@ def test_a_read_over_many_slots_reads_every_slot_in_one_round_and_waits_longer_w
         assert slots._idle.wait[head] == slots.IDLE_WAIT_MIN_MS
     finally:
         client.close()
+
+
+def test_status_names_the_node_server_of_each_stream(cluster: Cluster, broker: RedisServer) -> None:
+    from celery_redis_stream.client.connection import connect
+    from celery_redis_stream.status import collect
+
+    from ..support import expected_server
+
+    names = one_stream_per_master(cluster, "srv")
+    app = Celery("srv", broker=broker.url_db(1), set_as_current=False)
+    app.conf.update(stream_url=cluster.url, stream_tasks={n: {"task": "t", "registered": False} for n in names})
+    config = load_config(app, check_registered=False)
+    client = connect(config)
+    try:
+        for name in names:
+            client.xadd(name, {"n": "1"})
+        rows = collect(client, config)["streams"]
+    finally:
+        client.close()
+    assert [(r["stream"], r["server"]) for r in rows] == [(n, expected_server()) for n in names]

@@ -117,7 +117,7 @@ def test_docs_quote_only_metric_names_and_json_fields_that_the_code_exposes(
         [sys.executable, "-m", "celery", "-A", "tests.workerapp", "inspect", "stats", "--json", "-t", "5"],
         cwd=ROOT, env={**os.environ, **env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
-    outputs += [stats.stdout, cli(env, "dead-letters", "orders", "--requeue", "--json").stdout]
+    outputs += [stats.stdout, cli(env, "dead-letters", "orders", "--requeue", "--json", "--yes").stdout]
     exposed_fields = set().union(*(keys(json.loads(out)) for out in outputs))
     assert worker.stop() == 0
 
@@ -145,9 +145,9 @@ def test_the_keda_examples_use_only_the_scalers_documented_metadata() -> None:
     assert queries and all(re.search(r"redis_stream_[a-z_]+", q) for q in queries)
 
 
-def test_the_readme_django_settings_run_in_a_new_django_5_project(tmp_path: Path) -> None:
-    readme = (ROOT / "README.md").read_text()
-    snippet = next(b for b in code_blocks(readme, "python") if b.startswith("# shop/settings.py"))
+def test_the_documented_django_settings_run_in_a_new_django_5_project(tmp_path: Path) -> None:
+    guide = (ROOT / "docs" / "getting-started.md").read_text()
+    snippet = next(b for b in code_blocks(guide, "python") if b.startswith("# shop/settings.py"))
     made = subprocess.run(
         [sys.executable, "-m", "django", "startproject", "shop", str(tmp_path)], capture_output=True, text=True
     )

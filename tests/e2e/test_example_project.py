@@ -31,6 +31,27 @@ def test_demo_executes_every_entry_through_django_settings(redis_server: RedisSe
     assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
     out = result.stdout
     assert "OK: 7 entries produced, 7 tasks executed" in out
+    # The mapping, with each stream's call shape and the call an example entry becomes (before the worker starts).
+    for line in (
+        "    orders -> orders.tasks.handle_order (group celery, queue celery): handle_order(fields)",
+        "    payments -> orders.tasks.capture_payment (group celery, queue billing): capture_payment(**fields)",
+        "    shipments -> orders.tasks.ship_order (group celery, queue celery): converter "
+        "orders.converters:to_shipment -> ship_order(*args, **kwargs)",
+        "    audit -> orders.tasks.audit_event (tracker stream_tracker:{audit}, queue celery): "
+        "audit_event(stream, entry_id, fields)",
+        "        e.g. XADD payments * {'order_id': '42', 'amount': '9.90', 'method': 'card'} -> "
+        "capture_payment(order_id='42', amount='9.90', method='card')",
+        "        e.g. XADD shipments * {'order_id': '42', 'carrier': 'ups'} -> ship_order(42, carrier='ups')",
+    ):
+        assert line in out.splitlines(), (line, out)
+    # The worker's own line with each stream's delivery guarantee (one Redis for streams and broker: exactly once).
+    (started,) = [line for line in out.splitlines() if line.startswith("    redis-stream: reading ")]
+    for stream in ("orders", "payments", "shipments", "audit"):
+        assert f"{stream}->orders.tasks." in started
+    assert started.count("exactly-once: ") == 4, started
+    # A digest of status --json is not shown as if it were its output.
+    assert "(a digest of `celery -A shop redis-stream status --json`)" in out
+    assert "(celery redis-stream status --json):" not in out
 
     client = redis_server.client()
     ids = {s: [i.decode() for i, _ in client.xrange(s)] for s in ("orders", "payments", "shipments", "audit")}

@@ -94,7 +94,8 @@ def test_a_task_that_fails_in_a_prefork_child_dead_letters_its_entry_byte_for_by
 
     # dead-letters --requeue brings them back like any other dead letter: they run (and fail) again.
     cli = subprocess.run(
-        [sys.executable, "-m", "celery", "-A", "tests.workerapp", "redis-stream", "dead-letters", "fails", "--requeue"],
+        [sys.executable, "-m", "celery", "-A", "tests.workerapp", "redis-stream", "dead-letters", "fails", "--requeue",
+         "--yes"],
         cwd=ROOT, env=worker.env, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert cli.returncode == 0, cli.stderr

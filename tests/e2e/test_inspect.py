@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from celery import __version__ as celery_version
 
-from ..support import Worker, celery, executed, produce_many, wait_for, worker_env
+from ..support import Worker, celery, executed, expected_server, produce_many, wait_for, worker_env
 from .test_cli import PasswordRedisServer
 
 NODE = f"w1@{socket.gethostname()}"
@@ -72,6 +72,7 @@ def test_inspect_redis_stream_reports_each_reader_of_the_worker(running: dict[st
     assert events["last_id"] == running["events"][-1]
     for s in (orders, events):
         assert (s["reading"], s["paused"], s["last_error"]) == (True, False, None)
+        assert s["server"] == expected_server()  # "redis 7.0.15", "valkey 9.1.2": INFO server, per stream
     assert running["password"] not in result["text"]
     assert reply["url"].startswith("redis://:**@")
 
@@ -84,12 +85,15 @@ def test_redis_stream_inspect_command_reports_the_same_on_any_celery_version(run
     streams = {s["stream"]: s for s in reply["streams"]}
     assert (streams["orders"]["dispatched"], streams["orders"]["dead_lettered"]) == (5, 1)
     assert streams["events"]["last_id"] == running["events"][-1]
+    assert streams["orders"]["server"] == streams["events"]["server"] == expected_server()
     table = celery(running["env"], "redis-stream", "inspect", "-d", NODE, "-t", "15")
     assert table.returncode == 0, table.stdout + table.stderr
-    assert NODE in table.stdout and running["orders"][-1] in table.stdout
+    assert NODE in table.stdout and running["orders"][-1] in table.stdout and expected_server() in table.stdout
     assert running["password"] not in result.stdout + table.stdout + table.stderr
     nobody = celery(running["env"], "redis-stream", "inspect", "-d", "nobody@nowhere", "-t", "1")
-    assert nobody.returncode == 1 and "No worker replied" in nobody.stderr
+    # As `celery inspect`: one line, exit 69 (EX_UNAVAILABLE), no empty table.
+    assert nobody.returncode == 69 and nobody.stdout == "", nobody.stdout + nobody.stderr
+    assert nobody.stderr.strip() == "Error: no worker replied within 1s (is a worker of this app running?)"
 
 
 def test_inspect_stats_includes_the_step_info(running: dict[str, Any]) -> None:

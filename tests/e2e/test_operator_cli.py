@@ -120,7 +120,9 @@ def test_no_command_passes_control_characters_from_entries_to_the_terminal(serve
 
 def test_dead_letters_json_reason_and_id_choose_what_is_listed_requeued_and_purged(server: RedisServer) -> None:
     c, env = server.client(), env_for(server.url)
-    conv = [dead_letter(c, "order_id", str(i), source_id=f"{i}-0", reason="converter", error="E") for i in range(3)]
+    conv = [
+        dead_letter(c, "order_id", str(i), source_id=f"{i}-0", reason="converter_error", error="E") for i in range(3)
+    ]
     utf = [
         dead_letter(c, b"n", b"\xff\xfe" + bytes([i]), source_id=f"{10 + i}-0", reason="not_utf8", error="bad")
         for i in range(2)
@@ -137,20 +139,20 @@ def test_dead_letters_json_reason_and_id_choose_what_is_listed_requeued_and_purg
 
     by_reason = json.loads(cli(env, "dead-letters", "orders", "--json", "--reason", "not_utf8").stdout)
     assert [e["id"] for e in by_reason["entries"]] == utf
-    table = cli(env, "dead-letters", "orders", "--reason", "converter", "--limit", "2").stdout
+    table = cli(env, "dead-letters", "orders", "--reason", "converter_error", "--limit", "2").stdout
     assert conv[0] in table and conv[1] in table and conv[2] not in table and utf[0] not in table
     by_id = json.loads(cli(env, "dead-letters", "orders", "--json", "--id", maxd, "--id", conv[1]).stdout)
     assert [e["id"] for e in by_id["entries"]] == [maxd, conv[1]]
 
     # Requeue only the ids given: the others stay.
-    requeued = cli(env, "dead-letters", "orders", "--requeue", "--id", conv[2], "--id", conv[0])
+    requeued = cli(env, "dead-letters", "orders", "--requeue", "--id", conv[2], "--id", conv[0], "--yes")
     assert requeued.returncode == 0, requeued.stderr
     assert "requeued 2 entries to orders" in requeued.stdout
     assert [f for _, f in c.xrange("orders")] == [{b"order_id": b"2"}, {b"order_id": b"0"}]
     assert [i.decode() for i, _ in c.xrange("orders:dead")] == [conv[1], *utf, maxd]
 
     # Requeue by reason: the bytes come back exactly.
-    by_reason_requeue = cli(env, "dead-letters", "orders", "--requeue", "--reason", "not_utf8", "--json")
+    by_reason_requeue = cli(env, "dead-letters", "orders", "--requeue", "--reason", "not_utf8", "--json", "--yes")
     assert json.loads(by_reason_requeue.stdout)["requeued"] == 2
     assert [f for _, f in c.xrange("orders")][2:] == [{b"n": b"\xff\xfe\x00"}, {b"n": b"\xff\xfe\x01"}]
 
@@ -159,7 +161,7 @@ def test_dead_letters_json_reason_and_id_choose_what_is_listed_requeued_and_purg
     assert [i.decode() for i, _ in c.xrange("orders:dead")] == [conv[1]]
 
     # An id that is not there: the others are still done, the missing one named, exit 1.
-    missing = cli(env, "dead-letters", "orders", "--requeue", "--id", conv[1], "--id", "1-1")
+    missing = cli(env, "dead-letters", "orders", "--requeue", "--id", conv[1], "--id", "1-1", "--yes")
     assert missing.returncode == 1
     assert "requeued 1 entry" in missing.stdout and "not found: 1-1" in missing.stderr
     assert c.xlen("orders:dead") == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import importlib.util
 import re
 from pathlib import Path
 from typing import Any
@@ -292,55 +293,59 @@ def test_a_config_error_from_a_message_alone_keeps_it() -> None:
     )  # fmt: skip
 
 
-def readme_table(header: str) -> dict[str, tuple[str, str]]:
-    """The README settings table under ``header``: name -> (type, default), as the cells read."""
-    lines = (ROOT / "README.md").read_text().splitlines()
-    start = lines.index(header)
-    rows: dict[str, tuple[str, str]] = {}
-    for line in lines[start + 2 :]:
-        if not line.startswith("|"):
-            break
+def reference_hook() -> Any:
+    """docs/hooks/reference.py, the MkDocs hook that generates the settings reference from OPTIONS."""
+    spec = importlib.util.spec_from_file_location("docs_reference", ROOT / "docs" / "hooks" / "reference.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def generated_table(markdown: str) -> dict[str, tuple[str, str, str]]:
+    """The generated settings table: name -> (type, default, meaning), as the cells read."""
+    rows: dict[str, tuple[str, str, str]] = {}
+    for line in markdown.splitlines()[2:]:
         cells = [cell.strip() for cell in re.split(r"(?<!\\)\|", line)[1:-1]]
-        name, kind, default = cells[0].strip("`"), cells[1], cells[2]
+        name = re.sub(r"<span[^>]*></span>", "", cells[0]).strip("`")
         assert name not in rows, f"{name} is listed twice"
-        rows[name] = (kind.replace("`", "").replace("\\|", "|"), default)
+        rows[name] = (cells[1].strip("`").replace("\\|", "|"), cells[2], cells[3])
     return rows
 
 
-def shown(value: Any) -> str:
-    """A default as the README writes it: Python literals, strings in double quotes."""
-    if isinstance(value, str):
-        return f'"{value}"'
-    if isinstance(value, list):
-        return f"[{', '.join(map(shown, value))}]"
-    return repr(value)
-
-
-def documented(option: Option) -> tuple[str, str]:
-    if option.doc is not None:
-        default = option.doc
-    elif option.inherits is not None:
-        default = f"`{option.inherits}`"
-    else:
-        default = f"`{shown(option.default)}`"
-    return (option.type, default)
-
-
-@pytest.mark.parametrize(
-    ("header", "table"),
-    [
-        ("| setting | type | default | meaning |", OPTIONS),
-        ("| key | type | default | meaning |", STREAM_OPTIONS),
-    ],
-    ids=["settings", "per-stream keys"],
-)
-def test_the_readme_settings_tables_list_exactly_the_options_with_their_types_and_defaults(
-    header: str, table: dict[str, Option]
+@pytest.mark.parametrize(("marker", "table"), [("settings", OPTIONS), ("stream-options", STREAM_OPTIONS)])
+def test_the_settings_reference_is_generated_from_the_options_with_their_types_defaults_and_meanings(
+    marker: str, table: dict[str, Option]
 ) -> None:
-    rows = readme_table(header)
-    assert sorted(rows) == sorted(table)
+    hook = reference_hook()
+    page = (ROOT / "docs" / "settings.md").read_text()
+    assert f"<!-- generated: {marker} -->" in page
+    rows = generated_table(hook.expand(f"<!-- generated: {marker} -->"))
+    assert list(rows) == list(table)
     for name, option in table.items():
-        assert rows[name] == documented(option), name
+        kind, default, meaning = rows[name]
+        assert kind == option.type, name
+        assert meaning and meaning == option.meaning.replace("|", "\\|"), name
+        if option.doc is not None:
+            assert default == option.doc.replace("|", "\\|"), name
+        elif option.inherits is not None:
+            assert default == f"[`{option.inherits}`](#{option.inherits})", name
+        else:
+            assert default == f"`{hook._shown(option.default)}`", name
+
+
+def test_the_cli_reference_is_generated_from_the_click_commands() -> None:
+    import click
+
+    from celery_redis_stream.cli import redis_stream
+
+    page = reference_hook().expand("<!-- generated: cli -->")
+    for name, command in redis_stream.commands.items():
+        assert f"### `celery -A proj redis-stream {name}`" in page
+        for param in command.params:
+            shown = [param.human_readable_name] if isinstance(param, click.Argument) else param.opts
+            assert any(f"`{opt}`" in page for opt in shown), (name, param.name)
+    assert "`--without-redis-stream`" in page and "`--redis-streams`" in page
 
 
 def test_every_option_default_passes_its_own_check() -> None:

@@ -86,8 +86,12 @@ def test_dead_letters_list_requeue_and_purge(app: Celery, client: redis.Redis, n
     listed = json.loads(run(app, "dead-letters", orders, "--json").output)
     assert [e["reason"] for e in listed["entries"]] == ["not_utf8", "too_large"] and listed["length"] == 2
     assert listed["entries"][0]["fields"] == [["order_id", "42"]]
-    requeued = run(app, "dead-letters", orders, "--requeue", "--reason", "too_large", "--json")
+    unasked = run(app, "dead-letters", orders, "--requeue", "--reason", "too_large")  # stdin is not a terminal
+    assert unasked.exit_code == 1 and "--yes" in unasked.output and client.xlen(orders) == 0
+    requeued = run(app, "dead-letters", orders, "--requeue", "--reason", "too_large", "--json", "--yes")
     assert json.loads(requeued.output)["requeued"] == 1 and client.xlen(orders) == 1
+    unasked = run(app, "dead-letters", orders, "--purge")
+    assert unasked.exit_code == 1 and "--yes" in unasked.output and client.xlen(dead) == 1
     purged = run(app, "dead-letters", orders, "--purge", "--yes")
     assert purged.exit_code == 0 and "purged 1 entry" in purged.output and client.xlen(dead) == 0
     missing = run(app, "dead-letters", orders, "--id", "1-1")
@@ -100,6 +104,40 @@ def test_usage_errors_name_the_problem(app: Celery, names: tuple[str, str]) -> N
     assert "exclude each other" in run(app, "dead-letters", orders, "--requeue", "--purge").output
     assert "not a full entry id" in run(app, "dead-letters", orders, "--id", "12").output
     assert run(app, "reset", orders, "--to", "yesterday").exit_code == 2
+    unknown = run(app, "dead-letters", orders, "--reason", "converter")
+    assert unknown.exit_code == 2 and "not_utf8" in unknown.output  # the choices are listed
+
+
+@pytest.mark.parametrize("tasks", [{}, None])
+def test_every_command_refuses_an_app_that_maps_no_stream(tasks: dict[str, str] | None) -> None:
+    app = make_app("empty", stream_url=f"redis://127.0.0.1:{free_port()}/0", stream_tasks=tasks)
+    for args in (["status"], ["status", "--json"], ["reset", "orders", "--to", "0", "-y"], ["dead-letters", "orders"],
+                 ["inspect"]):  # fmt: skip
+        result = run(app, *args)
+        assert result.exit_code == 2, (args, result.output)
+        assert "no stream is mapped" in result.output and "-A" in result.output
+        assert len(result.output.strip().splitlines()) == 1, result.output
+
+
+def test_reset_past_the_last_entry_is_refused_unless_forced(
+    app: Celery, client: redis.Redis, names: tuple[str, str]
+) -> None:
+    orders, audit = names
+    ids = produce_many(client, orders, 2)
+    client.xgroup_create(orders, "celery", ids[0])
+    refused = run(app, "reset", orders, "--to", "99999999999999-0", "-y")
+    assert refused.exit_code == 2 and "after the last entry id" in refused.output and ids[-1] in refused.output
+    assert client.xinfo_groups(orders)[0]["last-delivered-id"].decode() == ids[0]
+    assert run(app, "reset", orders, "--to", ids[-1], "-y").exit_code == 0  # the last entry itself is fine
+    assert run(app, "reset", audit, "--to", "2999-01-01T00:00:00Z", "-y").exit_code == 2  # no entry yet: 0-0
+    assert client.get(f"stream_tracker:{{{audit}}}") is None
+    forced = run(app, "reset", orders, "--to", "99999999999999-0", "-y", "--force")
+    assert forced.exit_code == 0, forced.output
+    data = json.loads(run(app, "status", "--json").output)
+    row = next(s for s in data["streams"] if s["stream"] == orders)
+    assert (row["ahead"], row["lag"]) == (True, 0)
+    assert run(app, "status", "--max-lag", "100").exit_code == 1
+    assert " ahead " in run(app, "status").output
 
 
 def test_an_unreachable_redis_is_one_line_without_the_password() -> None:

@@ -1,6 +1,8 @@
-"""connection.py, the Redis seam: error classification, reply decoding, raw stream replies."""
+"""client/connection.py, the Redis seam: error classification, reply decoding, raw stream replies."""
 
 from __future__ import annotations
+
+import os
 
 import pytest
 from redis.exceptions import AuthenticationError, ConnectionError, NoPermissionError, ResponseError, TimeoutError
@@ -14,9 +16,12 @@ from celery_redis_stream.client.connection import (
     mapping,
     number,
     optional_text,
+    server_name,
+    servers,
     text,
 )
 
+from ...support import expected_server
 from ..conftest import UnitDB
 from ..streams import raw_client
 
@@ -91,3 +96,34 @@ def test_run_scripts_pipelines_many_calls_loads_a_missing_script_and_returns_ref
     assert replies[:n] == [i + 1 for i in range(n)]
     assert isinstance(replies[-1], ResponseError) and "NOTSTRING h" in str(replies[-1])
     assert run_scripts(client, source, calls[:2]) == [2, 3]
+
+
+@pytest.mark.parametrize(
+    ("info", "name"),
+    [
+        ({"redis_version": "7.0.15", "redis_mode": "standalone"}, "redis 7.0.15"),
+        ({"redis_version": "8.6.3"}, "redis 8.6.3"),
+        # Valkey answers redis_version:7.2.4 for compatibility; its own fields name it.
+        ({"redis_version": "7.2.4", "server_name": "valkey", "valkey_version": "9.1.2"}, "valkey 9.1.2"),
+        ({"redis_version": "7.2.4", "valkey_version": "7.2.5"}, "valkey 7.2.5"),
+        ({"redis_version": "7.2.4", "server_name": b"valkey", "valkey_version": b"8.1.0"}, "valkey 8.1.0"),
+    ],
+)
+def test_server_name_reads_the_servers_own_fields_not_its_version_string(info: dict[str, object], name: str) -> None:
+    assert server_name(info) == name
+
+
+def test_servers_names_the_server_each_stream_lives_on(unit_db: UnitDB) -> None:
+    assert servers(raw_client(unit_db.url), ["a", "b"]) == {"a": expected_server(), "b": expected_server()}
+
+
+def test_servers_leaves_the_server_unnamed_where_info_is_denied(unit_db: UnitDB) -> None:
+    import redis
+
+    user = "no-info-" + os.urandom(4).hex()
+    unit_db.client.acl_setuser(user, enabled=True, passwords=["+pw"], commands=["+@all", "-info"], keys=["*"])
+    try:
+        client = redis.Redis(port=unit_db.server.port, username=user, password="pw")
+        assert servers(client, ["a"]) == {"a": None}
+    finally:
+        unit_db.client.acl_deluser(user)

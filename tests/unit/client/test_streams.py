@@ -1,4 +1,4 @@
-"""reader.py: group creation, reads of own pending and new entries, claiming, where a tracker starts."""
+"""client/streams.py: group creation, reads of own pending and new entries, claiming, where a tracker starts."""
 
 from __future__ import annotations
 

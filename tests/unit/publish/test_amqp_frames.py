@@ -53,7 +53,7 @@ def py_amqp(values: tuple[str, str, str, str]) -> bytes:
 SAMPLE = ("2b1f6a56-5d8e-5b0c-9f8e-000000000001", "1700000000000-0", "[{'order_id': '1'}]", "{}")
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=25, deadline=None)
 @given(
     task_id=st.uuids().map(str),
     entry_id=st.from_regex(r"\A[0-9]{1,13}-[0-9]{1,5}\Z"),
