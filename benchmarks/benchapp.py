@@ -35,6 +35,11 @@ def noop(*args: Any, **kwargs: Any) -> None:
     """What the bridge dispatches in the throughput runs (nobody consumes it there)."""
 
 
+def raw_pairs(entry: celery_redis_stream.StreamEntry) -> tuple[list[Any], dict[str, Any]]:
+    """The converter of the ``decode: "raw"`` throughput run: the byte pairs as text, as a bytes converter would."""
+    return [{name.decode(): value.decode() for name, value in entry.raw_fields}], {}
+
+
 @app.task(name="bench.latency")
 def latency(fields: dict[str, str]) -> None:
     """Records how long after the XADD (the entry's `t` field) this task started."""

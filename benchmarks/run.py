@@ -59,6 +59,15 @@ def throughput_all(bench: Bench, app: Any, args: argparse.Namespace) -> dict[str
     return {k: {"median": statistics.median(v), "runs": v} for k, v in runs.items()}
 
 
+def decoders_all(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
+    """Each decoder's entries/s, default settings, batch 100: one short run each (the same fields, written for it)."""
+    out: dict[str, Any] = {}
+    for decode in throughput.DECODERS:
+        out[decode] = throughput.bridge(bench, args.decoder_entries, 100, decode=decode)
+        log(f"  decode {decode}: {out[decode]:,.0f} entries/s")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--entries", type=int, default=None, help="entries per bridge throughput run (40,000)")
@@ -76,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     args.rate_tasks = 2_000 if quick else 4_000
     args.backlog = 60_000 if quick else 120_000
     args.many_entries = 10_000 if quick else 20_000
+    args.decoder_entries = 10_000 if quick else 20_000
 
     bench = Bench()
     began = time.monotonic()
@@ -89,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"redis-server {out['machine']['redis_server']} on port {bench.server.port}; "
             f"load average {out['machine']['load_average_at_start']}")  # fmt: skip
         out["throughput"] = throughput_all(bench, app, args)
+        out["decoders"] = decoders_all(bench, args)
 
         out["latency"] = {}
         for name, fast in (("default", None), ("standard", False)):
@@ -177,6 +188,11 @@ def markdown(out: dict[str, Any]) -> str:
         f"{share['no_backlog']['tasks_per_s']:,.0f} / {share['backlog']['tasks_per_s']:,.0f} tasks/s "
         f"({-share['drop_percent']:+.0f}%) |"
     )
+    if "decoders" in out:
+        lines += ["", f"Decoders (`stream_decode`; default settings, batch 100, {s['decoder_entries']:,} entries "
+                  "of the same 3 small fields, one run each; `raw` with a converter that decodes the bytes):", "",
+                  "| decode | entries/s |", "|---|---:|"]  # fmt: skip
+        lines += [f"| `{decode}` | {rate:,.0f} |" for decode, rate in out["decoders"].items()]
     lines += ["", "Many streams (`benchmarks/many_streams.py`): solo workers consuming an unused queue; idle CPU "
               "over 5 s with every stream empty; trickle latency: one entry at a time to a random stream, "
               f"{many_streams.TRICKLE_SAMPLES} samples with random gaps of 0-{many_streams.TRICKLE_MAX_GAP_S:g} s, "

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import re
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import click
-from celery import bootsteps
+from celery import bootsteps, signals
 from celery.app import utils as app_utils
 from celery.utils.log import get_logger
 from celery.worker.control import inspect_command
@@ -22,7 +24,7 @@ if TYPE_CHECKING:
     from celery.utils.collections import AttributeDict
     from celery.worker import WorkController
 
-__all__ = ["RedisStreamStep", "install"]
+__all__ = ["RedisStreamStep", "ShutdownWatch", "install"]
 
 logger = get_logger(__name__)
 
@@ -66,6 +68,7 @@ class RedisStreamStep(bootsteps.StartStopStep):  # type: ignore[misc]
     ) -> None:
         self.enabled = not without_redis_stream
         self.only = tuple(s.strip() for s in redis_streams.split(",") if s.strip()) if redis_streams else None
+        self.watch: ShutdownWatch | None = None
         parent.redis_stream = None
         super().__init__(parent, **options)
 
@@ -80,11 +83,68 @@ class RedisStreamStep(bootsteps.StartStopStep):  # type: ignore[misc]
             logger.info("redis-stream: no streams mapped (stream_tasks is empty); not reading")
             return None
         service = parent.redis_stream = Service(parent.app, config, consumer=parent.hostname)
+        self.watch = ShutdownWatch(parent, service.halt)
         return service
+
+    def stop(self, parent: WorkController) -> None:
+        self._unwatch()
+        super().stop(parent)
+
+    def terminate(self, parent: WorkController) -> None:
+        self._unwatch()
+        super().terminate(parent)
+
+    def _unwatch(self) -> None:
+        watch, self.watch = self.watch, None
+        if watch is not None:
+            watch.close()
 
     def info(self, parent: WorkController) -> dict[str, object]:
         service: Service | None = self.obj
         return {"redis_stream": service.info() if service is not None else {"streams": []}}
+
+
+class ShutdownWatch:
+    """Calls ``halt`` the moment ``worker`` begins any shutdown, long before Celery stops the step.
+
+    Celery stops the steps only after its consumer stopped: with
+    ``worker_soft_shutdown_timeout`` that is the whole soft-shutdown window
+    later, and the readers would go on loading the broker while the worker
+    drains. Two hooks cover every shutdown of Celery 5.3 to 5.7:
+
+    - ``worker_shutting_down``, sent from the worker's signal handler: warm
+      (SIGTERM, first SIGINT), and cold (SIGQUIT) before 5.5.
+    - ``WorkController.wait_for_soft_shutdown``: from 5.5 the cold handler
+      (SIGQUIT, or SIGTERM with ``REMAP_SIGTERM=SIGQUIT``) calls it first and
+      sleeps the soft-shutdown window in it, before it sends
+      ``worker_shutting_down``. No signal is sent earlier, so the worker's
+      own method is wrapped (on this instance only).
+
+    ``halt`` runs in a signal handler: it must only set an event.
+    """
+
+    def __init__(self, worker: WorkController, halt: Callable[[], None]) -> None:
+        self.hostname = worker.hostname
+        self.halt = halt
+        signals.worker_shutting_down.connect(self.shutting_down, weak=False)
+        soft_wait = getattr(worker, "wait_for_soft_shutdown", None)
+        if callable(soft_wait):
+
+            @functools.wraps(soft_wait)
+            def wait_for_soft_shutdown(*args: object, **kwargs: object) -> object:
+                halt()
+                return soft_wait(*args, **kwargs)
+
+            # setattr: an instance attribute shadowing the method, for this worker only.
+            setattr(worker, "wait_for_soft_shutdown", wait_for_soft_shutdown)  # noqa: B010
+
+    def shutting_down(self, sender: object = None, **kwargs: object) -> None:
+        # Sent with the hostname of the worker that shuts down; other workers of this process read on.
+        if sender == self.hostname:
+            self.halt()
+
+    def close(self) -> None:
+        signals.worker_shutting_down.disconnect(self.shutting_down)
 
 
 @inspect_command(name="redis_stream")  # type: ignore[untyped-decorator]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal, cast
@@ -11,7 +12,7 @@ from urllib.parse import urlparse
 from kombu.utils.url import maybe_sanitize_url
 
 from . import keys as _keys
-from .entry import CallShape, Converter
+from .entry import CallShape, Converter, DecodeKind, DedupeRule, parse_dedupe
 from .exceptions import StreamConfigError
 from .redact import redact
 
@@ -19,11 +20,14 @@ if TYPE_CHECKING:
     from celery import Celery
     from celery.app.utils import Settings as CelerySettings
 
-__all__ = ["OPTIONS", "STREAM_OPTIONS", "BridgeConfig", "Mode", "Option", "StreamConfig", "load_config"]
+__all__ = [
+    "OPTIONS", "STREAM_OPTIONS", "BridgeConfig", "Mode", "Option", "Rate", "StreamConfig", "load_config", "parse_rate",
+]  # fmt: skip
 
 Mode = Literal["group", "tracker"]
 MODES = ("group", "tracker")
 CALLS = ("fields", "kwargs", "entry")
+DECODERS = ("utf-8", "raw", "faststream")  # and "json:<field>"
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 STREAM_SCHEMES = (*REDIS_SCHEMES, "redis+cluster://", "rediss+cluster://", "sentinel://")
 GLOB_CHARS = frozenset("*?[")
@@ -41,6 +45,68 @@ RESERVED_HEADERS = frozenset(
         "stamped_headers", "stamps", "redis_stream", "redis_stream_id",
     }
 )  # fmt: skip
+
+
+#: Celery's rate notation (celery.utils.time.rate): the unit after the slash, in milliseconds.
+UNITS_MS = {"s": 1000, "m": 60_000, "h": 3_600_000}
+
+#: The bucket holds what this many milliseconds of the rate bring (at least one token, at most one interval's
+#: worth): an even flow as Celery's own rate_limit gives (a bucket of one), in batches a busy stream can use.
+BURST_MS = 100
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    """At most ``count`` entries per ``interval_ms``, for the whole fleet; ``text`` as configured.
+
+    The bucket refills ``count / interval_ms`` tokens per millisecond and holds
+    ``capacity``: a tenth of a second's worth (BURST_MS), never more than one
+    interval's worth, at least one token (so ``"0.5/s"`` still lets an entry
+    through every two seconds). However long the stream was idle, any window
+    of T ms then sees at most ``per_ms * T + capacity`` entries.
+    """
+
+    count: float
+    interval_ms: int
+    text: str
+
+    @property
+    def capacity(self) -> int:
+        return max(1, math.floor(min(self.count, self.per_ms * BURST_MS)))
+
+    @property
+    def per_ms(self) -> float:
+        return self.count / self.interval_ms
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def parse_rate(value: object) -> Rate:
+    """``"100/s"``, ``"600/m"``, ``"1000/h"``, ``"5"`` or a number (per second), as Celery's ``rate_limit``.
+
+    Raises ValueError with the reason; zero or less is refused (no limit is None, not 0).
+    A Rate is returned as it is (a stream's ``rate_limit`` inherits the checked ``stream_rate_limit``).
+    """
+    if isinstance(value, Rate):
+        return value
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ValueError(f"expected a rate like '100/s', '600/m', '1000/h' or a number per second, got {value!r}")
+    if isinstance(value, str):
+        amount, _, unit = value.strip().partition("/")
+        unit = unit.strip() or "s"
+        if unit not in UNITS_MS:
+            raise ValueError(f"the unit after '/' must be s, m or h, got {value!r}")
+        try:
+            count = float(amount)
+        except ValueError:
+            raise ValueError(f"expected a number before '/', got {value!r}") from None
+        interval = UNITS_MS[unit]
+        text = f"{amount.strip()}/{unit}"
+    else:
+        count, interval, text = float(value), 1000, f"{value}/s"
+    if not math.isfinite(count) or count <= 0:
+        raise ValueError(f"must be more than zero (None means no limit), got {value!r}")
+    return Rate(count, interval, text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +137,19 @@ class StreamConfig:
     max_deliveries: int | None = 5
     dead_letter_failed_tasks: bool = False
     trace_fields: tuple[str, ...] = ("traceparent", "tracestate")
+    decode: str = "utf-8"
+
+    @property
+    def decode_kind(self) -> DecodeKind:
+        """``decode`` without its argument: ``"json:payload"`` is ``"json"``."""
+        return cast(DecodeKind, self.decode.partition(":")[0])
+
+    @property
+    def json_field(self) -> str:
+        """The field ``decode: "json:<field>"`` parses ("" for the other decoders)."""
+        return self.decode.partition(":")[2]
+    rate_limit: Rate | None = None
+    dedupe: DedupeRule | None = None
 
     @property
     def is_pattern(self) -> bool:
@@ -238,6 +317,33 @@ def _trace_fields(value: object, setting: str, stream: str | None = None) -> tup
     return names
 
 
+def _decode(value: object, setting: str, stream: str | None = None) -> str:
+    text = _str(value, setting, stream)
+    kind, colon, name = text.partition(":")
+    if kind in DECODERS and not colon:
+        return text
+    if kind == "json" and colon:
+        if not name:
+            raise _fail(
+                setting, "'json:' needs the name of the field that holds the JSON, as in 'json:payload'", stream
+            )
+        return text
+    choices = ", ".join(repr(d) for d in (*DECODERS, "json:<field>"))
+    raise _fail(setting, f"expected one of {choices}, got {text!r}", stream)
+def _rate(value: object, setting: str, stream: str | None = None) -> Rate:
+    try:
+        return parse_rate(value)
+    except ValueError as exc:
+        raise _fail(setting, str(exc), stream) from None
+
+
+def _dedupe(value: object, setting: str, stream: str | None = None) -> DedupeRule:
+    try:
+        return parse_dedupe(value)
+    except ValueError as exc:
+        raise _fail(setting, str(exc), stream) from None
+
+
 def _task_name(value: object, setting: str, stream: str | None = None) -> str:
     task = _str(value, setting, stream).strip()
     if not task:
@@ -368,6 +474,8 @@ _URL_DEFAULT = (
 )
 _TRACKER_DEFAULT = '`"{<stream>}"` (the stream name itself when it already has a hash tag, e.g. `{t1}:orders`)'
 
+_DECODE_TYPE = '"utf-8" | "raw" | "json:<field>" | "faststream"'
+
 # The global settings, in the order they are checked (the first bad one is reported).
 OPTIONS: dict[str, Option] = {
     "stream_tasks": Option(
@@ -490,6 +598,23 @@ OPTIONS: dict[str, Option] = {
             "`task_failed`"
         ),
     ),
+    "stream_decode": Option(
+        "utf-8", _DECODE_TYPE, _decode,
+        meaning=(
+            'how entries are decoded before they become arguments: `"utf-8"` text fields; `"raw"` no decoding, '
+            "the stream needs a `converter`, which reads `entry.raw_fields`; `\"json:<field>\"` that field's JSON "
+            'value is the argument; `"faststream"` the body of a message FastStream\'s Redis publisher wrote '
+            "(0.5 or 0.6+), its `correlation_id` a message header. An entry the decoder cannot read is "
+            "dead-lettered with reason `decode` (see [Producers](producers.md))"
+        ),
+    ),
+    "stream_rate_limit": Option(
+        None, "str | number | None", _rate, nullable=True,
+        meaning=(
+            "the most entries of each stream read and dispatched per interval by the whole fleet: "
+            '`"100/s"`, `"600/m"`, `"1000/h"` or a number per second (see Traffic control)'
+        ),
+    ),
 }
 
 # The keys of a stream's dict in stream_tasks, in the order they are checked.
@@ -553,6 +678,21 @@ STREAM_OPTIONS: dict[str, Option] = {
     "retention_ms": Option(
         None, "int >= 1 | None", _positive, nullable=True, inherits="stream_retention_ms",
         meaning="retention of this stream; `None` never trims it",
+    ),
+    "decode": Option(
+        None, _DECODE_TYPE, _decode, inherits="stream_decode",
+        meaning="how this stream's entries are decoded",
+    ),
+    "rate_limit": Option(
+        None, "str | number | None", _rate, nullable=True, inherits="stream_rate_limit",
+        meaning='the fleet-wide rate limit of this stream (`"20/s"`); `None` turns it off for the stream',
+    ),
+    "dedupe": Option(
+        None, "dict | None", _dedupe, nullable=True,
+        meaning=(
+            'business-key deduplication: `{"key": "{tenant}:{order_id}", "ttl_ms": 3600000}` (`ttl_ms` '
+            "defaults to one day; see Traffic control)"
+        ),
     ),
 }
 
@@ -765,4 +905,20 @@ def _stream_config(
         max_deliveries=keys["max_deliveries"],
         dead_letter_failed_tasks=keys["dead_letter_failed_tasks"],
         trace_fields=settings["stream_trace_fields"],
+        decode=_checked_decode(keys, stream, inherited="decode" not in spec),
+        rate_limit=keys["rate_limit"],
+        dedupe=keys["dedupe"],
     )
+
+
+def _checked_decode(keys: Settings, stream: str, *, inherited: bool) -> str:
+    """The stream's decoder; ``"raw"`` leaves the bytes to a converter, so it needs one."""
+    decode: str = keys["decode"]
+    if decode == "raw" and keys["converter"] is None:
+        raise _fail(
+            "stream_decode" if inherited else "stream_tasks 'decode'",
+            "decode 'raw' leaves the entry's bytes to a converter, and this stream has none: "
+            "add 'converter': 'package.module:function' (it reads entry.raw_fields)",
+            stream,
+        )
+    return decode

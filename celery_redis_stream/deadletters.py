@@ -9,10 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
+from . import keys as _keys
 from .config import StreamConfig
 from .entry import RawEntry
+from .producer import idempotent_xadd_command
+
+if TYPE_CHECKING:
+    from redis.typing import EncodableT
 
 __all__ = [
     "BATCH",
@@ -36,6 +41,8 @@ __all__ = [
 #: The fields a dead letter carries besides the entry's own (see DeadLetter).
 DLQ_FIELDS = frozenset({b"dlq_source_stream", b"dlq_source_id", b"dlq_reason", b"dlq_error", b"dlq_task_id"})
 BATCH = 500
+#: How long a requeued letter's idempotency record is kept: a requeue run again within a day adds nothing twice.
+REQUEUE_IDEMPOTENCY_TTL_S = 86400
 
 
 class DeadLetterClient(Protocol):
@@ -169,18 +176,29 @@ def matching(
 def requeue_entries(client: DeadLetterClient, sc: StreamConfig, entries: Sequence[DeadEntry]) -> tuple[int, int]:
     """Append these dead letters' own fields to the source stream (one MULTI), then XDEL them.
 
-    XADD comes before XDEL, so a crash in between can duplicate the batch but
-    never lose it. A dead letter with no fields of its own cannot be XADDed and
-    stays. Returns (requeued, skipped).
+    Each is produced with an idempotency key made of its ``dlq_source_stream``
+    and ``dlq_source_id`` (producer.produce's script), so a requeue cut short
+    between the XADD and the XDEL and run again adds each letter back once:
+    the second run finds the first one's entry and only deletes the letter.
+    A dead letter with no fields of its own cannot be XADDed and stays.
+    Returns (requeued, skipped).
     """
     movable = [e for e in entries if e.original]
     if movable:
         pipe = client.pipeline(transaction=True)
         for entry in movable:
-            pipe.execute_command("XADD", sc.stream, "*", *entry.original)
+            pipe.execute_command(*_requeue_command(sc, entry))
         pipe.execute()
         client.xdel(sc.dead_letter, *(e.id for e in movable))
     return len(movable), len(entries) - len(movable)
+
+
+def _requeue_command(sc: StreamConfig, entry: DeadEntry) -> list[EncodableT]:
+    source, source_id = entry.meta("dlq_source_stream"), entry.meta("dlq_source_id")
+    if source is None or source_id is None:  # not written by the bridge: nothing to know it by
+        return ["XADD", sc.stream, "*", *entry.original]
+    key = _keys.requeue_idempotency_key(source.decode("utf-8", "replace"), source_id.decode("utf-8", "replace"))
+    return idempotent_xadd_command(sc.stream, entry.original, key, REQUEUE_IDEMPOTENCY_TTL_S)
 
 
 def requeue(
@@ -216,7 +234,9 @@ def purge(
 PUBLISH_ERROR = "publish_error"
 MAX_DELIVERIES = "max_deliveries"
 TASK_FAILED = "task_failed"
-REASONS = ("too_large", "duplicate_field", "not_utf8", "converter_error", PUBLISH_ERROR, MAX_DELIVERIES, TASK_FAILED)
+REASONS = (
+    "too_large", "duplicate_field", "not_utf8", "decode", "converter_error", PUBLISH_ERROR, MAX_DELIVERIES, TASK_FAILED,
+)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,10 @@ A stream ``orders`` (group ``celery``) has::
     stream_tracker:{orders}:retention             retention state, both modes
     stream_deliveries:{orders}:celery:inflight    in-flight records (group mode; tracker: <tracker>:inflight)
     stream_deliveries:{orders}:celery:failures    failed-delivery counts (group mode; tracker: <tracker>:failures)
+    stream_idempotency:{orders}:<key>             produce(..., idempotency_key=key): the entry id it added
+    stream_rate:{orders}                          the fleet-wide rate limit's token bucket (rate_limit)
+    stream_dedupe:{orders}:group:celery:<key>     a business key dispatched (dedupe; tracker: tracker:<tracker>)
+    stream_dedupe:{orders}:group:celery           the deduplicated count (dedupe)
 
 A stream that has a hash tag (``{t1}:orders``) keeps its own name in every
 key, so all of them hash to its cluster slot.
@@ -18,13 +22,17 @@ from __future__ import annotations
 import re
 
 __all__ = [
-    "DEAD_LETTER_TEMPLATE", "TRACKER_PREFIX", "dead_letter", "dead_letter_pattern", "failures", "hash_tag",
-    "inflight", "lease", "retention", "slot_name", "tracker",
+    "DEAD_LETTER_TEMPLATE", "TRACKER_PREFIX", "dead_letter", "dead_letter_pattern", "dedupe_count", "dedupe_record",
+    "failures", "hash_tag", "idempotency", "inflight", "lease", "rate_bucket", "requeue_idempotency_key", "retention",
+    "slot_name", "tracker",
 ]  # fmt: skip
 
 TRACKER_PREFIX = "stream_tracker:"
 DEAD_LETTER_TEMPLATE = "{stream}:dead"
 DELIVERIES_PREFIX = "stream_deliveries:"
+IDEMPOTENCY_PREFIX = "stream_idempotency:"
+RATE_PREFIX = "stream_rate:"
+DEDUPE_PREFIX = "stream_dedupe:"
 
 
 def hash_tag(key: str) -> str | None:
@@ -80,3 +88,31 @@ def failures(stream: str, group: str | None, tracker_key: str) -> str:
     if group is None:
         return f"{tracker_key}:failures"
     return f"{DELIVERIES_PREFIX}{slot_name(stream)}:{group}:failures"
+
+
+def idempotency(stream: str, key: str) -> str:
+    """The id ``produce(..., idempotency_key=key)`` added: ``stream_idempotency:{orders}:<key>``, in the slot."""
+    return f"{IDEMPOTENCY_PREFIX}{slot_name(stream)}:{key}"
+
+
+def requeue_idempotency_key(source_stream: str, source_id: str) -> str:
+    """The idempotency key ``dead-letters --requeue`` produces a dead letter back with: its source stream and id."""
+    return f"requeue:{source_stream}:{source_id}"
+
+
+def rate_bucket(stream: str) -> str:
+    """The token bucket of the stream's fleet-wide rate limit: ``stream_rate:{orders}`` (one per stream, all groups)."""
+    return f"{RATE_PREFIX}{slot_name(stream)}"
+
+
+def dedupe_count(stream: str, position_name: str) -> str:
+    """Hash of the deduplicated count of one group or tracker: ``stream_dedupe:{orders}:group:celery``."""
+    return f"{DEDUPE_PREFIX}{slot_name(stream)}:{position_name}"
+
+
+def dedupe_record(stream: str, position_name: str, business_key: str) -> str:
+    """The record that ``business_key`` was dispatched: ``stream_dedupe:{orders}:group:celery:<key>``.
+
+    The stream's hash tag comes first, so any braces in the business key leave the slot alone.
+    """
+    return f"{dedupe_count(stream, position_name)}:{business_key}"

@@ -115,6 +115,14 @@ class _Families:
             "redis_stream_broker_retries", "Rounds of this stream's reader retried because the broker was unavailable."
         )
         self.paused = self._gauge("redis_stream_paused", "1 while backpressure pauses the stream.")
+        self.rate_waits = self._counter(
+            "redis_stream_rate_limit_waits", "Times this worker's reader waited for the stream's fleet-wide rate limit."
+        )
+        self.rate_limited = self._gauge("redis_stream_rate_limited", "1 while the reader waits for the rate limit.")
+        self.deduplicated = self._counter(
+            "redis_stream_deduplicated",
+            "Stream entries this worker passed over because their business key was dispatched already (dedupe).",
+        )
         self.state = self._gauge(
             "redis_stream_reader_state", "1 for the reader's state: reading, standing_by or stopped.", extra=("state",)
         )
@@ -151,6 +159,9 @@ class _Families:
         self.trimmed.add_metric(values, stats.trimmed)
         self.retries.add_metric(values, stats.broker_retries)
         self.paused.add_metric(values, 1 if stats.paused else 0)
+        self.rate_waits.add_metric(values, stats.rate_limit_waits)
+        self.rate_limited.add_metric(values, 1 if stats.rate_limited else 0)
+        self.deduplicated.add_metric(values, stats.deduplicated)
         self.retention_trimmed.add_metric(values, stats.retention_trimmed)
         self.removed.add_metric(values, stats.consumers_removed)
         for name in STATES:
@@ -174,8 +185,8 @@ class _Families:
     def all(self) -> tuple[Metric, ...]:
         return (
             self.dispatched, self.dead, self.by_reason, self.trimmed, self.retention_trimmed, self.removed,
-            self.retries, self.paused, self.state, self.lag, self.lag_at_least, self.lag_seconds, self.pending,
-            self.dead_length, self.up,
+            self.retries, self.paused, self.rate_waits, self.rate_limited, self.deduplicated, self.state, self.lag,
+            self.lag_at_least, self.lag_seconds, self.pending, self.dead_length, self.up,
         )  # fmt: skip
 
 

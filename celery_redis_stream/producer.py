@@ -1,10 +1,15 @@
-"""produce(): append an entry to a stream (Redix.Stream's ``produce``)."""
+"""produce(): append an entry to a stream (Redix.Stream's ``produce``), once per idempotency key."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import hashlib
+import math
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
+from redis.exceptions import NoScriptError
+
+from . import keys as _keys
 from .exceptions import EmptyEntryError
 from .tracing import inject_current
 
@@ -13,9 +18,30 @@ if TYPE_CHECKING:
     from redis.cluster import RedisCluster
     from redis.typing import EncodableT
 
-__all__ = ["produce"]
+__all__ = ["IDEMPOTENT_XADD", "idempotent_xadd_command", "produce"]
 
 FieldValue = str | bytes | int | float
+
+# KEYS[1] the stream, KEYS[2] its idempotency record (same slot: keys.idempotency).
+# ARGV: record TTL in ms, MAXLEN threshold ("" for none), "~" or "=", then the field/value pairs.
+# One script, so the check and the XADD are one atomic step: two producers racing
+# with one key add one entry, and the second gets the first one's id.
+IDEMPOTENT_XADD = """
+local first = redis.call('GET', KEYS[2])
+if first then return first end
+local command = {'XADD', KEYS[1]}
+if ARGV[2] ~= '' then
+  command[#command + 1] = 'MAXLEN'
+  command[#command + 1] = ARGV[3]
+  command[#command + 1] = ARGV[2]
+end
+command[#command + 1] = '*'
+for i = 4, #ARGV do command[#command + 1] = ARGV[i] end
+local id = redis.call(unpack(command))
+redis.call('SET', KEYS[2], id, 'PX', ARGV[1])
+return id
+"""
+_SHA = hashlib.sha1(IDEMPOTENT_XADD.encode(), usedforsecurity=False).hexdigest()
 
 
 def produce(
@@ -25,11 +51,24 @@ def produce(
     *,
     maxlen: int | None = None,
     approximate: bool = True,
+    idempotency_key: str | None = None,
+    idempotency_ttl_s: float = 86400,
 ) -> str:
     """Append ``fields`` to ``stream`` with XADD and return the new entry id.
 
     ``maxlen`` trims the stream (``MAXLEN ~ n`` when ``approximate``). Trimming
     drops the oldest entries whether or not a worker has dispatched them yet.
+
+    With an ``idempotency_key``, producing the same key to the same stream
+    again within ``idempotency_ttl_s`` seconds adds nothing and returns the
+    first entry's id: a producer that retries an XADD whose reply it lost
+    does not write the entry twice. The check and the XADD run in one Lua
+    script (EVALSHA), atomic however many producers race with one key; the
+    record ``stream_idempotency:{<stream>}:<key>`` lives in the stream's
+    cluster slot, so it works on Redis Cluster too. (Redis 8.6's own
+    ``XADD ... IDMP`` keeps its ids for a per-stream duration of at most a day,
+    set by XCFGSET, which clears the ids already kept, and for at most 10,000
+    ids per producer: it cannot promise a caller's TTL, so it is not used.)
 
     When OpenTelemetry is installed and a span is active, the current trace
     context is added as ``traceparent``/``tracestate`` fields (unless
@@ -39,5 +78,40 @@ def produce(
         raise EmptyEntryError("produce() needs at least one field: Redis rejects an empty entry")
     entry: dict[EncodableT, EncodableT] = {name: value for name, value in fields.items()}
     inject_current(entry)
-    entry_id = client.xadd(stream, entry, maxlen=maxlen, approximate=approximate)
+    if idempotency_key is None:
+        entry_id = client.xadd(stream, entry, maxlen=maxlen, approximate=approximate)
+    else:
+        pairs = [part for pair in entry.items() for part in pair]
+        command = idempotent_xadd_command(
+            stream, pairs, idempotency_key, idempotency_ttl_s, maxlen=maxlen, approximate=approximate
+        )
+        try:
+            entry_id = client.execute_command("EVALSHA", _SHA, *command[2:])  # type: ignore[no-untyped-call]
+        except NoScriptError:  # first use on this server (or after SCRIPT FLUSH): send the script itself
+            entry_id = client.execute_command(*command)  # type: ignore[no-untyped-call]
     return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+
+
+def idempotent_xadd_command(
+    stream: str,
+    pairs: Sequence[EncodableT],
+    idempotency_key: str,
+    idempotency_ttl_s: float,
+    *,
+    maxlen: int | None = None,
+    approximate: bool = True,
+) -> list[EncodableT]:
+    """The ``EVAL`` command that adds ``pairs`` to ``stream`` once per ``idempotency_key`` (see :func:`produce`).
+
+    For a pipeline (``dead-letters --requeue``); the reply is the entry id, new or first.
+    """
+    if not isinstance(idempotency_key, str) or not idempotency_key:
+        raise ValueError(f"idempotency_key must be a non-empty string, got {idempotency_key!r}")
+    if isinstance(idempotency_ttl_s, bool) or not isinstance(idempotency_ttl_s, (int, float)):
+        raise TypeError(f"idempotency_ttl_s must be a number of seconds, got {idempotency_ttl_s!r}")
+    ttl_ms = math.ceil(idempotency_ttl_s * 1000)
+    if not 0 < ttl_ms < 2**62:
+        raise ValueError(f"idempotency_ttl_s must be a positive number of seconds, got {idempotency_ttl_s!r}")
+    record = _keys.idempotency(stream, idempotency_key)
+    threshold: EncodableT = "" if maxlen is None else maxlen
+    return ["EVAL", IDEMPOTENT_XADD, 2, stream, record, ttl_ms, threshold, "~" if approximate else "=", *pairs]

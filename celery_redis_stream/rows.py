@@ -69,6 +69,12 @@ class StreamRow(TypedDict, total=False):
     retention_last_run_ms: int | None
     retention_last_trim_ms: int | None
     retention_minid: str | None
+    capabilities: list[str]
+    # traffic control (read/limit.py, batch/dedupe.py)
+    rate_limit: str | None
+    rate_limited: bool
+    dedupe_key: str | None
+    deduplicated: int
 
 
 class Collected(TypedDict):

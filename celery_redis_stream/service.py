@@ -51,11 +51,14 @@ class Service:
         self.app = app
         self.config = config
         self.consumer = config.consumer or consumer
+        # Set when a shutdown begins (halt) or at stop: the readers read no new batch.
         self.stop_event = threading.Event()
+        # Set at stop: the readers, halted, leave their groups and leases, close their clients and end.
+        self.closing = threading.Event()
         self.stats: dict[str, StreamStats] = {}
         self.configs: dict[str, StreamConfig] = {}
         self.wiring = Wiring(app, config, self.consumer, self.stop_event, self.stats, sender=self)
-        self._readers: dict[tuple[str, str | None, int], tuple[StreamReader, ReaderThread]] = {}
+        self._readers: dict[tuple[str, str | None, int, str | None], tuple[StreamReader, ReaderThread]] = {}
         self._lock = threading.Lock()
         self._started = False
         self._stopped = False
@@ -87,7 +90,9 @@ class Service:
         return [*loops, self.discovery] if self.discovery is not None else loops
 
     def _thread(self, reader: StreamReader | Discovery) -> ReaderThread:
-        return ReaderThread(reader, connect=self.connect, release=self.release, stop_event=self.stop_event)
+        return ReaderThread(
+            reader, connect=self.connect, release=self.release, stop_event=self.stop_event, closing=self.closing
+        )
 
     def _reader(self, sc: StreamConfig) -> StreamReader:
         if sc.mode == "group":
@@ -124,9 +129,12 @@ class Service:
             task=sc.task,
             group=position.name if position.shared else None,
             tracker=None if position.shared else position.name,
+            rate_limit=None if sc.rate_limit is None else str(sc.rate_limit),
         )
-        # One reader per group and batch size; all tracked streams of one batch size share one.
-        key = (position.mode, position.name if position.shared else None, sc.batch_size)
+        # One reader per group and batch size; all tracked streams of one batch size share one. A stream
+        # with a rate limit has its own: its reads are sized by its bucket, and its waits hold up no other.
+        limited = sc.stream if sc.rate_limit is not None else None
+        key = (position.mode, position.name if position.shared else None, sc.batch_size, limited)
         with self._lock:
             if key not in self._readers:
                 reader = self._reader(sc)
@@ -175,6 +183,19 @@ class Service:
         )
         logger.info("redis-stream: reading %s from %s as consumer %s", described, self.config.safe_url, self.consumer)
 
+    def halt(self) -> None:
+        """A shutdown began: read no new batch from now on; the batch in flight is finished (dispatched and
+        committed) or left pending. Idempotent.
+
+        Called from the worker's signal handler (bootstep.ShutdownWatch), so it
+        only sets an event: no lock, no logging, no network. The readers keep
+        their clients, consumers and leases until :meth:`stop`.
+        """
+        # is_set() takes no lock: a second signal while the first is handled, or while stop() sets the
+        # event, must not wait on the event's lock from inside the handler.
+        if not self.stop_event.is_set():
+            self.stop_event.set()
+
     def stop(self, timeout: float | None = None) -> None:
         """Finish the batch in flight, then stop; waits at most about one read. Idempotent."""
         with self._lock:
@@ -187,6 +208,7 @@ class Service:
             readers = [reader for reader, _ in self._readers.values()]
         for reader in readers:
             reader.wake()
+        self.closing.set()
         if timeout is None:
             timeout = self.config.block_ms / 1000 + 5
         deadline = time.monotonic() + timeout

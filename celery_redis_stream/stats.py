@@ -33,3 +33,8 @@ class StreamStats:
     broker_retries: int = 0
     guarantee: str | None = None  # "exactly-once" or "at-least-once", for the last batch (publish/exactly_once.py)
     guarantee_reason: str | None = None
+    capabilities: list[str] = field(default_factory=list)  # newer stream commands in use (client/capabilities.py)
+    rate_limit: str | None = None  # the fleet-wide limit as configured ("20/s"), read/limit.py
+    rate_limited: bool = False  # the reader waits for the bucket now
+    rate_limit_waits: int = 0
+    deduplicated: int = 0  # entries not dispatched: their business key was (batch/dedupe.py)

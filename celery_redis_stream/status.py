@@ -7,10 +7,13 @@ from datetime import datetime, timedelta, timezone
 
 from redis.exceptions import ResponseError
 
+from . import keys
+from .client.capabilities import in_use, probe
 from .client.connection import Client, connect, is_missing_key, items, mapping, number, optional_text, servers, text
 from .config import BridgeConfig, StreamConfig
 from .position.lag import ID_RE, LAG_SCAN_LIMIT, count_after, entry_age, id_key, oldest_waiting, server_ms
 from .position.rule import position_of
+from .read.limit import bucket_state
 from .redact import redact
 from .rows import Collected, StreamInfo, StreamRow
 from .upkeep.retention import retention_status
@@ -70,8 +73,13 @@ def _stream_info(client: Client, stream: str) -> StreamInfo:
     }
 
 
-def stream_status(client: Client, sc: StreamConfig, *, limit: int = LAG_SCAN_LIMIT) -> StreamRow:
-    """The state of one mapped stream as plain JSON types; a Redis error is reported, not raised."""
+def stream_status(
+    client: Client, sc: StreamConfig, *, limit: int = LAG_SCAN_LIMIT, available: frozenset[str] | None = None
+) -> StreamRow:
+    """The state of one mapped stream as plain JSON types; a Redis error is reported, not raised.
+
+    ``available``: the server's capabilities (client/capabilities.py), probed here when not given.
+    """
     position = position_of(sc)
     out: StreamRow = {"stream": sc.stream, "mode": position.mode, "task": sc.task}
     try:
@@ -88,6 +96,10 @@ def stream_status(client: Client, sc: StreamConfig, *, limit: int = LAG_SCAN_LIM
         out["retention_last_run_ms"] = retention["retention_last_run_ms"]
         out["retention_last_trim_ms"] = retention["retention_last_trim_ms"]
         out["retention_minid"] = retention["retention_minid"]
+        out["capabilities"] = in_use(
+            probe(client) if available is None else available, retention=sc.retention_ms is not None
+        )
+        _traffic(client, sc, out, now_ms)
     except ResponseError as exc:  # e.g. WRONGTYPE: show it on this stream, keep the others
         out["error"] = redact(str(exc))
         out.setdefault("ahead", False)
@@ -110,6 +122,18 @@ def is_ahead(row: StreamRow, info: StreamInfo) -> bool:
         return False
 
 
+def _traffic(client: Client, sc: StreamConfig, out: StreamRow, now_ms: int) -> None:
+    """The rate limit and whether readers wait for it now; the dedupe key and its deduplicated count (all workers)."""
+    out["rate_limit"] = None if sc.rate_limit is None else str(sc.rate_limit)
+    # Refused a token just now, with entries waiting: an idle reader blocking on an empty stream holds a
+    # token, and another refused meanwhile is not held back by the limit.
+    waiting = (out.get("lag_at_least") or 0) > 0 or (out.get("pending") or 0) > 0
+    out["rate_limited"] = sc.rate_limit is not None and waiting and bucket_state(client, sc.stream, now_ms)
+    out["dedupe_key"] = None if sc.dedupe is None else sc.dedupe.template
+    counted = client.hget(keys.dedupe_count(sc.stream, sc.position_name), "deduplicated") if sc.dedupe else None
+    out["deduplicated"] = number(counted)
+
+
 def _over(row: StreamRow, max_lag: int) -> bool:
     least = row.get("lag_at_least")
     unknown = least is None or row.get("lag") is None
@@ -124,8 +148,9 @@ def collect(client: Client, config: BridgeConfig, *, max_lag: int | None = None)
     entries before it gives up, so a lag that is only bounded is always over.
     """
     limit = LAG_SCAN_LIMIT if max_lag is None else max(LAG_SCAN_LIMIT, max_lag + 1)
+    available = probe(client)
     on = servers(client, [sc.stream for sc in config.streams])
-    streams = [stream_status(client, sc, limit=limit) for sc in config.streams]
+    streams = [stream_status(client, sc, limit=limit, available=available) for sc in config.streams]
     for row in streams:
         row["server"] = on.get(row["stream"])
     over = [] if max_lag is None else [s["stream"] for s in streams if _over(s, max_lag)]

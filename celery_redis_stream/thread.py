@@ -31,7 +31,8 @@ class ReaderThread(threading.Thread):
     """Runs ``reader.step(client)`` until the stop event is set, as redis-py's PubSubWorkerThread runs its pubsub.
 
     Handed what it drives: the reader, how to get and give back a Redis
-    client, and the stop event. Errors Redis will keep refusing (permissions,
+    client, the stop event (set when a shutdown begins: no new round) and
+    the closing event (set at the step's stop: clean up and end). Errors Redis will keep refusing (permissions,
     a key of the wrong type: connection.ERRORS) stop the reader; anything else
     is retried with capped, jittered backoff, the reader told to forget what
     the error made uncertain.
@@ -39,7 +40,7 @@ class ReaderThread(threading.Thread):
 
     def __init__(
         self, reader: Reader, *, connect: Callable[[], Client], release: Callable[[Client], None],
-        stop_event: threading.Event,
+        stop_event: threading.Event, closing: threading.Event | None = None,
     ) -> None:  # fmt: skip
         super().__init__(name=f"redis-stream {reader.label}", daemon=True)
         self.reader = reader
@@ -47,6 +48,8 @@ class ReaderThread(threading.Thread):
         self._connect = connect
         self._release = release
         self.stop_event = stop_event
+        # None: clean up as soon as reading stops (a thread run without a Service).
+        self.closing = closing
         self.client: Client | None = None
         self.failures = 0
 
@@ -73,8 +76,16 @@ class ReaderThread(threading.Thread):
                         self._give_up(exc)
                         return
                     self._retry_later(exc)
+            self._halted()
         finally:
             self.cleanup()
+
+    def _halted(self) -> None:
+        # Reading stopped when the shutdown began; the group consumer and the
+        # lease are let go at the step's stop, after the worker drained.
+        if self.closing is not None and not self.closing.is_set():
+            logger.info("redis-stream: %s stopped reading: the worker is shutting down", self.label)
+            self.closing.wait()
 
     def _recovered(self) -> None:
         logger.info("redis-stream: %s recovered after %d failed attempt(s)", self.label, self.failures)

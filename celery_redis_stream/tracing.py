@@ -8,7 +8,7 @@ from typing import Protocol
 
 from .entry import StreamEntry
 
-__all__ = ["attach_trace", "detach_trace", "inject_current", "split_trace"]
+__all__ = ["CORRELATION_HEADERS", "attach_trace", "detach_trace", "inject_current", "producer_headers", "split_trace"]
 
 NO_TRACE: dict[str, str] = {}
 
@@ -21,10 +21,36 @@ def split_trace(entry: StreamEntry, names: tuple[str, ...]) -> dict[str, str]:
     reaches the task's arguments, whatever the shape or converter; the caller
     puts them in the message headers.
     """
-    fields = entry.fields
+    fields: dict[str, str] = entry.fields  # type: ignore[assignment]  # never called on a raw entry (None)
     if not names or fields.keys().isdisjoint(names):
         return NO_TRACE
     return {name: fields.pop(name) for name in names if name in fields}
+
+
+#: FastStream's correlation id travels in these task message headers: ``correlation_id`` as the
+#: producer named it, and ``faststream_correlation_id``, which a task can read
+#: (``self.request.faststream_correlation_id``): a Celery worker sets ``request.correlation_id``
+#: to the task id from the message properties, whatever the headers say.
+CORRELATION_HEADERS = ("correlation_id", "faststream_correlation_id")
+
+
+def producer_headers(headers: Mapping[str, str], names: tuple[str, ...], trace: dict[str, str]) -> dict[str, str]:
+    """``trace`` with what the producer's own message headers (FastStream's) give the task message.
+
+    Its ``correlation_id`` (see CORRELATION_HEADERS) and the trace context
+    fields named in ``stream_trace_fields`` (FastStream's OpenTelemetry
+    middleware writes ``traceparent`` there). A trace field of the entry
+    itself wins over the header.
+    """
+    out = dict(trace)
+    correlation = headers.get("correlation_id")
+    if correlation:
+        for name in CORRELATION_HEADERS:
+            out[name] = correlation
+    for name in names:
+        if name in headers and name not in out:
+            out[name] = headers[name]
+    return out
 
 
 #: opentelemetry's context, propagate and trace modules.

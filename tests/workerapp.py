@@ -58,6 +58,17 @@ def record(self: Any, *args: Any, **kwargs: Any) -> None:
     _record(self.request, args, kwargs)
 
 
+@app.task(bind=True, name="tests.record_correlation", shared=False)
+def record_correlation(self: Any, *args: Any, **kwargs: Any) -> None:
+    """Records as tests.record does, with the FastStream correlation id the task can read."""
+    _record(self.request, args, {**kwargs, "_correlation_id": self.request.get("faststream_correlation_id")})
+
+
+def hex_pairs(entry: celery_redis_stream.StreamEntry) -> tuple[list[Any], dict[str, Any]]:
+    """A converter for ``decode: "raw"``: the entry's byte pairs as hex, to show they arrive untouched."""
+    return [[[name.hex(), value.hex()] for name, value in entry.raw_fields]], {"fields_is_none": entry.fields is None}
+
+
 @app.task(bind=True, name="tests.slow", shared=False)
 def slow(self: Any, *args: Any, **kwargs: Any) -> None:
     time.sleep(float(os.environ.get("CRS_SLOW_SECONDS", "0.01")))

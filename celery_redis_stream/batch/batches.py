@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from celery.utils.log import get_logger
 
+from .. import keys
 from ..client.connection import Client
 from ..config import StreamConfig
 from ..deadletters import DeadLetter
@@ -17,6 +18,7 @@ from ..position.rule import commit, position_of
 from ..publish.dispatch import Dispatcher
 from ..publish.exactly_once import ExactlyOnce, Step
 from ..stats import StreamStats
+from .dedupe import Dedupe
 from .deliveries import Deliveries
 from .pacing import Pacer
 
@@ -30,11 +32,15 @@ HDEL_CHUNK = 1000
 
 @dataclass(frozen=True)
 class Prepared:
-    """One batch ready to publish: all its ids, the entries to convert, those given up before conversion."""
+    """One batch ready to publish: all its ids, the entries to convert, those given up before conversion.
+
+    ``skipped``: the ids passed over by deduplication (their business key was dispatched already).
+    """
 
     ids: list[str]
     live: list[RawEntry]
     dead: list[DeadLetter]
+    skipped: tuple[str, ...] = ()
 
 
 class Batches:
@@ -49,6 +55,7 @@ class Batches:
         self.deliveries = deliveries
         self.pacer = pacer
         self.stats = stats
+        self.dedupe = Dedupe()
 
     def handle(
         self, client: Client, sc: StreamConfig, entries: Sequence[RawEntry], *,
@@ -67,6 +74,13 @@ class Batches:
         live = [e for e in entries if e.id not in given_up] if given_up else list(entries)
         return Prepared([e.id for e in entries], live, dead)
 
+    def claim(self, client: Client, sc: StreamConfig, batch: Prepared) -> Prepared:
+        """With ``dedupe``: claim the live entries' business keys; those another entry holds are passed over."""
+        if sc.dedupe is None or not batch.live:
+            return batch
+        claimed = self.dedupe.claim(client, sc, sc.dedupe, batch.live)
+        return Prepared(batch.ids, claimed.live, [*batch.dead, *claimed.dead], tuple(claimed.skipped))
+
     def publish(self, client: Client, sc: StreamConfig, batch: Prepared, step: Step | None) -> list[DeadLetter]:
         """Send the live entries (under an in-flight record); returns every dead letter of the batch."""
         if not batch.live:
@@ -77,16 +91,28 @@ class Batches:
 
     def commit(
         self, client: Client, sc: StreamConfig, ids: Sequence[str], trimmed: Sequence[str], dead: Sequence[DeadLetter],
-        step: Step | None, lease: Lease | None,
+        step: Step | None, lease: Lease | None, *, skipped: int = 0,
     ) -> None:  # fmt: skip
-        """Move the position past the batch, with its dead letters and delivery records: atomically if ``step`` can."""
+        """Move the position past the batch, with its dead letters and delivery records: atomically if ``step`` can.
+
+        With ``dedupe``, dead-lettered entries first let go of the business keys they claimed, and the
+        deduplicated count (``skipped``) moves with the position where the step is atomic.
+        """
+        if sc.dedupe is not None and dead:
+            self.dedupe.release(client, sc, sc.dedupe, dead)
         forget = self.deliveries.done(sc, [*ids, *trimmed])
+        counted = keys.dedupe_count(sc.stream, sc.position_name) if skipped else None
         if step is not None:
             for key, fields in forget.items():
                 for i in range(0, len(fields), HDEL_CHUNK):
                     step.add("HDEL", key, *fields[i : i + HDEL_CHUNK])
+            if counted is not None:
+                step.add("HINCRBY", counted, "deduplicated", skipped)
+            step.passed_over = skipped
         if step is None or not step.commit(dead):
             commit(client, sc, position_of(sc).acked(ids, trimmed), dead, lease=lease, forget=forget)
+            if counted is not None:
+                client.hincrby(counted, "deduplicated", skipped)  # after the move: a crash may undercount, never over
 
     def _one(
         self, client: Client, sc: StreamConfig, entries: Sequence[RawEntry], *,
@@ -96,24 +122,25 @@ class Batches:
         started = time.monotonic()
         batch = self.prepare(sc, entries)
         try:
+            batch = self.claim(client, sc, batch)
             step = (
                 self.exactly.step(client, sc, batch.ids, trimmed, stats=stats, lease=lease, after=after)
                 if batch.ids
                 else None
             )
             dead = self.publish(client, sc, batch, step)
-            self.commit(client, sc, batch.ids, trimmed, dead, step, lease)
+            self.commit(client, sc, batch.ids, trimmed, dead, step, lease, skipped=len(batch.skipped))
         except Exception:
             self.deliveries.abandon(client, [sc])
             raise
         self.deliveries.committed(sc, batch.ids)
         elapsed = time.monotonic() - started
-        self._record(sc, stats, batch.ids, trimmed, dead)
+        self._record(sc, stats, batch.ids, trimmed, dead, skipped=len(batch.skipped))
         self.pacer.pace(elapsed, len(entries))
 
     def _record(
         self, sc: StreamConfig, stats: StreamStats, ids: Sequence[str], trimmed: Sequence[str],
-        dead: Sequence[DeadLetter],
+        dead: Sequence[DeadLetter], *, skipped: int = 0,
     ) -> None:  # fmt: skip
         for letter in dead:
             logger.error(
@@ -126,7 +153,10 @@ class Batches:
                 "sent: %s",
                 len(trimmed), "y" if len(trimmed) == 1 else "ies", sc.stream, ",".join(trimmed[:10]),
             )  # fmt: skip
-        stats.dispatched += len(ids) - len(dead)
+        if skipped:
+            logger.debug("redis-stream: stream=%s deduplicated=%d (business key dispatched before)", sc.stream, skipped)
+            stats.deduplicated += skipped
+        stats.dispatched += len(ids) - len(dead) - skipped
         stats.dead_lettered += len(dead)
         if dead:
             # Copied, not mutated: inspect and metrics iterate it from other threads.

@@ -93,6 +93,7 @@ def _render_status(data: Collected, console: Console) -> None:
             Text(f"AHEAD: {', '.join(ahead)}: the position is after the stream's last entry id; entries added until "
                  "ids pass it are not dispatched (`reset STREAM --to $` moves it back to the end)", style="bold red")
         )  # fmt: skip
+    _render_traffic(data, console)
     if data["max_lag"] is not None:
         if data["ok"]:
             console.print(f"OK: every lag is at most {data['max_lag']}")
@@ -115,6 +116,23 @@ def _render_retention(data: Collected, console: Console) -> None:
         retained.add_row(Text(s["stream"]), retention, str(s["retention_trimmed"]), when, s["retention_minid"] or "-")
     if retained.row_count:
         console.print(retained)
+
+
+def _render_traffic(data: Collected, console: Console) -> None:
+    """Streams under a rate limit or deduplication: the limit, whether readers wait for it, the deduplicated count."""
+    from rich.text import Text
+
+    shown = table("traffic control", "stream", "rate limit", "rate limited", "dedupe key", "deduplicated",
+                  right=("deduplicated",))  # fmt: skip
+    for s in data["streams"]:
+        if s.get("rate_limit") is None and s.get("dedupe_key") is None:
+            continue
+        shown.add_row(
+            Text(s["stream"]), s.get("rate_limit") or "-", "yes" if s.get("rate_limited") else "no",
+            Text(s.get("dedupe_key") or "-"), str(s.get("deduplicated", 0)),
+        )  # fmt: skip
+    if shown.row_count:
+        console.print(shown)
 
 
 @redis_stream.command()
@@ -204,7 +222,8 @@ def _readers_table(workers: Mapping[str, object]) -> Table:
                 cell(node), cell(s["stream"]), cell(s["mode"]), cell(s.get("server") or "?"), str(s["dispatched"]),
                 str(s["dead_lettered"]),
                 seconds(s.get("lag_seconds")), cell(s["last_id"] or "-"), "yes" if s["reading"] else "no",
-                "yes" if s["paused"] else "no", cell(s["last_error"] or ""),
+                "yes" if s["paused"] else "rate limited" if s.get("rate_limited") else "no",
+                cell(s["last_error"] or ""),
             )  # fmt: skip
         if not info.get("enabled", True):
             out.add_row(cell(node), "-", "-", "-", "-", "-", "-", "-", "no", "no", "redis-stream is off in this worker")

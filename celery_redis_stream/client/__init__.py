@@ -1,2 +1,2 @@
 """The Redis seam: connecting and sorting errors (connection), the stream commands (streams), many cluster slots
-from one thread (cluster), and the reader's reply parser (parser)."""
+from one thread (cluster), the reader's reply parser (parser), and FastStream's message formats (faststream)."""

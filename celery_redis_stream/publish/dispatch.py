@@ -17,9 +17,9 @@ from kombu.messaging import Producer
 
 from ..config import PUBLISH_TIMEOUTS, StreamConfig
 from ..deadletters import DeadLetter
-from ..entry import RawEntry, build_call, decode
+from ..entry import BODY_DECODERS, RawEntry, build_call, decode, decode_as
 from ..exceptions import BrokerUnavailable, EntryError, NotConfirmed
-from ..tracing import NO_TRACE, attach_trace, detach_trace, split_trace
+from ..tracing import NO_TRACE, attach_trace, detach_trace, producer_headers, split_trace
 from . import amqp_confirms
 from .amqp_fast import AmqpFastPath
 from .exactly_once import Step
@@ -66,9 +66,30 @@ def prepare(
     The worker and ``celery_redis_stream.testing`` both call this, so a preview
     cannot disagree with what a worker sends.
     """
+    if sc.decode != "utf-8":
+        return prepare_decoded(sc, raw, max_entry_bytes=max_entry_bytes, delivery_count=delivery_count)
+    return prepare_text(sc, raw, max_entry_bytes=max_entry_bytes, delivery_count=delivery_count)
+
+
+def prepare_text(
+    sc: StreamConfig, raw: RawEntry, *, max_entry_bytes: int, delivery_count: int = 1
+) -> tuple[list[Any], dict[str, Any], dict[str, str]]:
+    """``prepare`` for a stream of ``decode: "utf-8"`` (the default): the batch loop calls it directly."""
     entry = decode(raw, max_bytes=max_entry_bytes, delivery_count=delivery_count)
     trace = split_trace(entry, sc.trace_fields)
     args, kwargs = build_call(entry, sc.call, sc.converter)
+    return args, kwargs, trace
+
+
+def prepare_decoded(
+    sc: StreamConfig, raw: RawEntry, *, max_entry_bytes: int, delivery_count: int = 1
+) -> tuple[list[Any], dict[str, Any], dict[str, str]]:
+    """``prepare`` for a stream whose ``decode`` is ``raw``, ``json:<field>`` or ``faststream``."""
+    entry = decode_as(sc.decode, raw, max_bytes=max_entry_bytes, delivery_count=delivery_count)
+    trace = NO_TRACE if entry.fields is None else split_trace(entry, sc.trace_fields)  # None: raw, undecoded
+    if entry.headers:  # FastStream's message headers: its correlation id and trace context
+        trace = producer_headers(entry.headers, sc.trace_fields, trace)
+    args, kwargs = build_call(entry, sc.call, sc.converter, body=sc.decode_kind in BODY_DECODERS)
     return args, kwargs, trace
 
 
@@ -219,10 +240,11 @@ class Dispatcher:
         dead: list[DeadLetter] = []
         prepared = []
         traces: dict[str, dict[str, str]] = {}
+        prep = prepare_text if sc.decode == "utf-8" else prepare_decoded  # chosen once per batch
         for raw in entries:
             try:
                 count = (counts or {}).get(raw.id, 1)
-                args, kwargs, trace = prepare(sc, raw, max_entry_bytes=self.max_entry_bytes, delivery_count=count)
+                args, kwargs, trace = prep(sc, raw, max_entry_bytes=self.max_entry_bytes, delivery_count=count)
             except EntryError as exc:
                 dead.append(DeadLetter(raw, exc.reason, exc.error))
                 continue

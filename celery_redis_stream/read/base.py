@@ -27,6 +27,7 @@ from ..publish.exactly_once import ExactlyOnce
 from ..stats import StreamStats
 from ..upkeep.cadence import Upkeep
 from .backpressure import Backpressure
+from .limit import Limiter
 
 __all__ = ["Discovery", "Reader", "StreamReader", "Wiring"]
 
@@ -94,6 +95,9 @@ class StreamReader(Reader):
         self.incoming: list[StreamConfig] = []
         self._incoming_lock = threading.Lock()
         self.packed = PackedRead()
+        # A stream with a fleet-wide rate limit has a reader of its own (Service.add): its bucket is the reader's.
+        self.limiter: Limiter | None = None
+        self.drained = False
 
     @property
     def stopping(self) -> bool:
@@ -110,6 +114,9 @@ class StreamReader(Reader):
         for sc in incoming:
             self.streams[sc.stream] = sc
             self.backpressure.watch(sc)
+            if sc.rate_limit is not None:
+                stats = self.wiring.stats[sc.stream]
+                self.limiter = Limiter(sc.stream, sc.rate_limit, stats, self.wiring.stop_event.wait)
             self.adopted(sc)
 
     def adopted(self, sc: StreamConfig) -> None:
@@ -133,6 +140,23 @@ class StreamReader(Reader):
         return {
             s: p for s, p in positions.items() if not self.backpressure.paused(self.streams[s], self.wiring.stats[s])
         }
+
+    def allowance(self, client: Client) -> int:
+        """How many entries the next read may return: the batch size, or what the rate limit grants (0: it waited).
+
+        A reader that last found the stream drained asks for one token only: it
+        is about to block on an empty stream, and tokens it held while blocking
+        would keep the other workers waiting for nothing.
+        """
+        if self.limiter is None:
+            return self.batch_size
+        return self.limiter.take(client, 1 if self.drained else self.batch_size)
+
+    def used(self, client: Client, granted: int, read: int) -> None:
+        """``read`` of the ``granted`` entries came back: the rest of the tokens go back to the bucket."""
+        if self.limiter is not None:
+            self.drained = read < granted
+            self.limiter.give_back(client, granted - read)
 
     def idle(self) -> None:
         """Every stream is paused: wait one read's time instead of reading."""

@@ -154,11 +154,15 @@ class GroupReader(StreamReader):
         if not positions:
             self.idle()
             return
+        count = self.allowance(client)
+        if not count:
+            return
         block_ms = self.block(paused=len(positions) < len(self.streams))
         reply = read_group(
-            client, self.group, self.consumer, positions, count=self.batch_size, block_ms=block_ms,
+            client, self.group, self.consumer, positions, count=count, block_ms=block_ms,
             packed=self.packed, wakeable=block_ms > self.block_ms,
         )  # fmt: skip
+        self.used(client, count, sum(map(len, reply.values())))
         self.quiet_reads = 0 if any(reply.values()) else self.quiet_reads + 1
         for stream, entries in reply.items():
             if entries:
@@ -179,7 +183,11 @@ class GroupReader(StreamReader):
         return max(self.block_ms, min(quiet, upkeep))
 
     def recover_own_pending(self, client: Client) -> None:
-        reply = read_group(client, self.group, self.consumer, self.pending, count=self.batch_size, block_ms=None)
+        count = self.allowance(client)
+        if not count:
+            return
+        reply = read_group(client, self.group, self.consumer, self.pending, count=count, block_ms=None)
+        self.used(client, count, sum(map(len, reply.values())))
         for stream in list(self.pending):
             entries = reply.get(stream) or []
             if not entries:
@@ -232,10 +240,14 @@ class GroupReader(StreamReader):
     def autoclaim_all(self, client: Client, sc: StreamConfig) -> None:
         cursor = "0-0"
         while not self.stopping:
+            count = self.allowance(client)
+            if not count:
+                break
             cursor, entries, trimmed = autoclaim(
                 client, sc, self.consumer, min_idle_ms=self.wiring.config.claim_idle_ms, start=cursor,
-                count=self.batch_size,
+                count=count,
             )  # fmt: skip
+            self.used(client, count, len(entries))
             if entries or trimmed:
                 self._claimed(client, sc, entries, trimmed)
             if cursor in ("0-0", "0"):

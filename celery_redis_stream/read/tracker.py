@@ -51,7 +51,11 @@ class TrackerReader(StreamReader):
         if not positions:
             self.idle()
             return
-        reply = read_tracked(client, positions, count=self.batch_size, block_ms=self.block_ms)
+        count = self.allowance(client)
+        if not count:
+            return
+        reply = read_tracked(client, positions, count=count, block_ms=self.block_ms)
+        self.used(client, count, sum(map(len, reply.values())))
         for stream, entries in reply.items():
             if entries and stream in self.owned:
                 self._handle(client, self.lease, self.streams[stream], entries, after=positions[stream])

@@ -26,9 +26,11 @@ from kombu import serialization
 from kombu.connection import Connection
 from kombu.messaging import Producer
 
+from ..batch.dedupe import business_key, record_key
+from ..client.connection import Client
 from ..config import BridgeConfig, StreamConfig, load_config
 from ..entry import RawEntry
-from ..exceptions import StreamError
+from ..exceptions import EntryError, StreamError
 from ..publish.dispatch import Dispatcher, task_id_for
 
 __all__ = ["DeadLetterPreview", "DeadLettered", "Preview", "preview", "run", "to_raw"]
@@ -64,6 +66,12 @@ class Preview:
     options as configured (their ``headers`` are in ``headers``). For an entry
     that would be dead-lettered, ``dead_letter`` says why and ``args``,
     ``kwargs``, ``headers`` and ``queue`` are empty.
+
+    With the stream's ``dedupe``: ``dedupe_key`` is the entry's business key,
+    and ``deduplicated`` says whether the bridge would pass the entry over
+    (another entry's dispatch of that key is on record in the given Redis),
+    or is None when no Redis was given (the record decides, and only Redis has
+    it). Without ``dedupe`` it is False.
     """
 
     task: str
@@ -74,6 +82,8 @@ class Preview:
     queue: str | None
     options: dict[str, object]
     dead_letter: DeadLetterPreview | None = None
+    dedupe_key: str | None = None
+    deduplicated: bool | None = False
 
 
 class DeadLettered(StreamError):
@@ -162,17 +172,55 @@ def _no_result_subscription(app: Celery) -> Iterator[None]:
             del backend.on_task_call
 
 
-def preview(app: Celery, stream: str, fields: Fields, *, entry_id: str = "1-0") -> Preview:
+def preview(app: Celery, stream: str, fields: Fields, *, entry_id: str = "1-0", redis: Client | None = None) -> Preview:
     """What the bridge would do with an entry of ``stream``, under ``app``'s configuration, without Redis.
 
     ``fields`` is a dict of str (or bytes/int/float, as ``XADD`` takes them),
     or a list of ``(name, value)`` pairs as Redis returns them, so that
     duplicate names and non-UTF-8 bytes preview as the dead letters they
     become. Raises ``StreamConfigError`` where a worker would refuse to start.
+
+    ``redis``: a client of the streams' Redis, for a stream with ``dedupe``:
+    ``Preview.deduplicated`` then says whether the entry would be passed over
+    now (one GET of the key's record; nothing is written). Without it,
+    ``deduplicated`` is None for such a stream.
     """
     config, sc = stream_config(app, stream)
     raw = to_raw(stream, fields, entry_id=entry_id)
     options = {k: v for k, v in sc.options.items() if k != "headers"}
+    if sc.dedupe is None:
+        return _converted(app, config, sc, raw, entry_id, options)
+    # As the worker does: the business key before the conversion (a missing field is a dead letter).
+    try:
+        record = record_key(sc, sc.dedupe, raw)
+    except EntryError as exc:
+        return _dead(sc, entry_id, options, DeadLetterPreview(exc.reason, exc.error))
+    deduplicated = None if redis is None else _held_by_another(redis, record, entry_id)
+    shown = _converted(app, config, sc, raw, entry_id, options)
+    if shown.dead_letter is not None:
+        return shown
+    return dataclasses.replace(shown, dedupe_key=business_key(sc, sc.dedupe, raw), deduplicated=deduplicated)
+
+
+def _held_by_another(client: Client, record: str, entry_id: str) -> bool:
+    """The bridge passes an entry over when its key's record names another entry (batch/dedupe.py CLAIM)."""
+    held = client.get(record)
+    if held is None:
+        return False
+    return (held.decode() if isinstance(held, bytes) else str(held)) != entry_id
+
+
+def _dead(sc: StreamConfig, entry_id: str, options: dict[str, object], letter: DeadLetterPreview) -> Preview:
+    return Preview(
+        task=sc.task, args=[], kwargs={}, headers={}, task_id=task_id_for(sc, entry_id), queue=None, options=options,
+        dead_letter=letter,
+    )  # fmt: skip
+
+
+def _converted(
+    app: Celery, config: BridgeConfig, sc: StreamConfig, raw: RawEntry, entry_id: str, options: dict[str, object]
+) -> Preview:
+    """The entry through the worker's Dispatcher, with a producer that keeps the message."""
     connection = Connection("memory://")  # type: ignore[no-untyped-call]
     keeper = _Keeper(Producer(connection, auto_declare=False))  # type: ignore[no-untyped-call]
     dispatcher = Dispatcher(app, max_entry_bytes=config.max_entry_bytes)
@@ -186,16 +234,7 @@ def preview(app: Celery, stream: str, fields: Fields, *, entry_id: str = "1-0") 
         connection.release()  # type: ignore[no-untyped-call]
     if dead:
         (letter,) = dead
-        return Preview(
-            task=sc.task,
-            args=[],
-            kwargs={},
-            headers={},
-            task_id=task_id_for(sc, entry_id),
-            queue=None,
-            options=options,
-            dead_letter=DeadLetterPreview(letter.reason, letter.error),
-        )
+        return _dead(sc, entry_id, options, DeadLetterPreview(letter.reason, letter.error))
     (body, published), *_events = keeper.published  # task_send_sent_event publishes an event after it
     return _from_message(sc, body, published, options)
 

@@ -15,13 +15,14 @@ from collections.abc import Container, Iterable, Mapping, Sequence
 from celery.utils.log import get_logger
 from redis.exceptions import ResponseError
 
+from ..client.capabilities import XTRIM_ACKED, in_use, probe
 from ..client.connection import PIPELINE_CHUNK, Client
 from ..config import StreamConfig
 from ..position.rule import position_of
 from ..redact import redact
 from ..stats import StreamStats
 from .consumers import REAP_BATCH, Removed, reap_consumers, reap_many, remove_own_many
-from .retention import Trim, server_trims_acked, trim_many, trim_passed
+from .retention import Trim, trim_many, trim_passed
 
 __all__ = ["Spread", "Upkeep", "cadence"]
 
@@ -118,7 +119,7 @@ class Upkeep:
         self.reap_every = cadence(reap_idle_ms, block_ms)
         self.next_reap: dict[str, float] = {}
         self.next_trim: dict[str, float] = {}
-        self.acked: bool | None = None
+        self.capabilities: frozenset[str] | None = None  # of the server, probed at the first trim
         self.warned: set[tuple[str, str]] = set()
 
     def refused(self, what: str, sc: StreamConfig, exc: ResponseError) -> None:
@@ -240,24 +241,32 @@ class Upkeep:
             due.append((sc, sc.retention_ms, int(every * 900)))
         if not due:
             return
-        if self.acked is None:
-            self.acked = server_trims_acked(client)
-            logger.debug("redis-stream: XTRIM ... ACKED %s", "available" if self.acked else "not available")
-        for (sc, retention_ms, _), done in zip(due, trim_many(client, due, acked=self.acked), strict=True):
+        if self.capabilities is None:
+            try:
+                self.capabilities = probe(client)
+            except ResponseError as exc:
+                self.refused("trim under retention", due[0][0], exc)
+                return
+            logger.debug("redis-stream: server capabilities: %s", ",".join(sorted(self.capabilities)) or "-")
+        acked = XTRIM_ACKED in self.capabilities
+        for sc, _, _ in due:
+            stats[sc.stream].capabilities = in_use(self.capabilities, retention=True)
+        for (sc, retention_ms, _), done in zip(due, trim_many(client, due, acked=acked), strict=True):
             if isinstance(done, ResponseError):
                 self.refused("trim under retention", sc, done)
             else:
-                self._trim_more(client, sc, retention_ms, done, stats)
+                self._trim_more(client, sc, retention_ms, done, stats, acked=acked)
 
     def _trim_more(
-        self, client: Client, sc: StreamConfig, retention_ms: int, done: Trim, stats: Mapping[str, StreamStats]
-    ) -> None:
+        self, client: Client, sc: StreamConfig, retention_ms: int, done: Trim, stats: Mapping[str, StreamStats],
+        *, acked: bool,
+    ) -> None:  # fmt: skip
         """After a first call that trimmed: call again while it trims, a while; then log the total."""
         begun = time.monotonic()
         trimmed, calls = done.trimmed, 1
         try:
             while done.trimmed and calls < TRIM_CALLS and time.monotonic() - begun < TRIM_SECONDS:
-                done = trim_passed(client, sc, retention_ms=retention_ms, interval_ms=0, acked=bool(self.acked))
+                done = trim_passed(client, sc, retention_ms=retention_ms, interval_ms=0, acked=acked)
                 trimmed, calls = trimmed + done.trimmed, calls + 1
         except ResponseError as exc:
             self.refused("trim under retention", sc, exc)

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TypedDict
 
 from redis.exceptions import ResponseError
 
 from .. import keys
-from ..client.connection import Client, ScriptCall, command, items, mapping, run_scripts, text
+from ..client.connection import Client, ScriptCall, items, mapping, run_scripts, text
 from ..config import StreamConfig
 from ..position.rule import position_of
 
 __all__ = [
-    "TRIM_PASSED", "RetentionRow", "Trim", "retention_key", "retention_status", "server_trims_acked", "trim_many",
-    "trim_passed",
+    "TRIM_PASSED", "RetentionRow", "Trim", "retention_key", "retention_status", "trim_many", "trim_passed",
 ]  # fmt: skip
 
 # KEYS: stream, state hash, [tracker]. ARGV: retention ms, interval ms, own
@@ -116,27 +115,6 @@ class Trim:
 def retention_key(sc: StreamConfig) -> str:
     """The hash holding the stream's retention state and its trimmed total, beside the tracker (same slot)."""
     return keys.retention(sc.tracker_key)
-
-
-def _words(reply: object) -> Iterator[str]:
-    if isinstance(reply, (list, tuple)):
-        for item in reply:
-            yield from _words(item)
-    elif isinstance(reply, dict):
-        for key, item in reply.items():
-            yield from _words(key)
-            yield from _words(item)
-    elif isinstance(reply, (bytes, str)):
-        yield text(reply)
-
-
-def server_trims_acked(client: Client) -> bool:
-    """Whether the server's XTRIM takes ``ACKED`` (Redis 8.2), from COMMAND DOCS; False when it cannot say."""
-    try:
-        reply = command(client, "COMMAND DOCS", "XTRIM")
-    except Exception:  # an old server, an ACL without COMMAND or a cluster client: the Lua bound is always safe
-        return False
-    return any(word.upper() == "ACKED" for word in _words(reply))
 
 
 def _call(sc: StreamConfig, *, retention_ms: int, interval_ms: int, acked: bool) -> ScriptCall:

@@ -9,9 +9,10 @@ import pytest
 import redis
 from celery import Celery
 
+from celery_redis_stream.client.capabilities import XACKDEL, XREADGROUP_CLAIM, XTRIM_ACKED, probe
 from celery_redis_stream.config import StreamConfig, load_config
 from celery_redis_stream.upkeep.consumers import reap_consumers, remove_own_consumer
-from celery_redis_stream.upkeep.retention import retention_key, retention_status, server_trims_acked, trim_passed
+from celery_redis_stream.upkeep.retention import retention_key, retention_status, trim_passed
 
 from ..support import RedisServer
 
@@ -243,12 +244,51 @@ def test_the_approximate_trim_keeps_a_partial_node(client: redis.Redis) -> None:
 
 def test_this_redis_has_no_acked_trimming_so_the_script_judges_the_groups(client: redis.Redis) -> None:
     version = tuple(int(p) for p in client.info("server")["redis_version"].split(".")[:2])
-    assert server_trims_acked(client) is (version >= (8, 2))
+    assert (XTRIM_ACKED in probe(client)) is (version >= (8, 2))
     if version >= (8, 2):
         pytest.skip("needs a server without XTRIM ACKED")
     client.xadd("orders", {"n": "1"})
     with pytest.raises(redis.ResponseError):
         client.execute_command("XTRIM", "orders", "MINID", "~", "0-1", "ACKED")
+
+
+def accepts(client: redis.Redis, *command: object) -> bool:
+    try:
+        client.execute_command(*command)
+    except redis.ResponseError as exc:
+        assert "unknown command" in str(exc).lower() or "syntax" in str(exc).lower(), exc
+        return False
+    return True
+
+
+def test_the_capabilities_probed_are_exactly_the_commands_this_server_takes(client: redis.Redis) -> None:
+    # Whatever the server (Redis 7.0 takes none, 8.6 all three): the probe never claims what the server refuses.
+    client.xadd("orders", {"n": "1"})
+    client.xgroup_create("orders", "celery", id="0")
+    taken = {
+        XTRIM_ACKED: accepts(client, "XTRIM", "orders", "MINID", "~", "0-1", "ACKED"),
+        XREADGROUP_CLAIM: accepts(
+            client, "XREADGROUP", "GROUP", "celery", "c1", "COUNT", "1", "CLAIM", "60000", "STREAMS", "orders", ">"
+        ),
+        XACKDEL: accepts(client, "XACKDEL", "orders", "celery", "ACKED", "IDS", "1", "0-1"),
+    }
+    assert probe(client) == {name for name, ok in taken.items() if ok}
+
+
+def test_a_stream_with_a_retention_shows_xtrim_acked_in_use_where_the_server_takes_it(client: redis.Redis) -> None:
+    from celery_redis_stream.stats import StreamStats
+    from celery_redis_stream.status import stream_status
+    from celery_redis_stream.upkeep.cadence import Upkeep
+
+    kept, trimmed = stream_config(), stream_config(retention_ms=1)
+    fill(client, 20)
+    client.xgroup_create("orders", "celery", id="$")
+    expected = [XTRIM_ACKED] if accepts(client, "XTRIM", "orders", "MINID", "~", "0-1", "ACKED") else []
+    stats = {"orders": StreamStats(stream="orders", mode="group", task="t", group="celery", tracker=None)}
+    Upkeep(block_ms=1000, reap_idle_ms=3_600_000).trim(client, [trimmed], stats)
+    assert stats["orders"].capabilities == expected  # inspect redis_stream
+    assert stream_status(client, trimmed)["capabilities"] == expected  # status --json
+    assert stream_status(client, kept)["capabilities"] == []  # no retention: nothing newer in use
 
 
 def test_a_server_that_refuses_acked_gets_the_same_trim_without_it(client: redis.Redis) -> None:
@@ -257,8 +297,11 @@ def test_a_server_that_refuses_acked_gets_the_same_trim_without_it(client: redis
     client.xgroup_create("orders", "celery", id=produced[54])
     client.xgroup_create("orders", "audit", id=produced[80])
     done = trim_passed(client, sc, retention_ms=1, interval_ms=0, acked=True)
-    assert (done.status, done.trimmed, done.minid) == ("ran", 50, produced[54])
-    assert ids(client) == produced[50:]
+    # Refused (Redis 7, Valkey 8): whole nodes, as without ACKED. Taken (Redis 8.2+): the server trims
+    # entry by entry up to the same bound. Either way the bound entry and all after it stay.
+    trimmed = 54 if XTRIM_ACKED in probe(client) else 50
+    assert (done.status, done.trimmed, done.minid) == ("ran", trimmed, produced[54])
+    assert ids(client) == produced[trimmed:]
 
 
 # -- settings, stats and metrics ----------------------------------------------------------------------------
@@ -355,17 +398,19 @@ def test_a_retention_round_keeps_trimming_a_large_backlog_past_the_per_call_limi
     with caplog.at_level("INFO", logger="celery_redis_stream.upkeep.cadence"):
         upkeep.trim(client, [sc], stats)
     # 500 nodes of 10; XTRIM ~ frees at most 100 nodes a call: one round, several calls, one log line
-    assert ids(client) == produced[4990:]
-    assert stats["orders"].retention_trimmed == 4990
-    assert client.hget(retention_key(sc), "trimmed") == b"4990"
+    # (with ACKED, Redis 8.2+, the server trims entry by entry up to the bound entry, within the same limit)
+    trimmed = 4999 if XTRIM_ACKED in probe(client) else 4990
+    assert ids(client) == produced[trimmed:]
+    assert stats["orders"].retention_trimmed == trimmed
+    assert client.hget(retention_key(sc), "trimmed") == str(trimmed).encode()
     lines = [r.getMessage() for r in caplog.records if "trimmed" in r.getMessage()]
     assert lines == [
-        f"redis-stream: trimmed 4990 entries of stream=orders before {produced[-1]} "
+        f"redis-stream: trimmed {trimmed} entries of stream=orders before {produced[-1]} "
         "(retention 1ms, passed by every group)"
     ]
     # the next round is not due yet, on this worker nor (the token) on any other
     upkeep.trim(client, [sc], stats)
-    assert client.hget(retention_key(sc), "trimmed") == b"4990"
+    assert client.hget(retention_key(sc), "trimmed") == str(trimmed).encode()
     assert trim_passed(client, sc, retention_ms=1, interval_ms=60_000).status == "skipped"
 
 

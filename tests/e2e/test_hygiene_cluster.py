@@ -7,10 +7,11 @@ from collections.abc import Iterator
 import pytest
 from celery import Celery
 
+from celery_redis_stream.client.capabilities import XTRIM_ACKED, probe
 from celery_redis_stream.client.connection import connect
 from celery_redis_stream.config import load_config
 from celery_redis_stream.upkeep.consumers import reap_consumers, remove_own_consumer
-from celery_redis_stream.upkeep.retention import retention_status, server_trims_acked, trim_passed
+from celery_redis_stream.upkeep.retention import retention_status, trim_passed
 
 from ..cluster import Cluster
 
@@ -39,7 +40,7 @@ def test_reaping_and_trimming_run_on_every_master_through_the_bridge_client(clus
     config = load_config(app)
     client = connect(config)
     admin = cluster.client()
-    assert server_trims_acked(client) is False
+    assert XTRIM_ACKED not in probe(client)
     for sc in config.streams:
         ids = [admin.xadd(sc.stream, {"n": str(n)}, id=f"{1000 + n}-1").decode() for n in range(250)]
         if sc.mode == "tracker":

@@ -6,6 +6,7 @@ from typing import Any
 from unittest.mock import Mock
 
 import pytest
+from celery import signals
 from celery.exceptions import ImproperlyConfigured
 
 from celery_redis_stream import RedisStreamStep
@@ -97,3 +98,30 @@ def test_install_is_idempotent() -> None:
     assert list(app.steps["worker"]).count(RedisStreamStep) == 1
     names = [o.name for o in app.user_options["worker"]]
     assert names.count("without_redis_stream") == 1 and names.count("redis_streams") == 1
+
+
+def test_any_shutdown_of_this_worker_halts_reading_before_the_step_stops() -> None:
+    parent = worker(stream_tasks={"orders": {"task": "t", "registered": False}})
+    seen: list[bool] = []
+    # Celery 5.5+'s cold handler calls this first and sleeps the soft-shutdown window in it.
+    parent.wait_for_soft_shutdown = lambda: seen.append(parent.redis_stream.stop_event.is_set())
+    receivers = len(signals.worker_shutting_down.receivers)
+    step = RedisStreamStep(parent)
+    step.include(parent)
+    service: Service = step.obj
+    signals.worker_shutting_down.send(sender="other@host", sig="SIGTERM", how="Warm", exitcode=0)
+    assert not service.stop_event.is_set()  # another worker of this process
+    signals.worker_shutting_down.send(sender="w1@host", sig="SIGTERM", how="Warm", exitcode=0)
+    assert service.stop_event.is_set() and not service.closing.is_set()  # halted, not yet stopped
+
+    parent2 = worker(stream_tasks={"orders": {"task": "t", "registered": False}})
+    parent2.hostname = "w2@host"
+    parent2.wait_for_soft_shutdown = lambda: seen.append(parent2.redis_stream.stop_event.is_set())
+    step2 = RedisStreamStep(parent2)
+    step2.include(parent2)
+    parent2.wait_for_soft_shutdown()
+    assert seen == [True]  # halted before the soft-shutdown window
+    for one, p in ((step, parent), (step2, parent2)):
+        one.stop(p)
+    assert step2.obj.closing.is_set()
+    assert len(signals.worker_shutting_down.receivers) == receivers  # the receivers went with the steps

@@ -63,6 +63,29 @@ def test_matching_chooses_by_reason_at_most_limit(setup: tuple[redis.Redis, Stre
     assert chosen == [ids[1], ids[3]] and sum(seen) >= 4
 
 
+def test_a_requeue_cut_short_before_its_xdel_and_run_again_adds_each_letter_once(
+    setup: tuple[redis.Redis, StreamConfig], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client, sc = setup
+    for n in range(3):
+        pairs = [b"n", str(n).encode(), b"dlq_source_stream", sc.stream.encode(), b"dlq_source_id", f"{n}-1".encode(),
+                 b"dlq_reason", b"decode", b"dlq_error", b"why"]  # fmt: skip
+        client.execute_command("XADD", sc.dead_letter, "*", *pairs)
+
+    def cut(*args: object) -> None:
+        raise ConnectionError("the requeue was interrupted here")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(client, "xdel", cut)
+        with pytest.raises(ConnectionError):
+            deadletters.requeue(client, sc, 10)
+    assert len(client.execute_command("XRANGE", sc.stream, "-", "+")) == 3
+    assert deadletters.requeue(client, sc, 10) == (3, 0)  # run again: letters deleted, nothing added twice
+    entries = client.execute_command("XRANGE", sc.stream, "-", "+")
+    assert [fields for _, fields in entries] == [[b"n", b"0"], [b"n", b"1"], [b"n", b"2"]]
+    assert deadletters.read(client, sc) == []
+
+
 def test_requeue_appends_the_own_fields_to_the_stream_then_deletes(setup: tuple[redis.Redis, StreamConfig]) -> None:
     client, sc = setup
     letter(client, sc, "converter_error", b"order_id", b"42")

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from celery_redis_stream import keys
 from celery_redis_stream.client.connection import Client
+from celery_redis_stream.config import parse_rate
+from celery_redis_stream.entry import parse_dedupe
 from celery_redis_stream.status import collect, parse_target, stream_status, time_lags
 
 from .conftest import UnitDB
@@ -60,3 +63,23 @@ def test_parse_target() -> None:
     assert parse_target("1970-01-01T00:00:01Z") == "1000-0"
     with pytest.raises(ValueError, match="expected"):
         parse_target("yesterday")
+
+
+def test_traffic_fields_rate_limited_only_while_entries_wait_and_the_fleets_deduplicated_count(client: Client) -> None:
+    plain = stream_status(client, stream_config())
+    assert (plain["rate_limit"], plain["rate_limited"], plain["dedupe_key"], plain["deduplicated"]) == (
+        None, False, None, 0,
+    )  # fmt: skip
+    sc = stream_config(rate_limit=parse_rate("20/s"), dedupe=parse_dedupe({"key": "{order_id}"}))
+    client.xgroup_create("orders", "celery", id="0", mkstream=True)
+    now_ms = int(client.time()[0]) * 1000
+    client.hset(keys.rate_bucket("orders"), "limited_at", now_ms)  # a reader was refused a token just now
+    client.hincrby(keys.dedupe_count("orders", "group:celery"), "deduplicated", 3)
+    idle = stream_status(client, sc)
+    assert (idle["rate_limit"], idle["rate_limited"], idle["dedupe_key"], idle["deduplicated"]) == (
+        "20/s", False, "{order_id}", 3,
+    )  # fmt: skip  # nothing waits: an idle reader holding the token is no limit
+    client.xadd("orders", {"order_id": "1"})
+    assert stream_status(client, sc)["rate_limited"] is True
+    client.hset(keys.rate_bucket("orders"), "limited_at", now_ms - 10_000)
+    assert stream_status(client, sc)["rate_limited"] is False  # no reader refused lately

@@ -102,3 +102,19 @@ def test_backoff_doubles_with_jitter_and_is_capped() -> None:
     assert 0.1 <= backoff(1) <= 0.2
     assert 0.2 <= backoff(2) <= 0.4
     assert BACKOFF_MAX / 2 <= backoff(40) <= BACKOFF_MAX
+
+
+def test_a_halted_reader_reads_no_more_but_keeps_its_client_until_closing() -> None:
+    stop, closing = threading.Event(), threading.Event()
+    reader = Scripted(stop)  # its first round ends with the stop event set: a shutdown began
+    client, release = Mock(name="client"), Mock(name="release")
+    thread = ReaderThread(reader, connect=lambda: client, release=release, stop_event=stop, closing=closing)
+    thread.start()
+    time.sleep(0.3)
+    assert reader.rounds == 1  # no round after the halt
+    assert thread.is_alive() and reader.closed == [] and not release.called  # consumer and lease kept
+    closing.set()
+    thread.join(5)
+    assert not thread.is_alive()
+    assert reader.closed == [(client, True)]  # then the warm close, after the last round
+    release.assert_called_once_with(client)

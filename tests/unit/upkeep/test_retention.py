@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from unittest.mock import Mock
 
+from redis.exceptions import ResponseError
+
+from celery_redis_stream.client.capabilities import XTRIM_ACKED, probe
 from celery_redis_stream.client.connection import Client
 from celery_redis_stream.position.lease import Lease
 from celery_redis_stream.position.rule import commit
-from celery_redis_stream.upkeep.retention import retention_status, server_trims_acked, trim_passed
+from celery_redis_stream.upkeep.retention import retention_status, trim_passed
 
 from ..streams import stream_config
 
@@ -89,6 +92,6 @@ def test_one_run_per_interval_fleet_wide_and_the_status_counts_what_was_trimmed(
 
 def test_acked_is_used_only_where_the_server_documents_it() -> None:
     docs = {b"xtrim": [b"arguments", [[b"name", b"strategy"], [b"name", b"acked", b"token", b"ACKED"]]]}
-    assert server_trims_acked(Mock(execute_command=Mock(return_value=docs))) is True  # Redis 8.2
-    refused = Mock(execute_command=Mock(side_effect=Exception("ERR unknown command 'COMMAND DOCS'")))
-    assert server_trims_acked(refused) is False
+    assert XTRIM_ACKED in probe(Mock(execute_command=Mock(return_value=docs)))  # Redis 8.2
+    refused = Mock(execute_command=Mock(side_effect=ResponseError("ERR unknown command 'COMMAND DOCS'")))
+    assert XTRIM_ACKED not in probe(refused)
