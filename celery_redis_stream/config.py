@@ -263,10 +263,15 @@ def _start(value: object, setting: str, stream: str | None = None) -> str:
     text = _str(str(value) if isinstance(value, int) and not isinstance(value, bool) else value, setting, stream)
     if text in ("$", "0"):
         return text
-    ms, _, seq = text.partition("-")
-    if not ms.isdigit() or (seq and not seq.isdigit()):
+    ms, dash, seq = text.partition("-")
+    if not _id_part(ms) or (dash and not _id_part(seq)):
         raise _fail(setting, f"expected '$', '0' or an entry id like '1700000000000-0', got {text!r}", stream)
     return text
+
+
+def _id_part(text: str) -> bool:
+    # Redis takes ASCII digits up to 2**64 - 1 in each part of an id; anything else fails every read, not start-up.
+    return text.isascii() and text.isdigit() and int(text) < 2**64
 
 
 def _tasks(value: object, setting: str, stream: str | None = None) -> Mapping[object, object]:

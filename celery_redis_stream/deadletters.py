@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Protocol
 from . import keys as _keys
 from .config import StreamConfig
 from .entry import RawEntry
-from .producer import idempotent_xadd_command
+from .producer import MAX_IDEMPOTENT_FIELDS, idempotent_xadd_command
 
 if TYPE_CHECKING:
     from redis.typing import EncodableT
@@ -180,10 +180,12 @@ def requeue_entries(client: DeadLetterClient, sc: StreamConfig, entries: Sequenc
     and ``dlq_source_id`` (producer.produce's script), so a requeue cut short
     between the XADD and the XDEL and run again adds each letter back once:
     the second run finds the first one's entry and only deletes the letter.
-    A dead letter with no fields of its own cannot be XADDed and stays.
+    A dead letter with no fields of its own cannot be XADDed and stays, and so
+    does one with more than MAX_IDEMPOTENT_FIELDS (its EVAL would fail inside
+    the MULTI, after the others were added but before any XDEL).
     Returns (requeued, skipped).
     """
-    movable = [e for e in entries if e.original]
+    movable = [e for e in entries if e.original and len(e.original) <= 2 * MAX_IDEMPOTENT_FIELDS]
     if movable:
         pipe = client.pipeline(transaction=True)
         for entry in movable:

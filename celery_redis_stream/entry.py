@@ -135,7 +135,11 @@ def decode_as(decoder: str, raw: RawEntry, *, max_bytes: int, delivery_count: in
     if kind == "raw":
         return StreamEntry(raw.stream, raw.id, None, delivery_count, raw.pairs or ())
     if kind == "json":
-        return _with_json(decode(raw, max_bytes=sys.maxsize, delivery_count=delivery_count), json_field)
+        try:
+            text = decode(raw, max_bytes=sys.maxsize, delivery_count=delivery_count)
+        except EntryError as exc:  # the JSON field itself unreadable is the decoder's failure: reason decode
+            raise (_json_field_error(raw, json_field) or exc) from None
+        return _with_json(text, json_field)
     if kind == "faststream":
         return _faststream(raw, delivery_count)
     raise ValueError(f"unknown decoder {decoder!r}")  # config.py checked it; a caller's mistake
@@ -148,9 +152,23 @@ def _with_json(entry: StreamEntry, name: str) -> StreamEntry:
         raise EntryError(DECODE_ERROR, f"field {name!r} (decode 'json:{name}') is missing")
     try:
         body = json.loads(fields.pop(name))
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: valid JSON nested deeper than Python's limit
         raise EntryError(DECODE_ERROR, f"field {name!r} is not JSON: {exc}") from None
     return DecodedEntry(entry.stream, entry.id, fields, entry.delivery_count, entry.pairs, body)
+
+
+def _json_field_error(raw: RawEntry, name: str) -> EntryError | None:
+    """The ``decode`` error of the ``json:<name>`` field itself (repeated, or not UTF-8 and so not JSON), if any."""
+    pairs, key = raw.pairs or (), name.encode()
+    values = [pairs[i + 1] for i in range(0, len(pairs) - 1, 2) if pairs[i] == key]
+    if len(values) > 1:
+        return EntryError(DECODE_ERROR, f"field {name!r} (decode 'json:{name}') appears more than once")
+    for value in values:
+        try:
+            value.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return EntryError(DECODE_ERROR, f"field {name!r} is not JSON: it is not UTF-8: {exc}")
+    return None
 
 
 def _faststream(raw: RawEntry, delivery_count: int) -> StreamEntry:
@@ -170,9 +188,13 @@ def _faststream(raw: RawEntry, delivery_count: int) -> StreamEntry:
     try:
         body, headers = faststream.parse(data)
         value = faststream.body_value(body, headers)
-    except ValueError as exc:  # FormatError, UnicodeDecodeError and JSONDecodeError are all ValueErrors
+    # FormatError, UnicodeDecodeError and JSONDecodeError are all ValueErrors; RecursionError: JSON nested too deep
+    except (ValueError, RecursionError) as exc:
         raise EntryError(DECODE_ERROR, f"{type(exc).__name__}: {exc}") from None
-    fields = decode(RawEntry(raw.stream, raw.id, tuple(rest)), max_bytes=sys.maxsize).fields
+    try:  # fields besides __data__ (FastStream writes none): whatever is wrong with them is a decode failure too
+        fields = decode(RawEntry(raw.stream, raw.id, tuple(rest)), max_bytes=sys.maxsize).fields
+    except EntryError as exc:
+        raise EntryError(DECODE_ERROR, f"{exc.reason}: {exc.error}") from None
     return DecodedEntry(raw.stream, raw.id, fields, delivery_count, pairs, value, MappingProxyType(headers))
 
 

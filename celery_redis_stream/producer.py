@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from redis.cluster import RedisCluster
     from redis.typing import EncodableT
 
-__all__ = ["IDEMPOTENT_XADD", "idempotent_xadd_command", "produce"]
+__all__ = ["IDEMPOTENT_XADD", "MAX_IDEMPOTENT_FIELDS", "idempotent_xadd_command", "produce"]
 
 FieldValue = str | bytes | int | float
 
@@ -41,6 +41,9 @@ local id = redis.call(unpack(command))
 redis.call('SET', KEYS[2], id, 'PX', ARGV[1])
 return id
 """
+#: The most fields an entry produced with an idempotency key can have: the script hands them to XADD with
+#: Lua's unpack(), which Redis and Valkey cap at 8,000 values (the XADD and MAXLEN arguments included).
+MAX_IDEMPOTENT_FIELDS = 3996
 _SHA = hashlib.sha1(IDEMPOTENT_XADD.encode(), usedforsecurity=False).hexdigest()
 
 
@@ -109,6 +112,11 @@ def idempotent_xadd_command(
         raise ValueError(f"idempotency_key must be a non-empty string, got {idempotency_key!r}")
     if isinstance(idempotency_ttl_s, bool) or not isinstance(idempotency_ttl_s, (int, float)):
         raise TypeError(f"idempotency_ttl_s must be a number of seconds, got {idempotency_ttl_s!r}")
+    if len(pairs) > 2 * MAX_IDEMPOTENT_FIELDS:  # the script would fail on the server ("too many results to unpack")
+        raise ValueError(
+            f"an entry produced with an idempotency_key has at most {MAX_IDEMPOTENT_FIELDS} fields, "
+            f"this one has {len(pairs) // 2}"
+        )
     ttl_ms = math.ceil(idempotency_ttl_s * 1000)
     if not 0 < ttl_ms < 2**62:
         raise ValueError(f"idempotency_ttl_s must be a positive number of seconds, got {idempotency_ttl_s!r}")

@@ -36,7 +36,10 @@ def parse_target(value: str) -> str:
         return value
     match = ID_RE.match(value)
     if match is not None:
-        return f"{int(match.group(1))}-{int(match.group(2) or 0)}"
+        ms, seq = int(match.group(1)), int(match.group(2) or 0)
+        if max(ms, seq) >= 2**64:  # Redis refuses it as a group's id, and a tracker holding it stops every read
+            raise ValueError(f"entry id {value!r} is out of range: each part is at most {2**64 - 1}")
+        return f"{ms}-{seq}"
     try:
         # Python 3.10's fromisoformat does not take the "Z" suffix.
         when = datetime.fromisoformat(value[:-1] + "+00:00" if value.endswith(("Z", "z")) else value)

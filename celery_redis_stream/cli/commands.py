@@ -59,7 +59,8 @@ def _render_status(data: Collected, console: Console) -> None:
     consumers = table("consumers", "stream", "group", "consumer", "pending", "idle", right=("pending", "idle"))
     for s in data["streams"]:
         name = cell(s["stream"] if s.get("exists", True) else f"{s['stream']} (missing)")
-        if s.get("error") and "length" not in s:
+        # An error before the row was complete (a dead-letter key of the wrong type comes last): the error alone.
+        if s.get("error") and "dead_letter_length" not in s:
             streams.add_row(name, s["mode"], *[""] * 5, cell(f"error: {s['error']}", style="red"))
             continue
         flagged = s["stream"] in data["over_max_lag"] or s.get("ahead")

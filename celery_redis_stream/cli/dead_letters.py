@@ -230,7 +230,7 @@ def _move(
                 done += deadletters.purge_entries(client, sc, chunk)
     noun = f"entr{'y' if done == 1 else 'ies'}"
     if requeue:
-        note = f" ({kept} without fields of their own kept)" if kept else ""
+        note = f" ({kept} without fields of their own, or with too many to requeue, kept)" if kept else ""
         message = f"{sc.dead_letter}: requeued {done} {noun} to {sc.stream}{note}"
     else:
         message = f"{sc.dead_letter}: purged {done} {noun}"

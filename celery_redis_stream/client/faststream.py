@@ -70,7 +70,7 @@ def _text(value: bytes, at: int, end: int) -> tuple[str, int]:
 def _envelope(value: bytes) -> tuple[bytes, dict[str, str]]:
     try:
         envelope = json.loads(value)
-    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError alike
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError; RecursionError: too deep
         raise FormatError(f"neither FastStream's binary format nor its JSON envelope: {exc}") from None
     if not isinstance(envelope, dict) or not isinstance(envelope.get("data"), str):
         raise FormatError("a JSON value without FastStream's envelope keys ('data' text, 'headers' object)")

@@ -157,3 +157,30 @@ def test_a_raw_stream_without_a_converter_stops_the_worker_naming_the_stream_and
     assert code != 0
     assert "stream_tasks 'decode'" in output and "'bin'" in output and "converter" in output
     assert not redis_server.client().exists("bin")  # nothing was read or created
+
+
+@pytest.mark.parametrize("decode", ["json:payload", "faststream"])
+def test_json_nested_past_the_recursion_limit_is_dead_lettered_with_reason_decode(
+    redis_server: RedisServer, decode: str
+) -> None:
+    # Valid JSON as deep as this makes json.loads raise RecursionError, not ValueError.
+    deep = "[" * 100_000 + "]" * 100_000
+    client, ledger = redis_server.client(), redis_server.client(2)
+    field = "payload" if decode.startswith("json") else "__data__"
+    value = deep if field == "payload" else json.dumps({"data": deep, "headers": {"content-type": "application/json"}})
+    bad = client.xadd("deep", {field: value})
+    good = client.xadd("deep", {field: "[1]" if field == "payload" else json.dumps({"data": "[1]", "headers": {
+        "content-type": "application/json"}})})  # fmt: skip
+    env = worker_env(
+        redis_server.url_db(0), redis_server.url_db(1), redis_server.url_db(2),
+        {"deep": {"task": "tests.record", "decode": decode, "start": "0"}}, **FAST,
+    )  # fmt: skip
+    worker = Worker(env).start()
+    try:
+        wait_for(lambda: client.xlen("deep:dead") == 1 and len(executed(ledger)) == 1, 20, "a dead letter, a task")
+    finally:
+        assert worker.stop() == 0
+    ((_, letter),) = client.xrange("deep:dead")
+    assert letter[b"dlq_reason"] == b"decode" and letter[b"dlq_source_id"] == bad
+    assert [run["stream_id"] for run in executed(ledger)] == [good.decode()]
+    assert "Traceback" not in worker.output()

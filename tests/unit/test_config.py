@@ -121,6 +121,10 @@ def test_the_user_mapping_is_not_mutated() -> None:
         ({"stream_tasks": {"orders": {"task": "shop.handle", "mode": "x"}}}, ["mode", "orders"]),
         ({"stream_tasks": {"orders": {"task": "shop.handle", "batch_size": 0}}}, ["batch_size", "orders"]),
         ({"stream_tasks": {"orders": {"task": "shop.handle", "start": "yesterday"}}}, ["start", "orders"]),
+        # ids Redis refuses: every read would fail, so the worker must not start
+        ({"stream_tasks": {"orders": {"task": "shop.handle", "start": "18446744073709551616-0"}}}, ["start", "orders"]),
+        ({"stream_tasks": {"orders": {"task": "shop.handle", "start": "1-"}}}, ["start", "orders"]),
+        ({"stream_tasks": {"o": "shop.handle"}, "stream_start": "\u00b2-0"}, ["stream_start"]),
         ({"stream_tasks": {"orders": {"task": "shop.handle", "options": {"task_id": "x"}}}}, ["options", "task_id"]),
         ({"stream_tasks": {"orders": {"task": "shop.handle", "registered": "no"}}}, ["registered", "orders"]),
         ({"stream_tasks": {"o": "shop.handle"}, "stream_mode": "fanout"}, ["stream_mode"]),

@@ -102,3 +102,18 @@ def test_purge_deletes_only_the_oldest_total(setup: tuple[redis.Redis, StreamCon
     assert deadletters.purge(client, sc, 3) == 3
     assert [e.id for e in deadletters.read(client, sc)] == ids[3:]
     assert deadletters.purge_entries(client, sc, []) == 0
+
+
+def test_a_letter_with_more_fields_than_an_idempotent_xadd_takes_is_kept_and_the_others_requeued(
+    setup: tuple[redis.Redis, StreamConfig],
+) -> None:
+    client, sc = setup
+    big = [part for n in range(4000) for part in (f"f{n}".encode(), b"v")]  # a valid entry, too big for the script
+    for n, own in enumerate([[b"order_id", b"1"], big, [b"order_id", b"3"]]):
+        meta = [b"dlq_source_stream", sc.stream.encode(), b"dlq_source_id", f"{n}-1".encode(), b"dlq_reason",
+                b"task_failed", b"dlq_error", b"why"]  # fmt: skip
+        client.execute_command("XADD", sc.dead_letter, "*", *own, *meta)
+    assert deadletters.requeue(client, sc, 10) == (2, 1)
+    entries = client.execute_command("XRANGE", sc.stream, "-", "+")
+    assert [list(fields) for _, fields in entries] == [[b"order_id", b"1"], [b"order_id", b"3"]]
+    assert [len(e.original) for e in deadletters.read(client, sc)] == [len(big)]  # kept, nothing half done

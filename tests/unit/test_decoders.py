@@ -150,3 +150,46 @@ def test_bad_decode_settings_stop_the_worker_naming_setting_and_stream(conf: dic
     with pytest.raises(StreamConfigError, match=message) as info:
         load_config(app_with(**conf))
     assert "'bin'" in str(info.value) or "'s'" in str(info.value)
+
+
+DEEP = b"[" * 100_000 + b"]" * 100_000  # valid JSON; json.loads raises RecursionError on it, not ValueError
+
+
+@pytest.mark.parametrize(
+    ("decoder", "pairs"),
+    [
+        ("json:j", (b"j", DEEP)),
+        ("faststream", (b"__data__", DEEP)),  # the envelope itself
+        ("faststream", (b"__data__", b'{"data": "' + DEEP + b'", "headers": {"content-type": "application/json"}}')),
+        ("faststream", (b"__data__", binary_message([(b"content-type", b"application/json")], DEEP))),
+    ],
+)
+def test_json_nested_too_deep_is_a_decode_dead_letter(decoder: str, pairs: tuple[bytes, ...]) -> None:
+    with pytest.raises(EntryError) as info:
+        decode_as(decoder, raw(*pairs), max_bytes=10**6)
+    assert info.value.reason == "decode" and "recursion" in info.value.error
+
+
+@pytest.mark.parametrize(
+    ("pairs", "error"),
+    [
+        ((b"__data__", FS05_TEXT, b"\xff", b"x"), "not_utf8"),
+        ((b"__data__", FS05_TEXT, b"a", b"1", b"a", b"2"), "duplicate_field"),
+    ],
+)
+def test_faststream_entry_with_other_bad_fields_is_a_decode_dead_letter(pairs: tuple[bytes, ...], error: str) -> None:
+    reason, message = reason_of("faststream", *pairs)
+    assert reason == "decode" and error in message
+
+
+@pytest.mark.parametrize(
+    ("pairs", "reason"),
+    [
+        ((b"j", b"\xff\xfe{}"), "decode"),  # the JSON field not UTF-8: not JSON
+        ((b"j", b"[1]", b"j", b"[2]"), "decode"),  # which one is the argument?
+        ((b"j", b"[1]", b"other", b"\xff"), "not_utf8"),  # another field: as under utf-8
+        ((b"j", b"[1]", b"o", b"1", b"o", b"2"), "duplicate_field"),
+    ],
+)
+def test_json_field_not_utf8_or_repeated_is_a_decode_dead_letter(pairs: tuple[bytes, ...], reason: str) -> None:
+    assert reason_of("json:j", *pairs)[0] == reason

@@ -43,3 +43,18 @@ def test_produce_does_not_change_the_callers_mapping(client: redis.Redis) -> Non
     fields = {"a": "1"}
     produce(client, f"p-{uuid.uuid4().hex}", fields)
     assert fields == {"a": "1"}
+
+
+def test_an_idempotent_entry_over_the_scripts_field_limit_is_refused_before_redis_is_asked(
+    client: redis.Redis,
+) -> None:
+    from celery_redis_stream.producer import MAX_IDEMPOTENT_FIELDS
+
+    stream = f"big-{uuid.uuid4().hex[:8]}"
+    most = {f"f{n}": "v" for n in range(MAX_IDEMPOTENT_FIELDS)}
+    first = produce(client, stream, most, idempotency_key="k", maxlen=10)  # the limit itself works, MAXLEN included
+    assert produce(client, stream, most, idempotency_key="k", maxlen=10) == first
+    with pytest.raises(ValueError, match=f"at most {MAX_IDEMPOTENT_FIELDS} fields"):
+        produce(client, stream, {**most, "one": "more"}, idempotency_key="k2")
+    assert client.xlen(stream) == 1
+    assert produce(client, stream, {**most, "one": "more"})  # without a key: no limit but Redis's own

@@ -63,6 +63,10 @@ def test_parse_target() -> None:
     assert parse_target("1970-01-01T00:00:01Z") == "1000-0"
     with pytest.raises(ValueError, match="expected"):
         parse_target("yesterday")
+    assert parse_target("18446744073709551615-18446744073709551615") == "18446744073709551615-18446744073709551615"
+    for past_redis in ("18446744073709551616-0", "1-18446744073709551616"):  # a tracker holding it stops every read
+        with pytest.raises(ValueError, match="out of range"):
+            parse_target(past_redis)
 
 
 def test_traffic_fields_rate_limited_only_while_entries_wait_and_the_fleets_deduplicated_count(client: Client) -> None:

@@ -146,3 +146,17 @@ def test_an_unreachable_redis_is_one_line_without_the_password() -> None:
     result = run(app, "status")
     assert result.exit_code == 1 and "redis at redis://:**@127.0.0.1" in result.output
     assert "s3cret" not in result.output and "Traceback" not in result.output
+
+
+def test_status_shows_a_dead_letter_key_of_the_wrong_type_as_an_error_on_its_stream(
+    app: Celery, client: redis.Redis, names: tuple[str, str]
+) -> None:
+    orders, audit = names
+    produce_many(client, orders, 1)
+    produce_many(client, audit, 1)
+    client.set(f"{orders}:dead", "not a stream")
+    client.set(f"{audit}:dead", "not a stream")
+    result = CliRunner().invoke(redis_stream, ["status", "--max-lag", "10"], obj=SimpleNamespace(app=app))
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    assert result.exit_code == 1 and "WRONGTYPE" in result.output, result.output
+    assert "Traceback" not in result.output
