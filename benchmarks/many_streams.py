@@ -43,7 +43,7 @@ from benchmarks.common import (
     wait_for,
 )
 from benchmarks.idle_cpu import cpu_percent
-from celery_redis_stream import harness
+from celery_redis_stream.testing import processes
 
 # (workers, streams, where, stream name template, measure idle CPU and trickle latency)
 SCENARIOS = [
@@ -237,7 +237,7 @@ def pattern_scenario(server: RedisServer, n_streams: int) -> dict[str, Any]:
         out["idle_cpu_redis_percent"] = round(100.0 * spent / (time.monotonic() - t1), 2)
         out["latency"] = spread_latency(c, broker, streams, UPKEEP_INTERVAL_S + 5.0)
         t2 = time.monotonic()
-        harness.WorkerProcess.stop(worker, 60)  # keeps the log (Worker.stop removes it)
+        processes.WorkerProcess.stop(worker, 60)  # keeps the log (Worker.stop removes it)
         out["warm_stop_s"] = round(time.monotonic() - t2, 2)
         text = worker.output()
         out["info_lines_start"] = started_lines
