@@ -133,9 +133,7 @@ def minimal_bridge(bench: Bench, n: int, batch: int) -> float:
     return n / elapsed
 
 
-def _minimal_batch(
-    client: redis.Redis, broker: redis.Redis, group: str, batch: int, origin: str, reply_to: str
-) -> int:
+def _minimal_batch(client: redis.Redis, broker: redis.Redis, group: str, batch: int, origin: str, reply_to: str) -> int:
     """One batch: XREADGROUP, build, LPUSH pipeline to the broker db, then one XACK."""
     reply = client.xreadgroup(group, "c", {STREAM: ">"}, count=batch)
     if not reply:

@@ -1,6 +1,6 @@
 """CPU of a worker whose mapped stream is empty, with the bridge and with ``--without-redis-stream``.
 
-    .venv/bin/python benchmarks/idle_cpu.py [--seconds 8]
+.venv/bin/python benchmarks/idle_cpu.py [--seconds 8]
 """
 
 from __future__ import annotations

@@ -1,6 +1,13 @@
 """Many streams: start-up, threads, memory, throughput, idle CPU and trickle latency of workers reading 100 streams.
 
     .venv/bin/python benchmarks/many_streams.py [--entries 20000]
+    .venv/bin/python benchmarks/many_streams.py --patterns 100,1000,10000,20000
+
+``--patterns``: one worker reading N pattern-discovered streams (``tenant:*``,
+5 entries each): drain time, threads, RSS, idle CPU of the worker and of
+Redis, latency p50/p99/max of PATTERN_SAMPLES entries spread over more than
+one whole upkeep interval, warm stop time, INFO log lines at start and stop.
+Writes benchmarks/results/many_patterns.json and .md.
 
 On one redis-server (streams db 0, broker db 1) and on a private 3-master
 Redis Cluster holding the streams (broker on the plain server), real
@@ -36,6 +43,7 @@ from benchmarks.common import (
     wait_for,
 )
 from benchmarks.idle_cpu import cpu_percent
+from celery_redis_stream.testing import processes
 
 # (workers, streams, where, stream name template, measure idle CPU and trickle latency)
 SCENARIOS = [
@@ -157,6 +165,141 @@ def scenario(
             w.stop()
 
 
+PATTERN_SAMPLES = 150
+PATTERN_ENTRIES = 5
+#: The group reader's upkeep interval with the default stream_claim_idle_ms (60 s): half of it, at most 30 s.
+UPKEEP_INTERVAL_S = 30.0
+
+
+def info_lines(text: str) -> int:
+    return sum(1 for line in text.splitlines() if " INFO/" in line)
+
+
+def spread_latency(client: redis.Redis, broker: redis.Redis, streams: list[str], seconds: float) -> dict[str, float]:
+    """PATTERN_SAMPLES entries, one at a time to random streams, spread evenly (jittered) over ``seconds``."""
+    rng = random.Random(11)
+    gap = seconds / PATTERN_SAMPLES
+    samples = []
+    for i in range(PATTERN_SAMPLES):
+        time.sleep(rng.uniform(0.5 * gap, 1.5 * gap))
+        started = time.perf_counter()
+        client.xadd(rng.choice(streams), {"n": str(i)})
+        if broker.brpop(["celery"], timeout=15) is None:
+            raise RuntimeError("an entry was not dispatched within 15 s")
+        samples.append((time.perf_counter() - started) * 1000)
+    samples.sort()
+    return {
+        "p50_ms": round(statistics.median(samples), 1),
+        "p99_ms": round(samples[int(0.99 * len(samples)) - 1], 1),
+        "max_ms": round(samples[-1], 1),
+    }
+
+
+def pattern_scenario(server: RedisServer, n_streams: int) -> dict[str, Any]:
+    """One worker, ``n_streams`` streams matching ``tenant:*`` with PATTERN_ENTRIES entries each."""
+    c = server.client()
+    c.flushall()
+    streams = [f"tenant:{i}" for i in range(n_streams)]
+    for start in range(0, n_streams, 1000):
+        pipe = c.pipeline(transaction=False)
+        for s in streams[start : start + 1000]:
+            for i in range(PATTERN_ENTRIES):
+                pipe.xadd(s, {"n": str(i)})
+        pipe.execute()
+    broker = server.client(1)
+    env = bench_env(
+        server.url_db(0), server.url_db(1), server.url_db(2),
+        stream_tasks={"tenant:*": "bench.noop"}, stream_start="0", stream_block_ms=1000,
+    )  # fmt: skip
+    worker = Worker(env, f"tenants{n_streams}", queues="idle")
+    total = n_streams * PATTERN_ENTRIES
+    redis_pid = server.proc.pid if server.proc is not None else 0
+    try:
+        t0 = time.monotonic()
+        worker.start(wait=None)
+        wait_for(lambda: broker.llen("celery") >= total, 600, f"{total} task messages", interval=0.05)
+        drain = time.monotonic() - t0
+        broker.delete("celery")
+        time.sleep(2.0)
+        started_lines = info_lines(worker.output())
+        out: dict[str, Any] = {
+            "streams": n_streams,
+            "entries": total,
+            "drain_s": round(drain, 2),
+            "threads": psutil.Process(worker.pid).num_threads(),
+            "rss_mb": round(rss_mb(worker.pid), 1),
+        }
+        redis_cpu0 = psutil.Process(redis_pid).cpu_times()
+        t1 = time.monotonic()
+        out["idle_cpu_worker_percent"] = round(cpu_percent(worker.pid, 20.0), 2)
+        redis_cpu1 = psutil.Process(redis_pid).cpu_times()
+        spent = (redis_cpu1.user - redis_cpu0.user) + (redis_cpu1.system - redis_cpu0.system)
+        out["idle_cpu_redis_percent"] = round(100.0 * spent / (time.monotonic() - t1), 2)
+        out["latency"] = spread_latency(c, broker, streams, UPKEEP_INTERVAL_S + 5.0)
+        t2 = time.monotonic()
+        processes.WorkerProcess.stop(worker, 60)  # keeps the log (Worker.stop removes it)
+        out["warm_stop_s"] = round(time.monotonic() - t2, 2)
+        text = worker.output()
+        out["info_lines_start"] = started_lines
+        out["info_lines_start_stop"] = info_lines(text)
+        out["redis_stream_info_lines"] = sum(
+            1 for line in text.splitlines() if " INFO/" in line and "redis-stream:" in line
+        )
+        return out
+    finally:
+        worker.stop()
+
+
+def run_patterns(sizes: list[int]) -> list[dict[str, Any]]:
+    server = RedisServer().start()
+    results: list[dict[str, Any]] = []
+    try:
+        for n in sizes:
+            result = pattern_scenario(server, n)
+            log(f"  1 worker x {n} pattern streams: {json.dumps(result)}")
+            results.append(result)
+    finally:
+        server.stop()
+    return results
+
+
+def markdown_patterns(results: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "| streams | drain | threads | RSS | idle CPU worker / Redis | latency p50 / p99 / max | warm stop "
+        "| INFO lines start + stop |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        lat = r["latency"]
+        lines.append(
+            f"| {r['streams']:,} | {r['drain_s']} s ({r['entries']:,} entries) | {r['threads']} | {r['rss_mb']:.0f} MB "
+            f"| {r['idle_cpu_worker_percent']} % / {r['idle_cpu_redis_percent']} % "
+            f"| {lat['p50_ms']} / {lat['p99_ms']} / {lat['max_ms']} ms | {r['warm_stop_s']} s "
+            f"| {r['info_lines_start_stop']} |"
+        )
+    return lines
+
+
+def write_patterns(results: list[dict[str, Any]], when: str) -> None:
+    """benchmarks/results/many_patterns.json and .md."""
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "many_patterns.json").write_text(json.dumps(results, indent=2) + "\n")
+    text = [
+        "# Many pattern streams in one worker",
+        "",
+        f"Produced by `benchmarks/many_streams.py --patterns` on {when}: one local redis-server (streams db 0, "
+        'broker db 1); one `celery worker --pool solo` with `stream_tasks = {"tenant:*": ...}`, '
+        f"stream_start 0, {PATTERN_ENTRIES} entries per stream, consuming an unused queue. Drain: worker launch to "
+        "every entry's task message in the broker. Idle CPU: 20 s, nothing written. Latency: "
+        f"{PATTERN_SAMPLES} entries, one at a time to random streams, spread over {UPKEEP_INTERVAL_S + 5:g} s "
+        "(more than one upkeep interval), XADD -> message in the broker queue. Warm stop: SIGTERM to exit.",
+        "",
+        *markdown_patterns(results),
+        "",
+    ]
+    (RESULTS / "many_patterns.md").write_text("\n".join(text))
+
+
 def run(entries: int) -> list[dict[str, Any]]:
     server = RedisServer().start()
     cluster = Cluster(masters=3).start()
@@ -223,7 +366,13 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--entries", type=int, default=20_000)
+    parser.add_argument("--patterns", help="comma-separated stream counts: the pattern scenario only")
     args = parser.parse_args()
+    if args.patterns:
+        found = run_patterns([int(n) for n in args.patterns.split(",")])
+        write_patterns(found, datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"))
+        log("\n".join(markdown_patterns(found)))
+        return
     results = run(args.entries)
     write(results, datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"))
     log("\n".join(markdown(results)))

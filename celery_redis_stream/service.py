@@ -204,6 +204,10 @@ class Service:
         if metrics is not None:
             metrics.stop()
         self.stop_event.set()
+        with self._lock:
+            readers = [reader for reader, _ in self._readers.values()]
+        for reader in readers:
+            reader.wake()
         self.closing.set()
         if timeout is None:
             timeout = self.config.block_ms / 1000 + 5

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Literal, TypeGuard, Union
 from urllib.parse import parse_qs, unquote, urlparse
 
 import redis
-from redis.exceptions import AuthenticationError, NoPermissionError, ResponseError
+from redis.exceptions import AuthenticationError, NoPermissionError, NoScriptError, ResponseError
 
 from ..redact import redact
 
@@ -26,9 +26,11 @@ if TYPE_CHECKING:
     from ..config import BridgeConfig
 
 __all__ = [
+    "PIPELINE_CHUNK",
     "RAW_COMMANDS",
     "Client",
     "ErrorKind",
+    "ScriptCall",
     "classify",
     "command",
     "connect",
@@ -41,6 +43,7 @@ __all__ = [
     "mapping",
     "number",
     "optional_text",
+    "run_scripts",
     "server_name",
     "servers",
     "text",
@@ -48,6 +51,10 @@ __all__ = [
 
 #: What readers, status and upkeep are handed: a client of one Redis (or a Sentinel master), or of a cluster.
 Client = Union[redis.Redis, "RedisCluster"]
+
+#: Commands sent per pipeline (one round trip) when upkeep or a stop touches many streams: a few
+#: milliseconds of Redis time each, so reads of other clients (and our own) wait no longer than that.
+PIPELINE_CHUNK = 500
 
 RAW_COMMANDS = ("XREAD", "XREADGROUP", "XAUTOCLAIM", "XRANGE", "XPENDING")
 
@@ -241,6 +248,43 @@ def number(value: object, default: int = 0) -> int:
     if isinstance(value, (int, str, bytes, bytearray, float)):
         return int(value)
     raise TypeError(f"not an integer reply: {value!r}")
+
+
+#: A script call: its keys and its arguments.
+ScriptCall = tuple[Sequence[str], Sequence[str | int]]
+
+
+def _evalsha_all(client: Client, sha: str, calls: Sequence[ScriptCall]) -> list[object]:
+    pipe = client.pipeline(transaction=False)
+    for keys, args in calls:
+        pipe.evalsha(sha, len(keys), *keys, *args)
+    replies: list[object] = pipe.execute(raise_on_error=False)
+    return replies
+
+
+def run_scripts(client: Client, source: str, calls: Sequence[ScriptCall]) -> list[object]:
+    """EVALSHA of one script for many keys, pipelined: one round trip per PIPELINE_CHUNK calls.
+
+    Each call stays its own atomic script (on a cluster the pipeline sends
+    each to its key's node). A Redis refusal of one call (an ACL without
+    EVALSHA, a missing group) comes back in place of its reply, as a
+    ResponseError, for the caller to log; lost connections raise. Calls
+    answered NOSCRIPT (a restarted server, a failover, a node that never ran
+    the script) are sent again once after SCRIPT LOAD.
+    """
+    script = client.register_script(source)
+    out: list[object] = []
+    for start in range(0, len(calls), PIPELINE_CHUNK):
+        part = calls[start : start + PIPELINE_CHUNK]
+        replies = _evalsha_all(client, script.sha, part)
+        missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if missing:
+            client.script_load(source)
+            again = _evalsha_all(client, script.sha, [part[i] for i in missing])
+            for i, reply in zip(missing, again, strict=True):
+                replies[i] = reply
+        out += replies
+    return out
 
 
 def server_name(info: Mapping[str, object]) -> str:

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from collections.abc import Callable, Mapping
+
+import redis
+from redis.connection import Connection
+from redis.exceptions import ResponseError
 
 from ..config import StreamConfig
 from ..entry import RawEntry, parse_entries, parse_read_reply
@@ -21,6 +27,7 @@ from .connection import (
 )  # fmt: skip
 
 __all__ = [
+    "PackedRead",
     "as_entry_id",
     "autoclaim",
     "connect",
@@ -47,11 +54,87 @@ def ensure_group(client: Client, sc: StreamConfig, start: str | None = None) -> 
     return True
 
 
-def _read(client: Client, head: list[str | int], positions: Mapping[str, str], block_ms: int | None) -> object:
+def _bulk(arg: str | int) -> bytes:
+    data = str(arg).encode() if isinstance(arg, int) else arg.encode()
+    return b"$%d\r\n%s\r\n" % (len(data), data)
+
+
+class PackedRead:
+    """A reader's blocking read with its ``STREAMS`` part packed once: 10,000 names are not encoded every second.
+
+    Sent on a connection held for the read (one Redis, or a Sentinel's
+    master; a cluster reads per slot), so another thread can interrupt a
+    long wait with CLIENT UNBLOCK (:meth:`wake`): the read then returns as
+    if it timed out, having read nothing.
+    """
+
+    def __init__(self) -> None:
+        self.key: tuple[str, ...] = ()
+        self.tail = b""
+        self.count = 0
+        self._blocked: tuple[redis.Redis, int] | None = None
+        self._lock = threading.Lock()
+        #: False once Redis refused CLIENT ID (an ACL without it): reads are then never made long.
+        self.wakeable = True
+
+    def _pack(self, positions: Mapping[str, str]) -> None:
+        key = (*positions.keys(), *positions.values())
+        if key != self.key:
+            self.key, self.tail, self.count = key, b"".join(map(_bulk, key)), len(key)
+
+    def send(
+        self, client: redis.Redis, head: list[str | int], positions: Mapping[str, str], *, wakeable: bool
+    ) -> object:
+        """``head`` (the command up to BLOCK n) then ``STREAMS`` and the positions; its raw reply."""
+        self._pack(positions)
+        args = [*head, "STREAMS"]
+        packed = [b"*%d\r\n" % (len(args) + self.count) + b"".join(map(_bulk, args)), self.tail]
+        pool = client.connection_pool
+        try:
+            conn = pool.get_connection()
+        except TypeError:  # redis-py before 5.3 wants a command name
+            conn = pool.get_connection("XREADGROUP")
+        try:
+            if wakeable and self.wakeable:
+                self._note_id(client, conn)
+            conn.send_packed_command(packed)  # type: ignore[no-untyped-call]
+            return conn.read_response()
+        finally:
+            with self._lock:
+                self._blocked = None
+            pool.release(conn)
+
+    def _note_id(self, client: redis.Redis, conn: Connection) -> None:
+        """The connection's id now (a reconnection changes it): who wants the read back unblocks this id."""
+        conn.send_command("CLIENT", "ID")  # type: ignore[no-untyped-call]
+        try:
+            client_id = int(conn.read_response())
+        except ResponseError:  # an ACL without CLIENT ID: no long waits from now on
+            self.wakeable = False
+            return
+        with self._lock:
+            self._blocked = (client, client_id)
+
+    def wake(self) -> None:
+        """From another thread: end a wakeable read now (CLIENT UNBLOCK; best effort, e.g. an ACL may refuse it)."""
+        with self._lock:
+            blocked, self._blocked = self._blocked, None
+        if blocked is not None:
+            client, client_id = blocked
+            with contextlib.suppress(Exception):
+                client.client_unblock(client_id)
+
+
+def _read(
+    client: Client, head: list[str | int], positions: Mapping[str, str], block_ms: int | None,
+    packed: PackedRead | None = None, wakeable: bool = False,
+) -> object:  # fmt: skip
     if is_cluster(client):  # streams may span hash slots
         return read_slots(client, head, positions, block_ms)
     if block_ms is not None:
         head = [*head, "BLOCK", block_ms]
+    if packed is not None and isinstance(client, redis.Redis):
+        return packed.send(client, head, positions, wakeable=wakeable)
     return command(client, *head, "STREAMS", *positions.keys(), *positions.values())
 
 
@@ -63,10 +146,16 @@ def read_group(
     *,
     count: int,
     block_ms: int | None,
+    packed: PackedRead | None = None,
+    wakeable: bool = False,
 ) -> dict[str, list[RawEntry]]:
-    """XREADGROUP: ``">"`` reads new entries, an id re-reads this consumer's own pending ones."""
+    """XREADGROUP: ``">"`` reads new entries, an id re-reads this consumer's own pending ones.
+
+    ``packed`` keeps the packed ``STREAMS`` part between calls; ``wakeable``
+    lets ``packed.wake()`` end the wait from another thread.
+    """
     head: list[str | int] = ["XREADGROUP", "GROUP", group, consumer, "COUNT", count]
-    return parse_read_reply(_read(client, head, positions, block_ms))
+    return parse_read_reply(_read(client, head, positions, block_ms, packed, wakeable))
 
 
 def autoclaim(

@@ -19,6 +19,7 @@ from ..batch.batches import Batches
 from ..batch.deliveries import Deliveries
 from ..batch.pacing import Pacer
 from ..client.connection import Client, text
+from ..client.streams import PackedRead
 from ..config import BridgeConfig, StreamConfig
 from ..exceptions import StreamConfigError
 from ..publish.dispatch import Dispatcher
@@ -31,6 +32,9 @@ from .limit import Limiter
 __all__ = ["Discovery", "Reader", "StreamReader", "Wiring"]
 
 logger = get_logger(__name__)
+
+#: Streams named one by one at INFO per discovery scan of a pattern; a scan that finds more logs their total.
+LOG_FOUND = 20
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,9 @@ class Reader:
     def on_error(self, exc: BaseException) -> None:
         """Forget what is not known to be true any more after an error."""
 
+    def wake(self) -> None:
+        """From another thread (a stop): end a long blocking read now, if one is under way."""
+
     def close(self, client: Client | None, *, warm: bool) -> None:
         """The thread is ending: ``warm`` after a stop with the last round done (and no failure pending)."""
 
@@ -87,6 +94,7 @@ class StreamReader(Reader):
         self.upkeep = Upkeep(block_ms=wiring.config.block_ms, reap_idle_ms=wiring.config.reap_idle_ms)
         self.incoming: list[StreamConfig] = []
         self._incoming_lock = threading.Lock()
+        self.packed = PackedRead()
         # A stream with a fleet-wide rate limit has a reader of its own (Service.add): its bucket is the reader's.
         self.limiter: Limiter | None = None
         self.drained = False
@@ -127,6 +135,8 @@ class StreamReader(Reader):
 
     def unpaused(self, positions: Mapping[str, str]) -> dict[str, str]:
         """The positions of the streams whose target queue has room (backpressure)."""
+        if not self.backpressure.queues:  # no stream has a max_queue_length: 10,000 calls saved per read
+            return dict(positions)
         return {
             s: p for s, p in positions.items() if not self.backpressure.paused(self.streams[s], self.wiring.stats[s])
         }
@@ -154,6 +164,9 @@ class StreamReader(Reader):
 
     def on_error(self, exc: BaseException) -> None:
         self.batches.forget()
+
+    def wake(self) -> None:
+        self.packed.wake()
 
     def close(self, client: Client | None, *, warm: bool) -> None:
         self.backpressure.close()
@@ -183,18 +196,25 @@ class Discovery(Reader):
 
     def step(self, client: Client) -> None:
         for pattern in self.patterns:
-            for key in client.scan_iter(match=pattern.stream, _type="STREAM", count=1000):
-                try:
-                    name = key.decode() if isinstance(key, bytes) else text(key)
-                except UnicodeDecodeError:
-                    # Decoded with replacement it would name another key, which MKSTREAM would create.
-                    self._refuse_undecodable(pattern, key)
-                    continue
-                if name in self.refused or self.known(name):
-                    continue
-                self._consider(pattern, name)
+            self.scan(client, pattern)
         self.first_scan = False
         self.stop_event.wait(self.config.discovery_interval)
+
+    def scan(self, client: Client, pattern: StreamConfig) -> None:
+        """One SCAN of ``pattern``: the first LOG_FOUND streams found named at INFO, the rest at DEBUG, one total."""
+        found = 0
+        for key in client.scan_iter(match=pattern.stream, _type="STREAM", count=1000):
+            try:
+                name = key.decode() if isinstance(key, bytes) else text(key)
+            except UnicodeDecodeError:
+                # Decoded with replacement it would name another key, which MKSTREAM would create.
+                self._refuse_undecodable(pattern, key)
+                continue
+            if name in self.refused or self.known(name):
+                continue
+            found += self._consider(pattern, name, found)
+        if found > LOG_FOUND:
+            logger.info("redis-stream: found %d streams matching %s", found, pattern.stream)
 
     def _refuse_undecodable(self, pattern: StreamConfig, key: bytes) -> None:
         shown = repr(key)
@@ -204,7 +224,8 @@ class Discovery(Reader):
                 "redis-stream: not reading stream %s matching %s: its name is not UTF-8", shown, pattern.stream
             )
 
-    def _consider(self, pattern: StreamConfig, name: str) -> None:
+    def _consider(self, pattern: StreamConfig, name: str, found: int) -> int:
+        """Check and start reading ``name``; 1 if it is read from now on (``found`` before it this scan)."""
         sc = pattern.for_stream(name, cluster=self.config.cluster)
         if not self.first_scan:
             # Created after the worker started: all of it is new.
@@ -214,6 +235,10 @@ class Discovery(Reader):
         except StreamConfigError as exc:
             self.refused.add(name)
             logger.error("redis-stream: not reading stream=%s matching %s: %s", name, pattern.stream, exc)
-            return
-        logger.info("redis-stream: found stream=%s matching %s", name, pattern.stream)
+            return 0
+        # Thousands of streams (one per tenant) would be thousands of lines: the first ones, then a total.
+        (logger.info if found < LOG_FOUND else logger.debug)(
+            "redis-stream: found stream=%s matching %s", name, pattern.stream
+        )
         self.found(sc)
+        return 1

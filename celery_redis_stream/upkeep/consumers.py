@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..client.connection import Client, items, number, text
+from redis.exceptions import ResponseError
+
+from ..client.connection import Client, ScriptCall, items, number, run_scripts, text
 from ..config import StreamConfig
 
-__all__ = ["REAP_BATCH", "REAP_CONSUMERS", "Removed", "reap_consumers", "remove_own_consumer"]
+__all__ = [
+    "REAP_BATCH", "REAP_CONSUMERS", "Removed", "reap_consumers", "reap_many", "remove_own_consumer", "remove_own_many",
+]  # fmt: skip
 
 # KEYS: stream. ARGV: group, own consumer, min idle ms, mode ("others" | "own"),
 # at most this many deletions (a short script even after years of rollouts).
@@ -56,10 +61,24 @@ class Removed:
 REAP_BATCH = 200
 
 
+def _parse(reply: object) -> list[Removed]:
+    flat = items(reply)
+    return [Removed(text(flat[i]), number(flat[i + 1])) for i in range(0, len(flat) - 1, 2)]
+
+
 def _run(client: Client, sc: StreamConfig, own: str, min_idle_ms: int, mode: str) -> list[Removed]:
     script = client.register_script(REAP_CONSUMERS)
-    reply = items(script(keys=[sc.stream], args=[sc.group, own, min_idle_ms, mode, REAP_BATCH]))
-    return [Removed(text(reply[i]), number(reply[i + 1])) for i in range(0, len(reply) - 1, 2)]
+    return _parse(script(keys=[sc.stream], args=[sc.group, own, min_idle_ms, mode, REAP_BATCH]))
+
+
+def _run_many(
+    client: Client, streams: Sequence[StreamConfig], own: str, min_idle_ms: int, mode: str
+) -> list[list[Removed] | ResponseError]:
+    calls: list[ScriptCall] = [([sc.stream], [sc.group, own, min_idle_ms, mode, REAP_BATCH]) for sc in streams]
+    return [
+        reply if isinstance(reply, ResponseError) else _parse(reply)
+        for reply in run_scripts(client, REAP_CONSUMERS, calls)
+    ]
 
 
 def reap_consumers(client: Client, sc: StreamConfig, own: str, *, min_idle_ms: int) -> list[Removed]:
@@ -75,3 +94,15 @@ def reap_consumers(client: Client, sc: StreamConfig, own: str, *, min_idle_ms: i
 def remove_own_consumer(client: Client, sc: StreamConfig, own: str) -> bool:
     """Delete ``own`` from ``sc``'s group if nothing is pending on it (a warm stop); True if it was deleted."""
     return bool(_run(client, sc, own, 0, "own"))
+
+
+def reap_many(
+    client: Client, streams: Sequence[StreamConfig], own: str, *, min_idle_ms: int
+) -> list[list[Removed] | ResponseError]:
+    """reap_consumers on many streams, pipelined (each call still one atomic script); a refusal in its place."""
+    return _run_many(client, streams, own, min_idle_ms, "others")
+
+
+def remove_own_many(client: Client, streams: Sequence[StreamConfig], own: str) -> list[bool | ResponseError]:
+    """remove_own_consumer on many streams, pipelined: a warm stop of a worker reading thousands."""
+    return [r if isinstance(r, ResponseError) else bool(r) for r in _run_many(client, streams, own, 0, "own")]

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TypedDict
 
+from redis.exceptions import ResponseError
+
 from .. import keys
-from ..client.connection import Client, items, mapping, text
+from ..client.connection import Client, ScriptCall, items, mapping, run_scripts, text
 from ..config import StreamConfig
 from ..position.rule import position_of
 
 __all__ = [
-    "TRIM_PASSED", "RetentionRow", "Trim", "retention_key", "retention_status", "trim_passed",
+    "TRIM_PASSED", "RetentionRow", "Trim", "retention_key", "retention_status", "trim_many", "trim_passed",
 ]  # fmt: skip
 
 # KEYS: stream, state hash, [tracker]. ARGV: retention ms, interval ms, own
@@ -114,6 +117,16 @@ def retention_key(sc: StreamConfig) -> str:
     return keys.retention(sc.tracker_key)
 
 
+def _call(sc: StreamConfig, *, retention_ms: int, interval_ms: int, acked: bool) -> ScriptCall:
+    extra, group = position_of(sc).retention()
+    return [sc.stream, retention_key(sc), *extra], [retention_ms, interval_ms, group, "1" if acked else "0"]
+
+
+def _parse(reply: object) -> Trim:
+    status, trimmed, minid = items(reply)
+    return Trim(text(status), int(text(trimmed)), text(minid))
+
+
 def trim_passed(client: Client, sc: StreamConfig, *, retention_ms: int, interval_ms: int, acked: bool = False) -> Trim:
     """XTRIM MINID ~ the entries of ``sc`` older than ``retention_ms`` that every group and the tracker passed.
 
@@ -121,12 +134,20 @@ def trim_passed(client: Client, sc: StreamConfig, *, retention_ms: int, interval
     id, the tracker and the time, and trims; ``interval_ms`` > 0 lets at most
     one caller per interval through, fleet-wide.
     """
-    extra, group = position_of(sc).retention()
     script = client.register_script(TRIM_PASSED)
-    args: list[str | int] = [retention_ms, interval_ms, group, "1" if acked else "0"]
-    reply = script(keys=[sc.stream, retention_key(sc), *extra], args=args)
-    status, trimmed, minid = items(reply)
-    return Trim(text(status), int(text(trimmed)), text(minid))
+    keys_, args = _call(sc, retention_ms=retention_ms, interval_ms=interval_ms, acked=acked)
+    return _parse(script(keys=list(keys_), args=list(args)))
+
+
+def trim_many(
+    client: Client, calls: Sequence[tuple[StreamConfig, int, int]], *, acked: bool
+) -> list[Trim | ResponseError]:
+    """trim_passed on many streams, pipelined: ``calls`` are (stream, retention ms, interval ms)."""
+    scripts = [_call(sc, retention_ms=r, interval_ms=i, acked=acked) for sc, r, i in calls]
+    return [
+        reply if isinstance(reply, ResponseError) else _parse(reply)
+        for reply in run_scripts(client, TRIM_PASSED, scripts)
+    ]
 
 
 def retention_status(client: Client, sc: StreamConfig) -> RetentionRow:

@@ -7,6 +7,8 @@ header naming the dispatching process).
 
 from __future__ import annotations
 
+import random
+import statistics
 import time
 from collections import Counter
 
@@ -86,3 +88,77 @@ def test_four_workers_share_20_streams_without_duplicates(redis_server: RedisSer
     for s in streams:
         assert c.xpending(s, "celery")["pending"] == 0
     print(f"4 workers x 20 streams: dispatched per worker {sorted(by_pid.values())}")
+
+
+SCALE_STREAMS = 2000
+
+
+def info_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if " INFO/" in line and "redis-stream:" in line]
+
+
+def test_2000_pattern_streams_no_upkeep_stall_few_log_lines_prompt_stop(
+    redis_server: RedisServer, workers: list[Worker]
+) -> None:
+    """The shape of 10,000 tenant streams in one worker, small enough for CI.
+
+    Upkeep rounds every 2 s (stream_claim_idle_ms 4 s): an entry written at
+    any moment, during a round or not, is dispatched about as fast as on a
+    quiet worker; claims and consumer removal still happen where they are
+    due; discovery and the warm stop log a bounded number of INFO lines; the
+    warm stop (removing the worker's consumer from 2,000 groups) is prompt.
+    """
+    c = redis_server.client()
+    streams = [f"tenant:{i}" for i in range(SCALE_STREAMS)]
+    pipe = c.pipeline(transaction=False)
+    for s in streams:
+        pipe.xadd(s, {"n": "0"})
+    pipe.execute()
+    # tenant:7: its one entry pending on a dead consumer, to be claimed; tenant:9: an idle consumer, to be removed.
+    c.xgroup_create("tenant:7", "celery", id="0")
+    c.xreadgroup("celery", "ghost-pending", {"tenant:7": ">"}, count=1)
+    c.xgroup_create("tenant:9", "celery", id="0")
+    c.execute_command("XGROUP", "CREATECONSUMER", "tenant:9", "celery", "ghost-empty")
+    env = worker_env(
+        redis_server.url_db(0), redis_server.url_db(1), redis_server.url_db(2), {"tenant:*": "tests.record"},
+        stream_start="0", stream_claim_idle_ms=4000, stream_reap_idle_ms=3000,
+    )  # fmt: skip
+    worker = Worker(env, queues="idle")
+    workers.append(worker)
+    worker.start()
+    broker = redis_server.client(1)
+    # Every entry, the one on the dead consumer too (claimed after 4 s idle).
+    wait_logged(workers, lambda: broker.llen("celery") >= SCALE_STREAMS, 60, f"{SCALE_STREAMS} task messages")
+    wait_logged(workers, lambda: "ghost-empty" not in {x["name"] for x in c.xinfo_consumers("tenant:9", "celery")},
+                30, "the idle consumer removed")  # fmt: skip
+    broker.delete("celery")
+
+    # One entry at a time to random streams over 6 s: three upkeep rounds.
+    rng = random.Random(5)
+    samples = []
+    for i in range(60):
+        time.sleep(rng.uniform(0.0, 0.2))
+        started = time.perf_counter()
+        c.xadd(rng.choice(streams), {"n": str(i)})
+        assert broker.brpop(["celery"], timeout=10) is not None, "an entry was not dispatched within 10 s"
+        samples.append((time.perf_counter() - started) * 1000)
+    samples.sort()
+    median, worst = statistics.median(samples), samples[-1]
+    print(f"{SCALE_STREAMS} streams: latency p50 {median:.1f} ms, max {worst:.1f} ms")
+    # A serial round (four round trips per stream) held every read up for about a second here.
+    assert worst < max(300.0, 10 * median), samples
+
+    started = time.monotonic()
+    assert worker.stop() == 0
+    stop_s = time.monotonic() - started
+    lines = info_lines(worker.output())
+    assert len(lines) <= 100, f"{len(lines)} INFO lines"
+    assert f"found {SCALE_STREAMS} streams matching tenant:*" in worker.output()
+    assert "removed consumer ghost-empty from group=celery stream=tenant:9" in worker.output()
+    assert "claimed 1 idle entry of stream=tenant:7 group=celery" in worker.output()
+    assert "more streams of group=celery: stopped with nothing pending" in worker.output()
+    assert stop_s < 5.0, f"warm stop took {stop_s:.1f} s"
+    pipe = c.pipeline(transaction=False)
+    for s in streams:
+        pipe.xinfo_groups(s)
+    assert all(groups[0]["consumers"] == 0 for groups in pipe.execute()), "the worker left every group"

@@ -78,6 +78,26 @@ def test_stream_replies_stay_raw_so_duplicate_fields_survive(unit_db: UnitDB) ->
         client.close()
 
 
+def test_run_scripts_pipelines_many_calls_loads_a_missing_script_and_returns_refusals_in_place(unit_db: UnitDB) -> None:
+    from celery_redis_stream.client.connection import PIPELINE_CHUNK, run_scripts
+
+    client = unit_db.client
+    source = (
+        "if redis.call('TYPE', KEYS[1])['ok'] == 'string' then return redis.call('INCRBY', KEYS[1], ARGV[1]) end "
+        "return redis.error_reply('NOTSTRING ' .. KEYS[1])"
+    )
+    client.script_flush()
+    n = PIPELINE_CHUNK + 3  # two pipelines
+    for i in range(n):
+        client.set(f"k{i}", i)
+    client.hset("h", "f", "v")
+    calls = [([f"k{i}"], [1]) for i in range(n)] + [(["h"], [1])]
+    replies = run_scripts(client, source, calls)  # NOSCRIPT on the first pipeline: loaded, sent again
+    assert replies[:n] == [i + 1 for i in range(n)]
+    assert isinstance(replies[-1], ResponseError) and "NOTSTRING h" in str(replies[-1])
+    assert run_scripts(client, source, calls[:2]) == [2, 3]
+
+
 @pytest.mark.parametrize(
     ("info", "name"),
     [

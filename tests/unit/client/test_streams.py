@@ -71,3 +71,39 @@ def test_last_id_and_entry_ids(client: Client) -> None:
     assert last_id(client, "orders") == "3-4"
     assert as_entry_id("$", lambda: "3-4") == "3-4"
     assert as_entry_id("0", lambda: "x") == "0-0" and as_entry_id("5-1", lambda: "x") == "5-1"
+
+
+def test_packed_read_reads_like_the_plain_command_and_repacks_when_streams_change(client: Client) -> None:
+    from celery_redis_stream.client.streams import PackedRead
+
+    for s in ("a", "b"):
+        ensure_group(client, stream_config(stream=s))
+    client.xadd("a", {"n": "1"}, id="1-0")
+    packed = PackedRead()
+    got = read_group(client, "celery", "c1", {"a": ">", "b": ">"}, count=10, block_ms=10, packed=packed)
+    assert [e.id for e in got["a"]] == ["1-0"]
+    tail = packed.tail
+    client.xadd("b", {"n": "2"}, id="2-0")
+    got = read_group(client, "celery", "c1", {"a": ">", "b": ">"}, count=10, block_ms=10, packed=packed)
+    assert packed.tail is tail, "same streams: packed once"
+    assert [e.id for e in got["b"]] == ["2-0"]
+    assert read_group(client, "celery", "c1", {"b": ">"}, count=10, block_ms=10, packed=packed) == {}
+    assert packed.tail != tail
+
+
+def test_a_wakeable_read_ends_at_once_on_wake(client: Client) -> None:
+    import threading
+    import time
+
+    from celery_redis_stream.client.streams import PackedRead
+
+    ensure_group(client, stream_config())
+    packed = PackedRead()
+    threading.Timer(0.3, packed.wake).start()
+    started = time.monotonic()
+    got = read_group(client, "celery", "c1", {"orders": ">"}, count=10, block_ms=10_000, packed=packed, wakeable=True)
+    assert got == {} and time.monotonic() - started < 5.0
+    # Nothing was lost: an entry written now is read by the next read.
+    client.xadd("orders", {"n": "1"}, id="1-0")
+    got = read_group(client, "celery", "c1", {"orders": ">"}, count=10, block_ms=10, packed=packed)
+    assert [e.id for e in got["orders"]] == ["1-0"]
