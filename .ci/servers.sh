@@ -10,7 +10,7 @@
 # Idempotent: a server already present (with the right version) is kept, so a second run takes seconds.
 # Debian's Redis 8.6 *binary* packages need a newer libc than Debian 12 has, so the source package is
 # built here; the temporary apt entry it needs is a private source list, removed on exit.
-# tests/support.py finds the binaries here through CRS_SERVER (redis86, valkey9, valkey).
+# tests/support.py finds the binaries here through CRS_SERVER (redis86, valkey8, valkey9).
 set -euo pipefail
 
 DIR="${CRS_SERVERS_DIR:-/opt/crs-servers}"
@@ -137,22 +137,13 @@ valkey8() {
     log "valkey $(ver "$dest/valkey-server") at $dest"
 }
 
-write_ready() {
-    # Other people on a shared machine wait for these files (paths of the binaries), if asked.
-    if [ -n "${CRS_READY_DIR:-}" ]; then echo "$2" >"$CRS_READY_DIR/$1.ready"; fi
-}
-
 [ $# -gt 0 ] || set -- all
 for what in "$@"; do
     case "$what" in
-        redis86) redis86; write_ready redis86 "$DIR/redis-$REDIS_SERIES/bin/redis-server" ;;
-        valkey9) valkey9; write_ready valkey9 "$DIR/valkey-9/bin/valkey-server" ;;
+        redis86) redis86 ;;
+        valkey9) valkey9 ;;
         valkey8) valkey8 ;;
-        all)
-            redis86; write_ready redis86 "$DIR/redis-$REDIS_SERIES/bin/redis-server"
-            valkey9; write_ready valkey9 "$DIR/valkey-9/bin/valkey-server"
-            valkey8
-            ;;
+        all) redis86; valkey9; valkey8 ;;
         *) die "unknown server '$what' (redis86, valkey9, valkey8 or all)" ;;
     esac
 done
