@@ -69,7 +69,10 @@ redis86() {
     [ -n "$version" ] || die "Debian experimental has no redis $REDIS_SERIES.x source package (it has: $(apt-cache "${apt_opts[@]}" showsrc redis | awk '/^Version:/ {print $2}' | tr '\n' ' '))"
     log "building redis $version from Debian experimental's source package"
     # What upstream's make needs (the source tree vendors jemalloc, lua and hiredis); dpkg-dev unpacks.
-    apt-get install -y -qq --no-install-recommends build-essential pkg-config dpkg-dev >/dev/null
+    if ! dpkg -s build-essential pkg-config dpkg-dev >/dev/null 2>&1; then
+        apt-get update -qq
+        apt-get install -y -qq --no-install-recommends build-essential pkg-config dpkg-dev >/dev/null
+    fi
     build="$DIR/build"
     rm -rf "$build"
     mkdir -p "$build"
