@@ -4,8 +4,9 @@
 #
 #   bash .ci/matrix.sh [CELL...]    (default: every cell, in this order; `make matrix-CELL` runs one)
 #
-#   redis86 valkey8 valkey9   the unit tier, the worker end-to-end and fault tests, the cluster, exactly-once,
-#                             hygiene/retention and lag tests, every server CRS_SERVER=<cell> (.ci/servers.sh)
+#   redis86 valkey8 valkey9   the unit tier, the worker end-to-end, fault and shutdown tests, the cluster,
+#                             exactly-once, hygiene/retention, lag and idempotent produce tests, every server
+#                             CRS_SERVER=<cell> (.ci/servers.sh)
 #   py310-oldest              Python 3.10, celery==5.3.0 kombu==5.3.0 redis==5.0.0: the unit tier, the Redis
 #                             fast path and the worker subset
 #   py313-newest              Python 3.13, the newest releases: the same
@@ -27,6 +28,7 @@ SERVER_TESTS=(
     tests/unit --ignore=tests/unit/test_house.py tests/e2e/test_worker_e2e.py tests/e2e/test_fault_broker.py
     tests/e2e/test_fault_streams_redis.py tests/e2e/test_fault_workers.py tests/e2e/test_cluster.py
     tests/e2e/test_exactly_once.py tests/e2e/test_hygiene.py tests/e2e/test_lag.py
+    tests/e2e/test_idempotent_produce.py tests/e2e/test_shutdown.py
 )
 # The worker subset: the pool CRS_POOL names (the banner, the tasks' processes), a real `celery worker`
 # dispatching, sharing a stream, killed and restarted, stopped warm mid-stream, claiming a dead worker's entries.

@@ -54,6 +54,7 @@ UNITS_MS = {"s": 1000, "m": 60_000, "h": 3_600_000}
 #: worth): an even flow as Celery's own rate_limit gives (a bucket of one), in batches a busy stream can use.
 BURST_MS = 100
 
+
 @dataclass(frozen=True, slots=True)
 class Rate:
     """At most ``count`` entries per ``interval_ms``, for the whole fleet; ``text`` as configured.
@@ -148,6 +149,7 @@ class StreamConfig:
     def json_field(self) -> str:
         """The field ``decode: "json:<field>"`` parses ("" for the other decoders)."""
         return self.decode.partition(":")[2]
+
     rate_limit: Rate | None = None
     dedupe: DedupeRule | None = None
 
@@ -335,6 +337,8 @@ def _decode(value: object, setting: str, stream: str | None = None) -> str:
         return text
     choices = ", ".join(repr(d) for d in (*DECODERS, "json:<field>"))
     raise _fail(setting, f"expected one of {choices}, got {text!r}", stream)
+
+
 def _rate(value: object, setting: str, stream: str | None = None) -> Rate:
     try:
         return parse_rate(value)
@@ -484,137 +488,193 @@ _DECODE_TYPE = '"utf-8" | "raw" | "json:<field>" | "faststream"'
 # The global settings, in the order they are checked (the first bad one is reported).
 OPTIONS: dict[str, Option] = {
     "stream_tasks": Option(
-        {}, "dict[str, str | dict]", _tasks,
+        {},
+        "dict[str, str | dict]",
+        _tasks,
         meaning=(
             "stream key (or glob pattern) -> task name, or -> a dict of per-stream keys; empty: the worker "
             "reads nothing"
         ),
     ),
     "stream_mode": Option(
-        "group", '"group" | "tracker"', _mode,
+        "group",
+        '"group" | "tracker"',
+        _mode,
         meaning='`"group"`: XREADGROUP + XACK; `"tracker"`: XREAD + a tracker key holding the last dispatched id',
     ),
     "stream_group": Option(
-        "celery", "str", _str,
+        "celery",
+        "str",
+        _str,
         meaning="consumer group name (group mode)",
     ),
     "stream_start": Option(
-        "$", "str", _start,
+        "$",
+        "str",
+        _start,
         meaning=(
-            'where a new group or tracker starts: `"$"` (new entries only), `"0"` (the whole stream) or an '
-            "entry id"
+            'where a new group or tracker starts: `"$"` (new entries only), `"0"` (the whole stream) or an entry id'
         ),
     ),
     "stream_batch_size": Option(
-        100, "int >= 1", _positive,
+        100,
+        "int >= 1",
+        _positive,
         meaning="entries per read, and so per publish batch and per XACK / tracker SET",
     ),
     "stream_block_ms": Option(
-        1000, "int >= 1", _positive,
+        1000,
+        "int >= 1",
+        _positive,
         meaning="read block time; the reader's socket timeout is this plus 10 s, and a warm stop waits about this long",
     ),
     "stream_claim_idle_ms": Option(
-        60000, "int >= 1", _positive,
+        60000,
+        "int >= 1",
+        _positive,
         meaning=(
             "group mode: entries pending this long on another consumer are claimed (XAUTOCLAIM); also the "
             "tracker lease time"
         ),
     ),
     "stream_max_entry_bytes": Option(
-        1048576, "int >= 1", _positive,
+        1048576,
+        "int >= 1",
+        _positive,
         meaning="entries whose field names and values add up to more bytes are dead-lettered (`too_large`)",
     ),
     "stream_dead_letter": Option(
-        _keys.DEAD_LETTER_TEMPLATE, "str containing {stream}", _dead_letter,
+        _keys.DEAD_LETTER_TEMPLATE,
+        "str containing {stream}",
+        _dead_letter,
         meaning="dead-letter stream name template",
     ),
     "stream_tracker_prefix": Option(
-        _keys.TRACKER_PREFIX, "str", _str,
+        _keys.TRACKER_PREFIX,
+        "str",
+        _str,
         meaning="tracker key prefix (tracker mode)",
     ),
     "stream_max_queue_length": Option(
-        None, "int >= 0 | None", _count, nullable=True,
+        None,
+        "int >= 0 | None",
+        _count,
+        nullable=True,
         meaning="backpressure: pause reading a stream while its target Celery queue holds more messages than this",
     ),
     "stream_url": Option(
-        None, "str", _url, computed=default_url, doc=_URL_DEFAULT,
+        None,
+        "str",
+        _url,
+        computed=default_url,
+        doc=_URL_DEFAULT,
         meaning=(
             "where the streams live: `redis://`, `rediss://`, `unix://`, `redis+cluster://h:p[,h:p]` or "
             "`sentinel://h:p[;sentinel://...]`"
         ),
     ),
     "stream_transport_options": Option(
-        {}, "dict", _transport_options,
+        {},
+        "dict",
+        _transport_options,
         meaning="extra redis-py client options for the streams Redis (`master_name` for Sentinel, `ssl_*`, timeouts)",
     ),
     "stream_discovery_interval": Option(
-        30.0, "seconds", _seconds,
+        30.0,
+        "seconds",
+        _seconds,
         meaning='how often streams matching a pattern key of `stream_tasks` (`"orders:*"`) are looked for (SCAN)',
     ),
     "stream_metrics_port": Option(
-        None, "int | None", _positive, nullable=True,
+        None,
+        "int | None",
+        _positive,
+        nullable=True,
         meaning="serve Prometheus metrics on this port from the worker's main process (`prometheus` extra)",
     ),
     # loopback unless configured: metrics name streams and groups
     "stream_metrics_addr": Option(
-        "127.0.0.1", "str", _str,
+        "127.0.0.1",
+        "str",
+        _str,
         meaning='address the metrics endpoint binds to; `"0.0.0.0"` for a Prometheus outside the host',
     ),
     "stream_fast_path": Option(
-        True, "bool", _flag,
+        True,
+        "bool",
+        _flag,
         meaning=(
             "build a batch's Redis or RabbitMQ task messages from one template (byte-identical to "
             "`send_task`'s), falling back to `send_task` where it cannot; needed for exactly once"
         ),
     ),
     "stream_trace_fields": Option(
-        ["traceparent", "tracestate"], "list[str]", _trace_fields,
+        ["traceparent", "tracestate"],
+        "list[str]",
+        _trace_fields,
         meaning=(
             "entry fields moved from the task's arguments into its message headers (W3C trace context); `[]` "
             "keeps them arguments"
         ),
     ),
     "stream_consumer": Option(
-        None, "str | None", _str, doc="the worker's nodename (`-n`)",
+        None,
+        "str | None",
+        _str,
+        doc="the worker's nodename (`-n`)",
         meaning="consumer name (group mode) and lease owner (tracker mode); keep it stable across restarts",
     ),
     "stream_reap_idle_ms": Option(
-        3600000, "int >= 1", _positive,
+        3600000,
+        "int >= 1",
+        _positive,
         meaning="group mode: consumers idle this long with nothing pending are removed from the group",
     ),
     "stream_retention_ms": Option(
-        None, "int >= 1 | None", _positive, nullable=True,
+        None,
+        "int >= 1 | None",
+        _positive,
+        nullable=True,
         meaning=(
             "trim entries older than this that every group has acknowledged (and the tracker has passed); "
             "`None` never trims"
         ),
     ),
     "stream_max_deliveries": Option(
-        5, "int >= 1 | None", _positive, nullable=True,
+        5,
+        "int >= 1 | None",
+        _positive,
+        nullable=True,
         meaning=(
             "an entry read this many times by workers that died holding it is dead-lettered "
             "(`max_deliveries`); `None` never gives up"
         ),
     ),
     "stream_dead_letter_failed_tasks": Option(
-        False, "bool", _flag,
+        False,
+        "bool",
+        _flag,
         meaning=(
-            "an entry whose task fails for good (no retry left, or rejected) is dead-lettered with reason "
-            "`task_failed`"
+            "an entry whose task fails for good (no retry left, or rejected) is dead-lettered with reason `task_failed`"
         ),
     ),
     "stream_decode": Option(
-        "utf-8", _DECODE_TYPE, _decode,
+        "utf-8",
+        _DECODE_TYPE,
+        _decode,
         meaning=(
             'how entries are decoded before they become arguments: `"utf-8"` text fields; `"raw"` no decoding, '
-            "the stream needs a `converter`, which reads `entry.raw_fields`; `\"json:<field>\"` that field's JSON "
+            'the stream needs a `converter`, which reads `entry.raw_fields`; `"json:<field>"` that field\'s JSON '
             'value is the argument; `"faststream"` the body of a message FastStream\'s Redis publisher wrote '
             "(0.5 or 0.6+), its `correlation_id` a message header. An entry the decoder cannot read is "
             "dead-lettered with reason `decode` (see [Producers](producers.md))"
         ),
     ),
     "stream_rate_limit": Option(
-        None, "str | number | None", _rate, nullable=True,
+        None,
+        "str | number | None",
+        _rate,
+        nullable=True,
         meaning=(
             "the most entries of each stream read and dispatched per interval by the whole fleet: "
             '`"100/s"`, `"600/m"`, `"1000/h"` or a number per second (see Traffic control)'
@@ -625,75 +685,133 @@ OPTIONS: dict[str, Option] = {
 # The keys of a stream's dict in stream_tasks, in the order they are checked.
 STREAM_OPTIONS: dict[str, Option] = {
     "task": Option(
-        None, "str", _task_name, doc="required",
+        None,
+        "str",
+        _task_name,
+        doc="required",
         meaning="the task name; the task name never comes from the entry",
     ),
     "registered": Option(
-        True, "bool", _flag,
+        True,
+        "bool",
+        _flag,
         meaning="`False` when another app's workers run the task: its name is then not checked at start-up",
     ),
     "call": Option(
-        "fields", '"fields" | "kwargs" | "entry"', _call,
+        "fields",
+        '"fields" | "kwargs" | "entry"',
+        _call,
         meaning="call shape: `task(fields)`, `task(**fields)` or `task(stream, entry_id, fields)`",
     ),
     "converter": Option(
-        None, '"package.module:function"', _converter, nullable=True, doc="none",
+        None,
+        '"package.module:function"',
+        _converter,
+        nullable=True,
+        doc="none",
         meaning="a function `StreamEntry -> (args, kwargs)`; overrides `call`",
     ),
     "mode": Option(
-        None, '"group" | "tracker"', _mode, inherits="stream_mode",
+        None,
+        '"group" | "tracker"',
+        _mode,
+        inherits="stream_mode",
         meaning="position kind for this stream",
     ),
     "queue": Option(
-        None, "str", _str, nullable=True, doc="the task's routing",
+        None,
+        "str",
+        _str,
+        nullable=True,
+        doc="the task's routing",
         meaning="the queue this stream's tasks are sent to",
     ),
     "options": Option(
-        {}, "dict", _send_options,
+        {},
+        "dict",
+        _send_options,
         meaning="extra `send_task` options (`priority`, `expires`, `headers`, ...)",
     ),
     "tracker": Option(
-        None, "str", _str, nullable=True, doc=_TRACKER_DEFAULT,
+        None,
+        "str",
+        _str,
+        nullable=True,
+        doc=_TRACKER_DEFAULT,
         meaning="tracker name; the key is `stream_tracker_prefix` + tracker",
     ),
     "max_queue_length": Option(
-        None, "int >= 0 | None", _count, nullable=True, inherits="stream_max_queue_length",
+        None,
+        "int >= 0 | None",
+        _count,
+        nullable=True,
+        inherits="stream_max_queue_length",
         meaning="backpressure limit for this stream; `None` turns it off for the stream",
     ),
     "max_deliveries": Option(
-        None, "int >= 1 | None", _positive, nullable=True, inherits="stream_max_deliveries",
+        None,
+        "int >= 1 | None",
+        _positive,
+        nullable=True,
+        inherits="stream_max_deliveries",
         meaning="poison-entry limit for this stream",
     ),
     "dead_letter_failed_tasks": Option(
-        None, "bool", _flag, inherits="stream_dead_letter_failed_tasks",
+        None,
+        "bool",
+        _flag,
+        inherits="stream_dead_letter_failed_tasks",
         meaning="dead-letter the entries of this stream's tasks that fail for good",
     ),
     "group": Option(
-        None, "str", _str, inherits="stream_group",
+        None,
+        "str",
+        _str,
+        inherits="stream_group",
         meaning="consumer group for this stream",
     ),
     "start": Option(
-        None, "str", _start, inherits="stream_start",
+        None,
+        "str",
+        _start,
+        inherits="stream_start",
         meaning="start position of a new group or tracker for this stream",
     ),
     "batch_size": Option(
-        None, "int >= 1", _positive, inherits="stream_batch_size",
+        None,
+        "int >= 1",
+        _positive,
+        inherits="stream_batch_size",
         meaning="entries per read for this stream",
     ),
     "retention_ms": Option(
-        None, "int >= 1 | None", _positive, nullable=True, inherits="stream_retention_ms",
+        None,
+        "int >= 1 | None",
+        _positive,
+        nullable=True,
+        inherits="stream_retention_ms",
         meaning="retention of this stream; `None` never trims it",
     ),
     "decode": Option(
-        None, _DECODE_TYPE, _decode, inherits="stream_decode",
+        None,
+        _DECODE_TYPE,
+        _decode,
+        inherits="stream_decode",
         meaning="how this stream's entries are decoded",
     ),
     "rate_limit": Option(
-        None, "str | number | None", _rate, nullable=True, inherits="stream_rate_limit",
+        None,
+        "str | number | None",
+        _rate,
+        nullable=True,
+        inherits="stream_rate_limit",
         meaning='the fleet-wide rate limit of this stream (`"20/s"`); `None` turns it off for the stream',
     ),
     "dedupe": Option(
-        None, "dict | None", _dedupe, nullable=True,
+        None,
+        "dict | None",
+        _dedupe,
+        nullable=True,
         meaning=(
             'business-key deduplication: `{"key": "{tenant}:{order_id}", "ttl_ms": 3600000}` (`ttl_ms` '
             "defaults to one day; see Traffic control)"

@@ -1,19 +1,15 @@
 """produce(..., idempotency_key=...): one entry per key within the TTL, atomically, on every server kind.
 
-Real servers only: the system redis-server (Redis 7.0 here), a 3-master Redis
-Cluster, and Redis 8.6 / Valkey 9 from the binaries named in
-``/work/redis86.ready`` / ``/work/valkey9.ready`` (or ``CRS_REDIS86`` /
-``CRS_VALKEY9``): without such a binary those cases are skipped, saying which.
+Real servers only: the server CRS_SERVER selects (Redis 7.0 in ``make test``; Redis 8.6, Valkey 8 and
+Valkey 9 in CI's matrix cells, .ci/matrix.sh) and a 3-master Redis Cluster of it.
 """
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import redis
@@ -22,7 +18,6 @@ from redis.cluster import RedisCluster
 from celery_redis_stream import deadletters, produce
 from celery_redis_stream.client.connection import connect
 from celery_redis_stream.config import load_config
-from celery_redis_stream.testing import processes as harness
 
 from ..cluster import Cluster
 from ..support import RedisServer, make_app, wait_for
@@ -31,35 +26,16 @@ THREADS = 8
 KEYS = 100
 
 
-def _binary(env: str, ready: str) -> str | None:
-    path = os.environ.get(env) or (Path(ready).read_text().strip() if Path(ready).is_file() else "")
-    return path if path and os.access(path, os.X_OK) else None
-
-
-OTHER_SERVERS = {
-    "redis-8.6": ("CRS_REDIS86", "/work/redis86.ready"),
-    "valkey-9": ("CRS_VALKEY9", "/work/valkey9.ready"),
-}
-
-
-@pytest.fixture(scope="module", params=["system", *OTHER_SERVERS, "cluster"])
+@pytest.fixture(scope="module", params=["server", "cluster"])
 def client(request: pytest.FixtureRequest) -> Iterator[redis.Redis | RedisCluster]:
-    kind = request.param
-    if kind == "cluster":
+    if request.param == "cluster":
         cluster = Cluster(masters=3).start()
         try:
             yield cluster.client()
         finally:
             cluster.stop()
         return
-    server: harness.RedisServer
-    if kind == "system":
-        server = RedisServer().start()
-    else:
-        binary = _binary(*OTHER_SERVERS[kind])
-        if binary is None:
-            pytest.skip(f"no {kind} binary: set {OTHER_SERVERS[kind][0]} or write its path to {OTHER_SERVERS[kind][1]}")
-        server = harness.RedisServer(binary=binary).start()
+    server = RedisServer().start()
     try:
         yield server.client()
     finally:
