@@ -1,4 +1,5 @@
-"""Fixtures of the end-to-end tier that reach the machine's RabbitMQ (queues of each test's own, deleted after)."""
+"""Fixtures of the end-to-end tier: a private redis-server per test, and the machine's RabbitMQ (queues of each
+test's own, deleted after)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 from kombu import Connection
+
+from ..support import RedisServer
 
 AMQP_URL = os.environ.get("CRS_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
 
@@ -38,3 +41,13 @@ def queue(amqp: Connection) -> Iterator[str]:
             except amqp.channel_errors:
                 channel = amqp.channel()
         channel.close()
+
+
+@pytest.fixture
+def server() -> Iterator[RedisServer]:
+    """A private redis-server for one test (a module's own ``server`` fixture, if it has one, takes its place)."""
+    started = RedisServer().start()
+    try:
+        yield started
+    finally:
+        started.stop()

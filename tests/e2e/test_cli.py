@@ -6,7 +6,6 @@ import json
 import os
 import re
 import subprocess
-from collections.abc import Iterator
 from datetime import datetime, timezone
 from typing import Any
 
@@ -61,15 +60,6 @@ def status_json(env: dict[str, str], *args: str) -> tuple[int, dict[str, Any]]:
 
 def group_info(client: redis.Redis, stream: str, group: str = "celery") -> dict[str, Any]:
     return next(g for g in client.xinfo_groups(stream) if g["name"] == group.encode())
-
-
-@pytest.fixture
-def server() -> Iterator[RedisServer]:
-    s = RedisServer().start()
-    try:
-        yield s
-    finally:
-        s.stop()
 
 
 @pytest.fixture

@@ -12,12 +12,10 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import pytest
 from celery import __version__ as celery_version
 
 from ..support import ROOT, RedisServer, celery, expected_server, free_port
@@ -34,15 +32,6 @@ COMMANDS = (
     ("inspect",),
 )
 OLD_CELERY_CLI = tuple(int(x) for x in celery_version.split(".")[:2]) < (5, 4)
-
-
-@pytest.fixture
-def server() -> Iterator[RedisServer]:
-    s = RedisServer().start()
-    try:
-        yield s
-    finally:
-        s.stop()
 
 
 def one_line_error(result: subprocess.CompletedProcess[str]) -> str:

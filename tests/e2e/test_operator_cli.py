@@ -8,9 +8,7 @@ import os
 import select
 import subprocess
 import time
-from collections.abc import Iterator
 
-import pytest
 import redis
 
 from ..support import ROOT, RedisServer, Worker, celery_args, celery_env, produce_many
@@ -61,15 +59,6 @@ def at_terminal(env: dict[str, str], *args: str) -> bytes:
         if slave >= 0:
             os.close(slave)
         os.close(master)
-
-
-@pytest.fixture
-def server() -> Iterator[RedisServer]:
-    s = RedisServer().start()
-    try:
-        yield s
-    finally:
-        s.stop()
 
 
 def test_no_command_passes_control_characters_from_entries_to_the_terminal(server: RedisServer) -> None:
