@@ -88,11 +88,25 @@ def produce(
         command = idempotent_xadd_command(
             stream, pairs, idempotency_key, idempotency_ttl_s, maxlen=maxlen, approximate=approximate
         )
+        _check_slot(client, stream, command[4])
         try:
             entry_id = client.execute_command("EVALSHA", _SHA, *command[2:])  # type: ignore[no-untyped-call]
         except NoScriptError:  # first use on this server (or after SCRIPT FLUSH): send the script itself
             entry_id = client.execute_command(*command)  # type: ignore[no-untyped-call]
     return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+
+
+def _check_slot(client: redis.Redis | RedisCluster, stream: str, record: object) -> None:
+    """On Redis Cluster, refuse a stream whose idempotency record cannot share its slot (a ``}`` without a hash tag)."""
+    from redis.cluster import RedisCluster
+    from redis.crc import key_slot
+
+    if isinstance(client, RedisCluster) and key_slot(str(record).encode()) != key_slot(stream.encode()):
+        raise ValueError(
+            f"on Redis Cluster, produce(..., idempotency_key=...) to {stream!r} needs its record "
+            f"{record!r} in the stream's slot, and a name with '}}' but no hash tag has none to share: "
+            "give the stream a hash tag (e.g. '{orders}' or '{t1}:orders')"
+        )
 
 
 def idempotent_xadd_command(
@@ -117,9 +131,9 @@ def idempotent_xadd_command(
             f"an entry produced with an idempotency_key has at most {MAX_IDEMPOTENT_FIELDS} fields, "
             f"this one has {len(pairs) // 2}"
         )
-    ttl_ms = math.ceil(idempotency_ttl_s * 1000)
+    ttl_ms = math.ceil(idempotency_ttl_s * 1000) if math.isfinite(idempotency_ttl_s) else 0
     if not 0 < ttl_ms < 2**62:
-        raise ValueError(f"idempotency_ttl_s must be a positive number of seconds, got {idempotency_ttl_s!r}")
+        raise ValueError(f"idempotency_ttl_s must be a positive, finite number of seconds, got {idempotency_ttl_s!r}")
     record = _keys.idempotency(stream, idempotency_key)
     threshold: EncodableT = "" if maxlen is None else maxlen
     return ["EVAL", IDEMPOTENT_XADD, 2, stream, record, ttl_ms, threshold, "~" if approximate else "=", *pairs]

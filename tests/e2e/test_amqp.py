@@ -18,7 +18,6 @@ from .conftest import AMQP_URL
 pytestmark = pytest.mark.rabbitmq
 
 
-
 def queue_size(connection: Connection, name: str) -> int:
     channel = connection.channel()
     try:

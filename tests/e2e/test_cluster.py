@@ -158,6 +158,8 @@ def test_cluster_key_names_share_the_streams_hash_slot() -> None:
     [
         ({"orders": {"task": "t", "tracker": "orders-position"}}, {}, "tracker key 'stream_tracker:orders-position'"),
         ({"{t1}:orders": "t"}, {"stream_dead_letter": "{dlq}:{stream}"}, "dead-letter stream '{dlq}:{t1}:orders'"),
+        # a '}' without a hash tag: no tag can name the stream's slot
+        ({"orders}": "t"}, {}, "dead-letter stream '{orders}}:dead'"),
     ],
 )
 def test_cluster_refuses_keys_that_cannot_share_the_streams_slot(tasks: Any, conf: Any, what: str) -> None:

@@ -134,3 +134,19 @@ def test_a_requeue_run_twice_on_a_cluster_adds_each_letter_once(monkeypatch: pyt
         assert deadletters.read(client, sc) == []
     finally:
         cluster.stop()
+
+
+@pytest.mark.parametrize("name", ["orders}", "{t1}:orders", "a{b", "{}x}"])
+def test_a_stream_name_with_braces_gets_one_entry_per_key_or_a_clear_refusal_on_a_cluster(
+    client: redis.Redis | RedisCluster, name: str
+) -> None:
+    stream = f"{name}-{uuid.uuid4().hex[:8]}"
+    untaggable = isinstance(client, RedisCluster) and "}" in stream and not stream.startswith("{t1}")
+    if untaggable:  # no hash tag can name the slot of a stream whose name has a '}' but no tag of its own
+        with pytest.raises(ValueError, match="give the stream a hash tag"):
+            produce(client, stream, {"n": "1"}, idempotency_key="k")
+        assert client.exists(stream) == 0
+        return
+    first = produce(client, stream, {"n": "1"}, idempotency_key="k")
+    assert produce(client, stream, {"n": "2"}, idempotency_key="k") == first
+    assert client.xlen(stream) == 1

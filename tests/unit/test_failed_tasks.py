@@ -53,9 +53,7 @@ def _letters(client: redis.Redis, dead: str = "orders:dead") -> list[dict[bytes,
     return [fields for _, fields in client.xrange(dead)]
 
 
-def test_a_failed_task_dead_letters_its_entry_with_the_task_id_and_a_masked_error(
-    app: Celery, unit_db: UnitDB
-) -> None:
+def test_a_failed_task_dead_letters_its_entry_with_the_task_id_and_a_masked_error(app: Celery, unit_db: UnitDB) -> None:
     unit_db.client.execute_command("XADD", "orders", "1-0", "order_id", "42", "blob", b"\xff\x00")
     _fail(app.tasks["shop.handle"], "orders", "1-0", ValueError("cannot reach redis://:s3cret@db/0"))
     (letter,) = _letters(unit_db.client)

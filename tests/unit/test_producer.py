@@ -58,3 +58,13 @@ def test_an_idempotent_entry_over_the_scripts_field_limit_is_refused_before_redi
         produce(client, stream, {**most, "one": "more"}, idempotency_key="k2")
     assert client.xlen(stream) == 1
     assert produce(client, stream, {**most, "one": "more"})  # without a key: no limit but Redis's own
+
+
+@pytest.mark.parametrize("ttl", [0, -1, float("inf"), float("-inf"), float("nan")])
+def test_an_idempotency_ttl_that_is_not_a_positive_finite_number_of_seconds_is_refused(
+    client: redis.Redis, ttl: float
+) -> None:
+    stream = f"ttl-{uuid.uuid4().hex[:8]}"
+    with pytest.raises(ValueError, match="positive, finite number of seconds"):
+        produce(client, stream, {"n": "1"}, idempotency_key="k", idempotency_ttl_s=ttl)
+    assert not client.exists(stream)
