@@ -7,7 +7,7 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal, cast
-from urllib.parse import urlparse
+from urllib.parse import urlparse, urlsplit
 
 from kombu.utils.url import maybe_sanitize_url
 
@@ -297,6 +297,15 @@ def _url(value: object, setting: str, stream: str | None = None) -> str:
             setting,
             f"expected a redis://, rediss://, unix://, redis+cluster:// or sentinel:// URL, got {redact(value)!r}",
         )
+    for one in value.split(";"):  # kombu's ';'-joined sentinels
+        parts = urlsplit(one.strip())
+        if parts.scheme != "unix" and "@" not in parts.netloc and "@" in one.partition("://")[2]:
+            # redis-py would read the password's head as the host or port, and echo it in its error
+            raise _fail(
+                setting,
+                f"the user name or password in {redact(one.strip())!r} holds a '/', '?' or '#', which ends a "
+                "URL's host part: percent-encode it (%2F, %3F, %23)",
+            )
     return value
 
 
@@ -570,7 +579,7 @@ OPTIONS: dict[str, Option] = {
         doc=_URL_DEFAULT,
         meaning=(
             "where the streams live: `redis://`, `rediss://`, `unix://`, `redis+cluster://h:p[,h:p]` or "
-            "`sentinel://h:p[;sentinel://...]`"
+            "`sentinel://h:p[;sentinel://...]`; a `/`, `?` or `#` in the password is percent-encoded (`%2F`)"
         ),
     ),
     "stream_transport_options": Option(

@@ -6,7 +6,13 @@ import re
 
 __all__ = ["redact"]
 
-CREDENTIALS_RE = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s:/@]*:)[^\s/]*@")
+# scheme://user: then the password up to its '@': the last '@' before a '/' or, when the password has an
+# unencoded '/' (which ends a URL's authority, so the URL is broken but its text still holds the secret),
+# the last '@' before a space or the next URL; a port (digits then '/') is not a password.
+CREDENTIALS_RE = re.compile(
+    r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s:/@]*:)"
+    r"(?:[^\s/]*|(?:(?<=//:)|(?!\d*/))(?:(?!://)\S)*)@"
+)
 
 
 def redact(message: str) -> str:

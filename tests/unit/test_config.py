@@ -45,6 +45,24 @@ def test_stream_url_defaults_to_a_redis_broker_and_never_shows_its_password() ->
     assert "secret" not in repr(config)
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://:hu/nter2@127.0.0.1:1/0",
+        "redis://user:hu?nter2@h:1/0",
+        "sentinel://:a@h1:1;sentinel://:hu#nter2@h2:2?master_name=m",
+    ],
+)
+def test_a_password_with_an_unencoded_slash_question_mark_or_hash_is_refused_without_showing_it(url: str) -> None:
+    # redis-py would take the password's head for the host or port and echo it in its error
+    with pytest.raises(StreamConfigError, match="percent-encode it") as info:
+        load_config(make_app(stream_tasks={"orders": "shop.handle"}, stream_url=url))
+    assert info.value.setting == "stream_url"
+    assert "hu" not in str(info.value) and "nter2" not in str(info.value)
+    encoded = url.replace("hu/", "hu%2F").replace("hu?", "hu%3F").replace("hu#", "hu%23")
+    assert load_config(make_app(stream_tasks={"orders": "shop.handle"}, stream_url=encoded)).url == encoded
+
+
 def test_stream_url_follows_a_broker_given_by_the_celery_broker_url_environment_variable(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

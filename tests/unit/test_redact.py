@@ -25,6 +25,10 @@ def test_every_url_password_in_a_message_is_masked_and_the_sentence_kept() -> No
         ("sentinel://:a1@h1:26379;sentinel://:b2@h2:26379", "sentinel://:**@h1:26379;sentinel://:**@h2:26379"),
         ("redis+socket://:pw@/tmp/redis.sock", "redis+socket://:**@/tmp/redis.sock"),
         ("url='REDIS://:pw@host',", "url='REDIS://:**@host',"),
+        # an unencoded '/' ends the URL's host part, but the text still holds the whole password
+        ("redis://:pa/ss@host:6379/0", "redis://:**@host:6379/0"),
+        ("redis://user:p4/ss@host/0 refused", "redis://user:**@host/0 refused"),
+        ("redis://:a/b@h1;redis://:c/d@h2", "redis://:**@h1;redis://:**@h2"),
     ],
 )
 def test_passwords_with_separators_in_them_and_url_lists_are_masked(url: str, shown: str) -> None:
@@ -32,5 +36,5 @@ def test_passwords_with_separators_in_them_and_url_lists_are_masked(url: str, sh
 
 
 def test_urls_without_a_password_are_left_as_they_are() -> None:
-    message = "redis://user@host:1/0 and redis://host:6379/0, see http://example.com:8080/a@b"
+    message = "redis://user@host:1/0 and redis://host:6379/0, see http://example.com:8080/a@b, mail a@b"
     assert redact(message) == message
