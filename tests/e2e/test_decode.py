@@ -22,7 +22,7 @@ from kombu import Connection
 
 from celery_redis_stream.publish.exactly_once import EXACTLY_ONCE
 
-from ..producers import publish_faststream
+from ..producers import publish_faststream, publish_ioredis
 from ..support import FAST, RedisServer, Worker, executed, wait_for, worker_env
 from .conftest import AMQP_URL
 
@@ -79,16 +79,15 @@ def setup(request: pytest.FixtureRequest, redis_server: RedisServer) -> Iterator
 
 
 def produce_everything(setup: Setup) -> dict[str, str]:
-    """Every producer writes its entries; returns the FastStream versions that published."""
+    """Every producer writes its entries; returns the FastStream and ioredis versions that published."""
     client = setup.server.client()
     url = setup.server.url_db(0)
     versions = {release: publish_faststream(release, url, f"fs{release.replace('.', '')}", FASTSTREAM_MESSAGES)
                 for release in ("0.5", "0.7")}  # fmt: skip
-    # A redis-py producer (a Node service with ioredis writes the same): one JSON document in one field.
-    for stream in ("js", "jskw", "jsent"):
-        client.xadd(stream, {"payload": json.dumps(ORDER), "source": "billing"})
-    client.xadd("js", {"source": "billing"})  # no payload field
-    client.xadd("js", {"payload": "{not json"})
+    # A Node.js service with ioredis: one JSON document in one field, then two entries the decoder refuses.
+    node = [(stream, ["payload", json.dumps(ORDER), "source", "billing"]) for stream in ("js", "jskw", "jsent")]
+    node += [("js", ["source", "billing"]), ("js", ["payload", "{not json"])]  # no payload field; not JSON
+    versions["ioredis"] = publish_ioredis(url, node)
     # Entries FastStream did not write, on a FastStream stream.
     client.xadd("fs07", {"a": "b"})
     client.xadd("fs07", {"__data__": b"\x89BIN\r\n\x1a\n\x00\x07garbage"})
@@ -105,7 +104,7 @@ def by_stream(ledger: redis.Redis) -> dict[str, list[dict[str, Any]]]:
 
 def test_every_decoder_turns_real_producers_entries_into_the_right_task_arguments(setup: Setup) -> None:
     versions = produce_everything(setup)
-    assert versions["0.5"] == "0.5.48" and versions["0.7"].startswith("0.7.")
+    assert versions["0.5"] == "0.5.48" and versions["0.7"].startswith("0.7.") and versions["ioredis"].startswith("5.")
     client, ledger = setup.server.client(), setup.server.client(2)
     # On the shared RabbitMQ a worker is named after its test's own queue: two workers of one name collide.
     worker = Worker(setup.env(), setup.queue or "w1", queues=setup.queue).start()
