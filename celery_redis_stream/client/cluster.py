@@ -14,6 +14,11 @@ instead, each round:
    doubles while nothing arrives, up to ``IDLE_WAIT_MAX_MS`` (never above
    ``stream_block_ms``); anything read brings it back to the minimum.
 
+A blocking read whose stream moves to another node in a reshard ends with
+``UNBLOCKED the stream key no longer exists``: a normal part of resharding,
+read as an empty wait; the next poll follows the slot to its new node (and a
+stream that was really deleted shows itself there).
+
 The trade: an entry on the slot being waited on is read at once; one on any
 other slot waits at most the current idle wait (``IDLE_WAIT_MAX_MS`` on a
 reader that has been idle for a while), and an idle reader costs one
@@ -29,7 +34,7 @@ from typing import cast
 
 from redis.cluster import ClusterNode, RedisCluster
 from redis.crc import key_slot
-from redis.exceptions import AskError, ClusterDownError, MovedError, TryAgainError
+from redis.exceptions import AskError, ClusterDownError, MovedError, ResponseError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.typing import EncodableT
@@ -106,6 +111,16 @@ def _poll(
     return items, busy
 
 
+def _wait(client: RedisCluster, command: Sequence[EncodableT]) -> Items:
+    """A blocking read; empty when a reshard moved its stream away while it waited."""
+    try:
+        return _items(_execute(client, command))
+    except ResponseError as exc:
+        if str(exc).startswith("UNBLOCKED the stream key no longer exists"):
+            return []
+        raise
+
+
 def read_slots(
     client: RedisCluster, head: Sequence[EncodableT], positions: Mapping[str, str], block_ms: int | None
 ) -> Items:
@@ -119,7 +134,7 @@ def read_slots(
         by_slot.setdefault(key_slot(stream.encode()), {})[stream] = position
     block: list[EncodableT] = [] if block_ms is None else ["BLOCK", block_ms]
     if len(by_slot) <= 1:
-        return _items(_execute(client, _command([*head, *block], positions)))
+        return _wait(client, _command([*head, *block], positions))
     key = tuple(head)
     items, busy = _poll(client, head, by_slot)
     if busy is not None:
@@ -130,7 +145,7 @@ def read_slots(
     wait = max(1, min(_idle.wait.get(key, IDLE_WAIT_MIN_MS), block_ms))
     hot = _idle.hot.get(key)
     slot = hot if hot in by_slot else next(iter(by_slot))
-    found = _items(_execute(client, _command([*head, "BLOCK", wait], by_slot[slot])))
+    found = _wait(client, _command([*head, "BLOCK", wait], by_slot[slot]))
     if any(entries for _, entries in found):
         _idle.wait[key] = IDLE_WAIT_MIN_MS
     else:

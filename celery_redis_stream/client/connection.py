@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from ..config import BridgeConfig
 
 __all__ = [
+    "MAX_COMMAND_ARGS",
     "PIPELINE_CHUNK",
     "RAW_COMMANDS",
     "Client",
@@ -55,6 +56,10 @@ Client = Union[redis.Redis, "RedisCluster"]
 #: Commands sent per pipeline (one round trip) when upkeep or a stop touches many streams: a few
 #: milliseconds of Redis time each, so reads of other clients (and our own) wait no longer than that.
 PIPELINE_CHUNK = 500
+
+#: The most arguments a script hands one command: Lua's unpack() in Redis gives up near 8,000 values, so
+#: longer commands are split (LPUSH, XACK) or, for one huge dead letter, written before the script.
+MAX_COMMAND_ARGS = 7000
 
 RAW_COMMANDS = ("XREAD", "XREADGROUP", "XAUTOCLAIM", "XRANGE", "XPENDING")
 

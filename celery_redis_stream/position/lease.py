@@ -7,9 +7,12 @@ from ..config import StreamConfig
 
 __all__ = ["ACQUIRE_LEASE", "ADVANCE_TRACKER", "RELEASE_LEASE", "Lease"]
 
-# KEYS: tracker, lease. ARGV: owner, entry id, lease ms.
+# KEYS: tracker, lease, and the dead-letter stream when there are dead letters. ARGV: owner, entry id, lease ms, then the batch's dead letters,
+# each as its number of values and the values (field, value, ...).
 # Fenced by the lease so a worker that was paused past its lease cannot
-# overwrite the new owner's position, and never moves the tracker backwards.
+# overwrite the new owner's position (nor add dead letters the new owner adds
+# again), and never moves the tracker backwards: a batch behind the tracker was
+# committed before, its dead letters with it.
 ADVANCE_TRACKER = """
 if redis.call('get', KEYS[2]) ~= ARGV[1] then return 0 end
 local function split(id)
@@ -30,6 +33,12 @@ if cur then
     redis.call('pexpire', KEYS[2], ARGV[3])
     return 1
   end
+end
+local i = 4
+while i <= #ARGV do
+  local n = tonumber(ARGV[i])
+  redis.call('XADD', KEYS[3], '*', unpack(ARGV, i + 1, i + n))
+  i = i + n + 1
 end
 redis.call('set', KEYS[1], ARGV[2])
 redis.call('pexpire', KEYS[2], ARGV[3])

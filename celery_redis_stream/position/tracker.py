@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
-from ..client.connection import Client, escaped, is_cluster, optional_text
+from redis.typing import EncodableT
+
+from ..client.connection import MAX_COMMAND_ARGS, Client, escaped, is_cluster, optional_text
 from ..client.streams import as_entry_id
 from ..config import StreamConfig
 from ..deadletters import DeadLetter
@@ -40,17 +42,33 @@ class TrackerPosition:
         self, client: Client, ids: Sequence[str], dead: Sequence[DeadLetter], *,
         lease: Lease | None, forget: Mapping[str, Sequence[str]],
     ) -> None:  # fmt: skip
-        """Dead letters, then the fenced move (ADVANCE_TRACKER) and the forgotten records; LeaseLost if refused."""
+        """The fenced move (ADVANCE_TRACKER) with the batch's dead letters, then the forgotten records.
+
+        LeaseLost if the lease is gone: then nothing was written, so the new holder's dead letters are the
+        only ones. A dead letter too long for one script command is written before it, at least once.
+        """
         sc = self.sc
         assert lease is not None, "tracker mode commits under a lease"
-        pipe = client.pipeline(transaction=False)
+        fence = [sc.tracker_key, sc.lease_key]
+        args: list[EncodableT] = [lease.owner, ids[-1], str(lease.ttl_ms)]
+        huge = []
         for letter in dead:
-            pipe.execute_command("XADD", sc.dead_letter, "*", *letter.pairs())
-        fence, args = [sc.tracker_key, sc.lease_key], [lease.owner, ids[-1], str(lease.ttl_ms)]
+            pairs = letter.pairs()
+            if len(pairs) + 3 > MAX_COMMAND_ARGS:
+                huge.append(pairs)
+            else:
+                args += [len(pairs), *pairs]
+        if len(args) > 3:
+            # Named only when written: on a cluster in the middle of a reshard a key that does not exist yet
+            # beside two that do makes the script TRYAGAIN until the slot has moved.
+            fence.append(sc.dead_letter)
+        if huge:
+            pipe = client.pipeline(transaction=False)
+            for pairs in huge:
+                pipe.execute_command("XADD", sc.dead_letter, "*", *pairs)
+            pipe.execute()
         if is_cluster(client):
-            # redis-py's cluster pipeline refuses scripts: dead letters first, then the fenced move.
-            if dead:
-                pipe.execute()
+            # redis-py's cluster pipeline refuses scripts: the fenced move alone, then the forgotten records.
             advanced = lease.advance(keys=fence, args=args, client=client)
             if advanced and forget:
                 pipe = client.pipeline(transaction=False)  # type: ignore[no-untyped-call]
@@ -58,6 +76,7 @@ class TrackerPosition:
                     pipe.hdel(key, *fields)
                 pipe.execute()
         else:
+            pipe = client.pipeline(transaction=False)
             lease.advance(keys=fence, args=args, client=pipe)
             for key, fields in forget.items():
                 pipe.hdel(key, *fields)

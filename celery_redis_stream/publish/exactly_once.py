@@ -14,7 +14,7 @@ from redis.commands.core import Script
 from redis.exceptions import ResponseError
 from redis.typing import EncodableT
 
-from ..client.connection import Client, connect, is_denied
+from ..client.connection import MAX_COMMAND_ARGS, Client, connect, is_denied
 from ..config import PUBLISH_TIMEOUTS, BridgeConfig, StreamConfig
 from ..deadletters import DeadLetter
 from ..exceptions import LeaseLost, StreamError
@@ -36,10 +36,6 @@ logger = get_logger(__name__)
 
 EXACTLY_ONCE = "exactly-once"
 AT_LEAST_ONCE = "at-least-once"
-
-# Lua's unpack() in Redis gives up near 8000 values: longer commands are split
-# (LPUSH, XACK) or, for one huge dead letter, written before the step.
-MAX_COMMAND_ARGS = 7000
 
 # The fence, then the writes, in one script: Redis runs it without
 # interleaving, so either all of it happened or none of it did.
