@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import pytest
 from kombu import Connection
 
+from ..cluster import Cluster
 from ..support import RedisServer
 
 AMQP_URL = os.environ.get("CRS_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
@@ -51,3 +52,13 @@ def server() -> Iterator[RedisServer]:
         yield started
     finally:
         started.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    """Three masters, no replicas, one per test module; tests that must not see another's keys flush it."""
+    c = Cluster(masters=3).start()
+    try:
+        yield c
+    finally:
+        c.stop()

@@ -24,16 +24,6 @@ from ..support import RedisServer, Worker, executed, produce_many, worker_env
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[Cluster]:
-    """Three masters, no replicas; shared by the tests that do not break it (flushed before each)."""
-    c = Cluster(masters=3).start()
-    try:
-        yield c
-    finally:
-        c.stop()
-
-
-@pytest.fixture(scope="module")
 def broker_server() -> Iterator[RedisServer]:
     server = RedisServer().start()
     try:

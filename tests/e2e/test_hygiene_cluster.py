@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
 from celery import Celery
 
 from celery_redis_stream.client.capabilities import XTRIM_ACKED, probe
@@ -14,15 +11,6 @@ from celery_redis_stream.upkeep.consumers import reap_consumers, remove_own_cons
 from celery_redis_stream.upkeep.retention import retention_status, trim_passed
 
 from ..cluster import Cluster
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[Cluster]:
-    c = Cluster(masters=3).start()
-    try:
-        yield c
-    finally:
-        c.stop()
 
 
 def test_reaping_and_trimming_run_on_every_master_through_the_bridge_client(cluster: Cluster) -> None:

@@ -4,24 +4,12 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Iterator
-
-import pytest
 
 from celery_redis_stream import keys
 
 from ..cluster import Cluster, wait_logged
 from ..support import RedisServer, Worker, queued_messages, worker_env
 from .test_traffic import Arrivals
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[Cluster]:
-    c = Cluster(masters=3).start()
-    try:
-        yield c
-    finally:
-        c.stop()
 
 
 def test_rate_limit_and_dedupe_hold_in_group_and_tracker_mode_on_a_cluster(
