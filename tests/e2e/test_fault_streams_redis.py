@@ -44,9 +44,13 @@ def test_streams_redis_restart_loses_only_what_redis_lost(servers, spawn, persis
         ledger = Ledger(STREAM, broker.client(1))
         ledger.produce(streams.client(), 1000)
         wait_for(lambda: ledger.count_dispatched() >= 200, 30, "200 entries dispatched")
-
-        streams.stop(signal.SIGKILL)  # mid-dispatch: the worker has a batch in flight
+        # The bridge can drain the other 800 before the kill: 300 more, written while the worker is paused,
+        # are undispatched for sure, so a server that keeps nothing loses some.
+        worker.signal(signal.SIGSTOP)
+        ledger.produce(streams.client(), 300)
+        streams.stop(signal.SIGKILL)  # the paused worker may hold a batch in flight
         proxy.set_mode("refuse")
+        worker.signal(signal.SIGCONT)
         time.sleep(1.0)  # the streams Redis is down: the reader retries with backoff
         if persistence == "none":
             ledger.lost_by_redis(set(ledger.produced) - ledger.dispatched_ids())
@@ -66,6 +70,7 @@ def test_streams_redis_restart_loses_only_what_redis_lost(servers, spawn, persis
     assert not report.unexpected, report
     assert report.extra_copies <= batch, report
     assert not report.inconsistent_task_ids, report
+    assert report.produced == 1800, report
     if persistence == "aof":
         assert report.redis_lost == 0
         assert RECREATED not in output
