@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 # Two pytest workers: most tests wait on real servers and workers, so two run side by side on two
 # cores. The RabbitMQ tests share the machine's broker; each names its worker after its own queue.
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -n 2
+	$(VENV)/bin/python -m pytest -n 2 --durations=15
 
 # The CI matrix of docs/support.md beyond `make test` (.ci/matrix.sh): `make matrix` runs every cell,
 # `make matrix-CELL` one (redis86 valkey8 valkey9 py310-oldest py313-newest prefork solo threads gevent).
