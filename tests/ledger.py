@@ -13,15 +13,19 @@ only loss allowed.
 
 from __future__ import annotations
 
+import random
+import signal
+import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
 import redis
 
 from .support import FAST as SUPPORT_FAST
-from .support import ProducerThread, Worker, produce_many, queued_messages, worker_env
+from .support import ProducerThread, Worker, produce_many, queued_messages, wait_for, worker_env
 
 
 @dataclass
@@ -157,6 +161,56 @@ def reader_blocked(client: redis.Redis, command: str) -> bool:
         c.get("name") == "celery-redis-stream" and "b" in c.get("flags", "") and c.get("cmd") == command
         for c in client.client_list()
     )
+
+
+#: How a tracker-mode holder paused past its lease learns of the loss, in its log: its paused read returned
+#: entries and the fenced commit refused them (LOST), or the read had timed out first and it held nothing.
+LOST, STANDING_BY = "lost the lease", "taken by another worker; standing by"
+
+
+def pause_the_holder(
+    client: redis.Redis, ledger: Ledger, holder: Worker, standby: Worker, *, entries: int = 50,
+    meanwhile: Callable[[], None] | None = None,
+) -> str:  # fmt: skip
+    """SIGSTOP ``holder`` inside its blocking XREAD, add ``entries``, let ``standby`` take the stream over
+    (and run ``meanwhile``), resume the holder and return LOST or STANDING_BY."""
+    before = {text: holder.output().count(text) for text in (LOST, STANDING_BY)}
+    readings = standby.output().count("reading tracked stream")
+    for _ in range(50):
+        holder.signal(signal.SIGSTOP)
+        if reader_blocked(client, "xread"):
+            break
+        holder.signal(signal.SIGCONT)
+        time.sleep(random.uniform(0.01, 0.1))
+    else:
+        pytest.fail(f"{holder.name} was never caught blocked in XREAD")
+    ledger.produce(client, entries, atomic=True)  # the paused holder's read returns these unless it timed out
+    standby.wait_log("reading tracked stream", 30, count=readings + 1)
+    wait_for(ledger.all_dispatched, 30, f"{standby.name} to dispatch what the paused {holder.name} held")
+    if meanwhile is not None:
+        meanwhile()
+    holder.signal(signal.SIGCONT)
+    return wait_for(
+        lambda: next((text for text in before if holder.output().count(text) > before[text]), None),
+        30, f"{holder.name} to notice the lost lease",
+    )  # fmt: skip
+
+
+def pause_the_holder_until_refused(
+    client: redis.Redis, ledger: Ledger, owner: Worker, standby: Worker, **how: Any
+) -> list[str]:
+    """:func:`pause_the_holder` until a paused holder's read held entries that its commit was refused.
+
+    The paused read can time out on the server between the check and the XADD; then the holder held
+    nothing, and the roles swap for another try (a few in a row are rare). Returns the outcomes.
+    """
+    outcomes: list[str] = []
+    for _ in range(4):
+        outcomes.append(pause_the_holder(client, ledger, owner, standby, **how))
+        if outcomes[-1] == LOST:
+            return outcomes
+        owner, standby = standby, owner
+    pytest.fail(f"no paused holder's read returned the entries in {len(outcomes)} tries: {outcomes}")
 
 
 class Producer(ProducerThread):

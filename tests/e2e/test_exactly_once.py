@@ -27,7 +27,7 @@ from celery_redis_stream.publish.dispatch import Dispatcher
 from celery_redis_stream.publish.exactly_once import EXACTLY_ONCE, STEP, ExactlyOnce, PositionMoved
 from celery_redis_stream.stats import StreamStats
 
-from ..ledger import GROUP, STREAM, Ledger, Producer
+from ..ledger import GROUP, STREAM, Ledger, Producer, pause_the_holder_until_refused
 from ..proxy import Proxy
 from ..support import RedisServer, Worker, wait_for
 from .test_inspect import inspect
@@ -361,35 +361,6 @@ def test_paused_group_worker_sends_nothing_that_another_consumer_claimed(redis_s
     assert "claimed" in other.output()
 
 
-LOST, STANDING_BY = "lost the lease", "taken by another worker; standing by"
-
-
-def _pause_the_holder(client, ledger: Ledger, holder: Worker, standby: Worker) -> str:
-    """SIGSTOP ``holder`` inside its blocking XREAD, add 50 entries, let ``standby`` take the stream over, resume
-    the holder, and return how it learnt of the loss: LOST when its paused read returned the 50 entries and
-    the fenced step refused them, STANDING_BY when the read timed out before they came (nothing held)."""
-    from ..ledger import reader_blocked
-
-    before = {text: holder.output().count(text) for text in (LOST, STANDING_BY)}
-    readings = standby.output().count("reading tracked stream")
-    for _ in range(50):
-        holder.signal(signal.SIGSTOP)
-        if reader_blocked(client, "xread"):
-            break
-        holder.signal(signal.SIGCONT)
-        time.sleep(random.uniform(0.01, 0.1))
-    else:
-        pytest.fail(f"{holder.name} was never caught blocked in XREAD")
-    ledger.produce(client, 50, atomic=True)  # the paused holder's read returns these unless it timed out first
-    standby.wait_log("reading tracked stream", 30, count=readings + 1)
-    wait_for(ledger.all_dispatched, 30, f"{standby.name} to dispatch what the paused {holder.name} held")
-    holder.signal(signal.SIGCONT)
-    return wait_for(
-        lambda: next((text for text in before if holder.output().count(text) > before[text]), None),
-        30, f"{holder.name} to notice the lost lease",
-    )  # fmt: skip
-
-
 def test_paused_tracker_owner_sends_nothing_after_losing_its_lease(redis_server, spawn):
     urls = (redis_server.url, redis_server.url_db(1), redis_server.url_db(2))
     conf = {"mode": "tracker", "stream_block_ms": 1000}
@@ -400,15 +371,7 @@ def test_paused_tracker_owner_sends_nothing_after_losing_its_lease(redis_server,
     client = redis_server.client()
     ledger.produce(client, 300)
     wait_for(ledger.all_dispatched, 30, "the first 300 entries dispatched")
-    # The paused read can time out on the server in the moment between the check and the XADD; then the
-    # holder held nothing and the roles swap for another try (a few in a row are rare).
-    outcomes = []
-    for _ in range(4):
-        outcomes.append(_pause_the_holder(client, ledger, owner, standby))
-        if outcomes[-1] == LOST:
-            break
-        owner, standby = standby, owner
-    assert outcomes[-1] == LOST, f"no paused holder's read returned the entries in {len(outcomes)} tries"
+    outcomes = pause_the_holder_until_refused(client, ledger, owner, standby)
     ledger.produce(client, 300)
     wait_for(ledger.all_dispatched, 30, "every entry dispatched after the pause")
     time.sleep(1.0)

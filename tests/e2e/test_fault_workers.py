@@ -17,7 +17,7 @@ import pytest
 
 from celery_redis_stream import keys
 
-from ..ledger import FAST, STREAM, Ledger, Producer, id_key, pending_of, reader_blocked
+from ..ledger import FAST, STREAM, Ledger, Producer, id_key, pause_the_holder_until_refused, pending_of
 from ..support import RedisServer, Worker, wait_for
 
 BATCH = FAST["stream_batch_size"]
@@ -107,24 +107,13 @@ def test_paused_tracker_worker_never_moves_the_tracker_back(redis_server, spawn)
         ledger.produce(client, 500)
         wait_for(ledger.all_dispatched, 30, "the first 500 entries dispatched")
 
-        # Pause the owner while it blocks in XREAD, then write: the reply reaches
-        # the paused owner, which will try to dispatch and commit it when resumed.
-        for _ in range(50):
-            owner.signal(signal.SIGSTOP)
-            if reader_blocked(redis_server.client(), "xread"):
-                break
-            owner.signal(signal.SIGCONT)
-            time.sleep(random.uniform(0.01, 0.1))
-        else:
-            pytest.fail("the owner was never caught blocked in XREAD")
-        ledger.produce(client, 100, atomic=True)
-        standby.wait_log("reading tracked stream", 30)  # the lease expired; w2 took over
-        wait_for(ledger.all_dispatched, 30, "w2 to dispatch what the paused owner held")
-        ledger.produce(client, 200)
-        wait_for(ledger.all_dispatched, 30, "w2 to move the tracker further")
+        # Pause the owner while it blocks in XREAD, then write: the reply reaches the paused owner, which
+        # tries to dispatch and commit it when resumed, after w2 took over and moved the tracker further.
+        def further() -> None:
+            ledger.produce(client, 200)
+            wait_for(ledger.all_dispatched, 30, "the new holder to move the tracker further")
 
-        owner.signal(signal.SIGCONT)
-        owner.wait_log("lost the lease", 30)  # its stale commit was refused
+        pause_the_holder_until_refused(client, ledger, owner, standby, entries=100, meanwhile=further)
         ledger.produce(client, 300)
         wait_for(ledger.all_dispatched, 30, "every entry dispatched after the pause")
         time.sleep(1.0)

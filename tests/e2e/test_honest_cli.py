@@ -146,7 +146,8 @@ def test_a_broker_that_cannot_be_reached_is_one_line_and_exit_69(server: RedisSe
     assert result.returncode == 69, result.stdout + result.stderr
     line = one_line_error(result)
     assert "cannot reach the broker" in line and env["CRS_BROKER_URL"] in line, line
-    assert took < 6, f"took {took:.1f}s"  # one connection attempt, not kombu's retries (the command starts in ~1 s)
+    # One connection attempt, not a loop of retries; the command itself starts in about 1 s (more when loaded).
+    assert took < 15, f"took {took:.1f}s"
     assert celery(env, "redis-stream", "inspect", "--json").returncode == 69
 
     ours = celery(env, "inspect", "redis_stream", "-t", "1")

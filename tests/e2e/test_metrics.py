@@ -112,9 +112,13 @@ def test_metrics_carry_the_group_reasons_reader_state_broker_retries_and_time_la
             assert len(on) == len(tasks), on  # exactly one state per stream is 1
             return found[0] if found else None
 
-        wait_for(lambda: sorted(state(p, "audit") or "" for p in ports) == ["reading", "standing_by"], 30, "lease")
-        assert [state(p, "broken") for p in ports] == ["stopped", "stopped"]
-        assert [state(p, "orders") for p in ports] == ["reading", "reading"]
+        # A reader that has not run yet shows standing_by: wait for every state, not the lease alone.
+        wait_for(
+            lambda: sorted(state(p, "audit") or "" for p in ports) == ["reading", "standing_by"]
+            and [state(p, "broken") for p in ports] == ["stopped", "stopped"]
+            and [state(p, "orders") for p in ports] == ["reading", "reading"],
+            30, "the lease taken, the broken stream stopped and the group read on both workers",
+        )  # fmt: skip
         total = {p: value(p, "redis_stream_dead_lettered_total", stream="orders") or 0 for p in ports}
         wait_for(lambda: sum(value(p, "redis_stream_dead_lettered_total", stream="orders") or 0 for p in ports) == 2,
                  30, "two dead letters")  # fmt: skip

@@ -23,18 +23,24 @@ def env_for(server: RedisServer, tasks: dict[str, Any], **conf: Any) -> dict[str
 
 
 class Arrivals(threading.Thread):
-    """Samples the length of a broker queue every few milliseconds: (monotonic time, length) pairs."""
+    """Samples the length of a broker queue every few milliseconds: (time before, time after, length).
+
+    A sample's length counts every message that arrived before its LLEN returned and none that arrived
+    after it was sent; a stalled sampler (a loaded machine) widens the times, never the counts.
+    """
 
     def __init__(self, server: RedisServer, queue: str = "celery") -> None:
         super().__init__(name="arrivals", daemon=True)
         self.client, self.queue = server.client(1), queue
-        self.samples: list[tuple[float, int]] = []
+        self.samples: list[tuple[float, float, int]] = []
         self.done = threading.Event()
 
     def run(self) -> None:
         deadline = time.monotonic() + 120  # bounded, whatever happens to the test
         while not self.done.is_set() and time.monotonic() < deadline:
-            self.samples.append((time.monotonic(), int(self.client.llen(self.queue))))
+            sent = time.monotonic()
+            length = int(self.client.llen(self.queue))
+            self.samples.append((sent, time.monotonic(), length))
             time.sleep(0.005)
 
     def finish(self) -> None:
@@ -42,21 +48,25 @@ class Arrivals(threading.Thread):
         self.join(10)
 
     def most_in(self, seconds: float) -> int:
-        """The most messages that arrived within any window of ``seconds``."""
+        """The most messages seen to arrive within ``seconds``: between the LLEN sent before the first of them
+        and the LLEN that returned after the last, so a late sample never squeezes more into a window."""
+        samples = [(0.0, 0.0, 0), *self.samples]
         most, j = 0, 0
-        for i, (t, _n) in enumerate(self.samples):
+        for i in range(1, len(samples)):
+            opened, _, before = samples[i - 1]
+            opened = opened if i > 1 else samples[i][0]
             j = max(j, i)
-            while j + 1 < len(self.samples) and self.samples[j + 1][0] <= t + seconds:
+            while j + 1 < len(samples) and samples[j + 1][1] - opened <= seconds:
                 j += 1
-            # Messages counted at sample i arrived before t: the window starts at the sample before it.
-            before = self.samples[i - 1][1] if i else 0
-            most = max(most, self.samples[j][1] - before)
+            if samples[j][1] - opened <= seconds:
+                most = max(most, samples[j][2] - before)
         return most
 
     def span(self, first: int, last: int) -> float:
-        """Seconds from the sample that first showed ``first`` messages to the one that first showed ``last``."""
-        start = next(t for t, n in self.samples if n >= first)
-        end = next(t for t, n in self.samples if n >= last)
+        """Seconds from the last sample showing fewer than ``first`` messages to the first showing ``last``."""
+        k = next(i for i, (_, _, n) in enumerate(self.samples) if n >= first)
+        start = self.samples[k - 1][0] if k else self.samples[k][0]
+        end = next(after for _, after, n in self.samples if n >= last)
         return end - start
 
 
