@@ -101,27 +101,28 @@ def test_another_consumers_record_counts_after_it_stayed_unchanged_for_the_grace
 ) -> None:
     sc = make_sc()
     client = client_for(redis_server, sc)
+    grace = 2.0  # long enough that two statements in a row always fall inside it
     pending(client, "w1@h", "1-0", "2-0")
     # w1 dies holding 1-0, 2-0 and 0-5; never comes back. 0-5 was claimed and acknowledged by another meanwhile.
     Deliveries("w1@h").begin(client, sc, ["0-5", "1-0", "2-0"])
     a, b = Deliveries("w2@h"), Deliveries("w3@h")
-    a.sweep(client, sc, grace=0.5)  # first sight: marked in Redis, suspects, not counted
+    a.sweep(client, sc, grace=grace)  # first sight: marked in Redis, suspects, not counted
     assert a.suspects(sc) == {"0-5", "1-0", "2-0"} and client.hgetall(failures_key(sc)) == {}
-    b.sweep(client, sc, grace=0.5)  # too early for anyone
+    b.sweep(client, sc, grace=grace)  # too early for anyone
     assert client.hgetall(failures_key(sc)) == {}
-    time.sleep(0.6)
+    time.sleep(grace + 0.2)
     b2 = Deliveries("w4@h")  # a worker that never saw it before: the mark is in Redis
-    b2.sweep(client, sc, grace=0.5)
-    a.sweep(client, sc, grace=0.5)
+    b2.sweep(client, sc, grace=grace)
+    a.sweep(client, sc, grace=grace)
     assert client.hgetall(failures_key(sc)) == {b"1-0": b"1", b"2-0": b"1"}  # counted once; 0-5 settled
     assert client.hlen(inflight_key(sc)) == 0
     # A record that changes (a live consumer's next batch) starts its grace time again.
     live = Deliveries("w5@h")
     live.begin(client, sc, ["7-0"])
-    a.sweep(client, sc, grace=0.5)
-    time.sleep(0.6)
+    a.sweep(client, sc, grace=grace)
+    time.sleep(grace + 0.2)
     live.begin(client, sc, ["8-0"])
-    a.sweep(client, sc, grace=0.5)
+    a.sweep(client, sc, grace=grace)
     assert b"7-0" not in client.hgetall(failures_key(sc)) and b"8-0" not in client.hgetall(failures_key(sc))
 
 
