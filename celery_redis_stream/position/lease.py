@@ -7,12 +7,16 @@ from ..config import StreamConfig
 
 __all__ = ["ACQUIRE_LEASE", "ADVANCE_TRACKER", "RELEASE_LEASE", "Lease"]
 
-# KEYS: tracker, lease, and the dead-letter stream when there are dead letters. ARGV: owner, entry id, lease ms, then the batch's dead letters,
-# each as its number of values and the values (field, value, ...).
+# KEYS: tracker, lease. ARGV: owner, entry id, lease ms, the dead-letter stream, then the batch's dead
+# letters, each as its number of values and the values (field, value, ...).
 # Fenced by the lease so a worker that was paused past its lease cannot
 # overwrite the new owner's position (nor add dead letters the new owner adds
 # again), and never moves the tracker backwards: a batch behind the tracker was
 # committed before, its dead letters with it.
+# The dead-letter stream is an argument, not a key, as in the exactly-once step: the documented
+# least-privilege user may XADD to it (an ACL selector) but run no script that names it as a key, and on
+# a cluster (where it shares the stream's slot) a key that does not exist yet beside two that do would
+# make the script TRYAGAIN in the middle of a reshard.
 ADVANCE_TRACKER = """
 if redis.call('get', KEYS[2]) ~= ARGV[1] then return 0 end
 local function split(id)
@@ -34,10 +38,10 @@ if cur then
     return 1
   end
 end
-local i = 4
+local i = 5
 while i <= #ARGV do
   local n = tonumber(ARGV[i])
-  redis.call('XADD', KEYS[3], '*', unpack(ARGV, i + 1, i + n))
+  redis.call('XADD', ARGV[4], '*', unpack(ARGV, i + 1, i + n))
   i = i + n + 1
 end
 redis.call('set', KEYS[1], ARGV[2])

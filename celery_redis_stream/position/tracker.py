@@ -50,7 +50,7 @@ class TrackerPosition:
         sc = self.sc
         assert lease is not None, "tracker mode commits under a lease"
         fence = [sc.tracker_key, sc.lease_key]
-        args: list[EncodableT] = [lease.owner, ids[-1], str(lease.ttl_ms)]
+        args: list[EncodableT] = [lease.owner, ids[-1], str(lease.ttl_ms), sc.dead_letter]
         huge = []
         for letter in dead:
             pairs = letter.pairs()
@@ -58,10 +58,6 @@ class TrackerPosition:
                 huge.append(pairs)
             else:
                 args += [len(pairs), *pairs]
-        if len(args) > 3:
-            # Named only when written: on a cluster in the middle of a reshard a key that does not exist yet
-            # beside two that do makes the script TRYAGAIN until the slot has moved.
-            fence.append(sc.dead_letter)
         if huge:
             pipe = client.pipeline(transaction=False)
             for pairs in huge:

@@ -101,8 +101,11 @@ def test_tracker_mode_keeps_tracker_and_lease_in_the_streams_slot(
 ) -> None:
     streams = one_stream_per_master(cluster, "events-")
     c = cluster.client()
+    bad = {}
     for s in streams:
-        produce_many(c, s, 15)
+        produce_many(c, s, 7)
+        bad[s] = c.xadd(s, {"name": b"\xff"}).decode()  # not UTF-8: a dead letter, written in the fenced move
+        produce_many(c, s, 8, start=7)
     env = worker_env(cluster.url, broker.url_db(1), broker.url_db(2), dict.fromkeys(streams, "tests.record"),
                      stream_start="0", stream_mode="tracker")  # fmt: skip
     worker = Worker(env)
@@ -116,8 +119,11 @@ def test_tracker_mode_keeps_tracker_and_lease_in_the_streams_slot(
         wait_logged(workers, lambda t=tracker, x=last: c.get(t) == x, 10, f"{tracker} at the last entry")  # type: ignore[misc]
         assert c.exists(lease)
         assert c.cluster_keyslot(tracker) == c.cluster_keyslot(lease) == c.cluster_keyslot(s)
+        ((_, letter),) = c.xrange("{" + s + "}:dead")
+        assert letter[b"dlq_reason"] == b"not_utf8" and letter[b"name"] == b"\xff"
+    assert len(executed(ledger)) == 45
     got = dispatched(ledger)
-    assert sorted(got) == sorted(all_entries(c, streams))
+    assert sorted(got) == sorted(e for e in all_entries(c, streams) if e[1] != bad[e[0]])
     assert len(set(got)) == len(got)
 
 
