@@ -5,7 +5,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from .support import RedisServer, Worker, server_binary, server_version, worker_pool
+from .support import Worker, server_binary, server_fixture, server_version, worker_pool
 
 
 def pytest_report_header() -> list[str]:
@@ -19,14 +19,7 @@ def pytest_report_header() -> list[str]:
     return [line, f"worker pool: {worker_pool()}"]
 
 
-@pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
-    """A private redis-server for one test (streams on db 0, broker on db 1, ledger on db 2)."""
-    server = RedisServer().start()
-    try:
-        yield server
-    finally:
-        server.stop()
+redis_server = server_fixture(doc="A private redis-server for one test (streams db 0, broker db 1, ledger db 2).")
 
 
 @pytest.fixture

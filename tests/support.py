@@ -15,11 +15,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pytest
 import redis
 from celery import Celery
 
@@ -165,6 +166,20 @@ class RedisServer(harness.RedisServer):
     @property
     def url(self) -> str:
         return self.url_db(0)
+
+
+def server_fixture(*args: str, scope: str = "function", doc: str = "") -> Any:
+    """A pytest fixture of a private server (``RedisServer(*args)``) for each ``scope``, stopped afterwards."""
+
+    def fixture() -> Iterator[RedisServer]:
+        started = RedisServer(*args).start()
+        try:
+            yield started
+        finally:
+            started.stop()
+
+    fixture.__doc__ = doc or f"A private redis-server{' ' + ' '.join(args) if args else ''}, one per {scope}."
+    return pytest.fixture(scope=scope)(fixture)  # type: ignore[call-overload]
 
 
 #: The pools CRS_POOL may name: Celery's execution pools (eventlet too, if installed).

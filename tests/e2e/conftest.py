@@ -11,7 +11,7 @@ import pytest
 from kombu import Connection
 
 from ..cluster import Cluster
-from ..support import RedisServer
+from ..support import server_fixture
 
 AMQP_URL = os.environ.get("CRS_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
 
@@ -44,14 +44,7 @@ def queue(amqp: Connection) -> Iterator[str]:
         channel.close()
 
 
-@pytest.fixture
-def server() -> Iterator[RedisServer]:
-    """A private redis-server for one test (a module's own ``server`` fixture, if it has one, takes its place)."""
-    started = RedisServer().start()
-    try:
-        yield started
-    finally:
-        started.stop()
+server = server_fixture(doc="A private redis-server for one test (a module's own ``server`` fixture takes its place).")
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ The broker and the ledger live on a separate plain redis-server (db 1 and db 2).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import psutil
@@ -20,16 +19,9 @@ from celery_redis_stream.config import load_config
 from celery_redis_stream.exceptions import StreamConfigError
 
 from ..cluster import Cluster, Producer, wait_logged
-from ..support import RedisServer, Worker, executed, produce_many, worker_env
+from ..support import RedisServer, Worker, executed, produce_many, server_fixture, worker_env
 
-
-@pytest.fixture(scope="module")
-def broker_server() -> Iterator[RedisServer]:
-    server = RedisServer().start()
-    try:
-        yield server
-    finally:
-        server.stop()
+broker_server = server_fixture(scope="module")
 
 
 @pytest.fixture

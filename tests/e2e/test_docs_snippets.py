@@ -25,13 +25,12 @@ import signal
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from ..support import ROOT, RedisServer, server_binary, wait_for
+from ..support import ROOT, RedisServer, server_binary, server_fixture, wait_for
 
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 QUICK_START_DOCS = [ROOT / "README.md"]  # docs/getting-started.md includes it when the site is built
@@ -112,13 +111,7 @@ def clean_env(project: Path, bin_dir: Path) -> dict[str, str]:
     return env
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[RedisServer]:
-    redis = RedisServer().start()
-    try:
-        yield redis
-    finally:
-        redis.stop()
+server = server_fixture(scope="module")
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -19,7 +18,7 @@ from celery_redis_stream.entry import RawEntry
 from celery_redis_stream.publish.dispatch import Dispatcher, task_id_for
 from celery_redis_stream.publish.template import argument_repr
 
-from ..support import RedisServer, Worker, executed, produce_many, wait_for, worker_env
+from ..support import RedisServer, Worker, executed, produce_many, server_fixture, wait_for, worker_env
 
 # Differ by design between two sends of one entry: kombu's per-message tag,
 # and times computed from "now" (checked separately to be close).
@@ -72,13 +71,7 @@ def to_pair(entry: Any) -> tuple[list[Any], dict[str, Any]]:
     return [entry.id, len(entry.fields)], {"fields": entry.fields, "n": 1.5, "flag": True}
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[RedisServer]:
-    server = RedisServer().start()
-    try:
-        yield server
-    finally:
-        server.stop()
+server = server_fixture(scope="module")
 
 
 ENTRY = RawEntry("orders", "1700000000000-7", (b"id", b"42", b"note", 'it\'s "é"\n\\x'.encode(), b"empty", b""))

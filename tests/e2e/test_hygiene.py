@@ -14,17 +14,10 @@ from celery_redis_stream.config import StreamConfig, load_config
 from celery_redis_stream.upkeep.consumers import reap_consumers, remove_own_consumer
 from celery_redis_stream.upkeep.retention import retention_key, retention_status, trim_passed
 
-from ..support import RedisServer
+from ..support import RedisServer, server_fixture
 
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[RedisServer]:
-    # Small radix nodes, so that the approximate XTRIM ~ removes whole nodes of a short stream.
-    started = RedisServer("--stream-node-max-entries", "10").start()
-    try:
-        yield started
-    finally:
-        started.stop()
+# Small radix nodes, so that the approximate XTRIM ~ removes whole nodes of a short stream.
+server = server_fixture("--stream-node-max-entries", "10", scope="module")
 
 
 @pytest.fixture

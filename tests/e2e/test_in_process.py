@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -14,16 +13,9 @@ import celery_redis_stream
 from celery_redis_stream.config import load_config
 from celery_redis_stream.service import Service
 
-from ..support import RedisServer, produce_many, wait_for
+from ..support import RedisServer, produce_many, server_fixture, wait_for
 
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[RedisServer]:
-    srv = RedisServer().start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
+server = server_fixture(scope="module")
 
 
 @pytest.fixture

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 import redis
 
-from ..support import RedisServer
+from ..support import RedisServer, server_fixture
 from .test_cli import cli, env_for
 
 N = 100_000
@@ -46,13 +44,7 @@ def redis_lag(client: redis.Redis, stream: str) -> Any:
     return next(g for g in client.xinfo_groups(stream) if g["name"] == b"celery")["lag"]
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[RedisServer]:
-    s = RedisServer().start()
-    try:
-        yield s
-    finally:
-        s.stop()
+server = server_fixture(scope="module")
 
 
 def test_group_lag_is_exact_on_100k_entries_where_redis_says_nil(server: RedisServer) -> None:

@@ -15,16 +15,9 @@ from celery_redis_stream.config import load_config
 from celery_redis_stream.service import Service
 from celery_redis_stream.signals import reader_ready
 
-from ..support import RedisServer, Worker, produce_many, wait_for, worker_env
+from ..support import RedisServer, Worker, produce_many, server_fixture, wait_for, worker_env
 
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[RedisServer]:
-    srv = RedisServer().start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
+server = server_fixture(scope="module")
 
 
 @pytest.fixture(autouse=True)

@@ -11,7 +11,7 @@ import redis
 
 from celery_redis_stream.client.connection import Client
 
-from ..support import RedisServer
+from ..support import RedisServer, server_fixture
 from .streams import raw_client
 
 # Database 0 is left alone; each test gets the next of 1..15, flushed first, so a
@@ -29,14 +29,7 @@ class UnitDB:
     client: redis.Redis
 
 
-@pytest.fixture(scope="session")
-def unit_redis() -> Iterator[RedisServer]:
-    """The unit tier's redis-server, started once per session (per xdist worker)."""
-    server = RedisServer().start()
-    try:
-        yield server
-    finally:
-        server.stop()
+unit_redis = server_fixture(scope="session", doc="The unit tier's redis-server, one per session (per xdist worker).")
 
 
 @pytest.fixture
