@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from celery.utils.log import get_logger
 
+from .client.capabilities import probe
 from .client.connection import Client, connect
 from .config import BridgeConfig, StreamConfig
 from .exceptions import StreamConfigError
@@ -196,6 +197,7 @@ class BridgeCollector:
     def __init__(self, service: Readers) -> None:
         self.service = service
         self._client: Client | None = None
+        self._available: frozenset[str] = frozenset()  # the server's capabilities, probed once per client
 
     def describe(self) -> list[Metric]:
         return []  # no Redis calls when the collector is registered
@@ -208,8 +210,9 @@ class BridgeCollector:
         try:
             if self._client is None:
                 self._client = connect(self.service.config, socket_timeout=5)
+                self._available = probe(self._client)
             for sc in list(self.service.configs.values()):
-                families.status(sc, stream_status(self._client, sc, limit=LAG_LIMIT))
+                families.status(sc, stream_status(self._client, sc, limit=LAG_LIMIT, available=self._available))
             families.up.add_metric([], 1)
         except Exception as exc:  # a scrape must answer even when Redis is down
             families.up.add_metric([], 0)
