@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from . import keys as _keys
 from .config import StreamConfig
-from .entry import RawEntry
+from .entry import DECODE_ERROR, DEDUPE_KEY, RawEntry
 from .producer import MAX_IDEMPOTENT_FIELDS, idempotent_xadd_command
 
 if TYPE_CHECKING:
@@ -231,13 +231,15 @@ def purge(
     return purged
 
 
-#: Every dlq_reason: entry.py and publish/redis_envelope.py raise EntryError with the conversion ones,
-#: publish/dispatch.py gives ``publish_error``, batch/deliveries.py ``max_deliveries``, failed_tasks.py ``task_failed``.
+#: Every dlq_reason: entry.py and publish/redis_envelope.py raise EntryError with the conversion ones
+#: (``decode`` and ``dedupe_key`` among them), publish/dispatch.py gives ``publish_error``, batch/deliveries.py
+#: ``max_deliveries``, failed_tasks.py ``task_failed``.
 PUBLISH_ERROR = "publish_error"
 MAX_DELIVERIES = "max_deliveries"
 TASK_FAILED = "task_failed"
 REASONS = (
-    "too_large", "duplicate_field", "not_utf8", "decode", "converter_error", PUBLISH_ERROR, MAX_DELIVERIES, TASK_FAILED,
+    "too_large", "duplicate_field", "not_utf8", DECODE_ERROR, DEDUPE_KEY, "converter_error", PUBLISH_ERROR,
+    MAX_DELIVERIES, TASK_FAILED,
 )  # fmt: skip
 
 

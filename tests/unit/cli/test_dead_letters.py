@@ -60,3 +60,12 @@ def test_purge_by_id_and_reason_deletes_only_the_chosen_letters(app: Celery, uni
     }  # fmt: skip
     assert [e[0].decode() for e in unit_db.client.xrange("orders:dead")] == [ids[1], ids[3]]
     assert "is not a full entry id" in run(app, "orders", "--id", "1700000000000").output
+
+
+@pytest.mark.parametrize("reason", ["decode", "dedupe_key"])
+def test_the_decoders_and_the_dedupe_keys_reasons_can_be_chosen(app: Celery, unit_db: UnitDB, reason: str) -> None:
+    chosen = letter(unit_db.client, reason, b"n", b"1")
+    letter(unit_db.client, "not_utf8", b"n", b"2")
+    shown = run(app, "orders", "--json", "--reason", reason)
+    assert shown.exit_code == 0, shown.output
+    assert [entry["id"] for entry in json.loads(shown.output)["entries"]] == [chosen]
