@@ -43,15 +43,6 @@ class Cluster(harness.Cluster):
     def node(self, port: int) -> RedisServer:
         return next(n for n in self.nodes if n.port == port)
 
-    @staticmethod
-    def _masters_of(c: redis.Redis) -> list[tuple[int, str]]:
-        out = []
-        for line in c.execute_command("CLUSTER NODES").decode().splitlines():
-            parts = line.split()
-            if "master" in parts[2] and "fail" not in parts[2]:
-                out.append((int(parts[1].split(":")[1].split("@")[0]), parts[0]))
-        return out
-
     def node_id(self, server: RedisServer) -> str:
         return str(admin(server).execute_command("CLUSTER MYID").decode())
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import pytest
 from celery import __version__ as celery_version
 
 from ..support import ROOT, RedisServer, celery, expected_server, free_port
@@ -217,6 +218,7 @@ def test_unknown_dead_letter_reason_is_a_usage_error(server: RedisServer) -> Non
     assert "not_utf8" in result.stderr and "task_failed" in result.stderr
 
 
+@pytest.mark.rabbitmq
 def test_a_rabbitmq_broker_refusing_the_login_is_one_line_and_exit_69(server: RedisServer, amqp: Any) -> None:
     # The `amqp` fixture checks that RabbitMQ answers with the right credentials; here the password is wrong.
     wrong = "wrong-" + os.urandom(8).hex()

@@ -43,6 +43,7 @@ class PositionSampler(threading.Thread):
         self.mode = mode
         self.moves: list[tuple[float, str]] = []
         self.done = threading.Event()
+        self.error: BaseException | None = None  # a sampler that died would report no move at all
 
     def position(self) -> str | None:
         if self.mode == "tracker":
@@ -54,15 +55,19 @@ class PositionSampler(threading.Thread):
     def run(self) -> None:
         deadline = time.monotonic() + 120
         last = None
-        while not self.done.is_set() and time.monotonic() < deadline:
-            now = self.position()
-            if now != last:
-                self.moves.append((time.monotonic(), str(now)))
-                last = now
-            time.sleep(0.01)
+        try:
+            while not self.done.is_set() and time.monotonic() < deadline:
+                now = self.position()
+                if now != last:
+                    self.moves.append((time.monotonic(), str(now)))
+                    last = now
+                time.sleep(0.01)
+        except BaseException as exc:  # reported by the test through moves_after
+            self.error = exc
 
     def moves_after(self, moment: float) -> list[float]:
         """Seconds after ``moment`` at which the position moved."""
+        assert self.error is None, f"the position sampler failed: {self.error!r}"
         return [at - moment for at, _ in self.moves if at > moment]
 
 
