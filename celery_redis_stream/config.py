@@ -145,11 +145,6 @@ class StreamConfig:
         """``decode`` without its argument: ``"json:payload"`` is ``"json"``."""
         return cast(DecodeKind, self.decode.partition(":")[0])
 
-    @property
-    def json_field(self) -> str:
-        """The field ``decode: "json:<field>"`` parses ("" for the other decoders)."""
-        return self.decode.partition(":")[2]
-
     rate_limit: Rate | None = None
     dedupe: DedupeRule | None = None
 

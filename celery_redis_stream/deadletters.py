@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from . import keys as _keys
+from .client.connection import MAX_COMMAND_ARGS
 from .config import StreamConfig
 from .entry import DECODE_ERROR, DEDUPE_KEY, RawEntry
 from .producer import MAX_IDEMPOTENT_FIELDS, idempotent_xadd_command
@@ -36,6 +37,7 @@ __all__ = [
     "read",
     "requeue",
     "requeue_entries",
+    "write_oversized",
 ]  # fmt: skip
 
 #: The fields a dead letter carries besides the entry's own (see DeadLetter).
@@ -260,3 +262,20 @@ class DeadLetter:
             "dlq_reason", self.reason,
             "dlq_error", self.error[:1000],
         ]  # fmt: skip
+
+
+def write_oversized(client: DeadLetterClient, stream: str, dead: Sequence[DeadLetter]) -> list[list[bytes | str]]:
+    """XADD now the dead letters too long for one command inside a script; the pairs of the others.
+
+    A script hands each command to Lua's unpack(), which gives up near 8,000 values, so a dead letter
+    with more fields is written before the script that moves the position: at least once (a retry of
+    the batch may repeat it). The rest go inside the script, with the move.
+    """
+    letters = [letter.pairs() for letter in dead]
+    huge = [pairs for pairs in letters if len(pairs) + 3 > MAX_COMMAND_ARGS]
+    if huge:
+        pipe = client.pipeline(transaction=False)
+        for pairs in huge:
+            pipe.execute_command("XADD", stream, "*", *pairs)
+        pipe.execute()
+    return [pairs for pairs in letters if len(pairs) + 3 <= MAX_COMMAND_ARGS]

@@ -39,6 +39,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.typing import EncodableT
 
+from .connection import is_unblocked
+
 Items = list[tuple[object, object]]  # a read reply's (stream, entries) pairs
 
 __all__ = ["IDLE_WAIT_MAX_MS", "IDLE_WAIT_MIN_MS", "read_slots"]
@@ -116,7 +118,7 @@ def _wait(client: RedisCluster, command: Sequence[EncodableT]) -> Items:
     try:
         return _items(_execute(client, command))
     except ResponseError as exc:
-        if str(exc).startswith("UNBLOCKED the stream key no longer exists"):
+        if is_unblocked(exc):
             return []
         raise
 

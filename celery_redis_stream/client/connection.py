@@ -40,6 +40,7 @@ __all__ = [
     "is_busy_group",
     "is_denied",
     "is_missing_key",
+    "is_unblocked",
     "items",
     "mapping",
     "number",
@@ -106,6 +107,11 @@ def is_denied(exc: BaseException) -> bool:
 def is_missing_key(exc: BaseException) -> bool:
     """XINFO and XGROUP on a key that does not exist."""
     return classify(exc) == "no such key"
+
+
+def is_unblocked(exc: BaseException) -> bool:
+    """A blocking read ended because its stream key went away (deleted, or moved to another node in a reshard)."""
+    return isinstance(exc, ResponseError) and str(exc).startswith("UNBLOCKED the stream key no longer exists")
 
 
 def describe(exc: BaseException) -> str:

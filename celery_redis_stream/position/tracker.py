@@ -7,10 +7,10 @@ from typing import Literal
 
 from redis.typing import EncodableT
 
-from ..client.connection import MAX_COMMAND_ARGS, Client, escaped, is_cluster, optional_text
+from ..client.connection import Client, escaped, is_cluster, optional_text
 from ..client.streams import as_entry_id
 from ..config import StreamConfig
-from ..deadletters import DeadLetter
+from ..deadletters import DeadLetter, write_oversized
 from ..exceptions import LeaseLost
 from ..rows import StreamInfo, StreamRow, put_lag
 from .lag import id_key, lag_fields
@@ -51,18 +51,8 @@ class TrackerPosition:
         assert lease is not None, "tracker mode commits under a lease"
         fence = [sc.tracker_key, sc.lease_key]
         args: list[EncodableT] = [lease.owner, ids[-1], str(lease.ttl_ms), sc.dead_letter]
-        huge = []
-        for letter in dead:
-            pairs = letter.pairs()
-            if len(pairs) + 3 > MAX_COMMAND_ARGS:
-                huge.append(pairs)
-            else:
-                args += [len(pairs), *pairs]
-        if huge:
-            pipe = client.pipeline(transaction=False)
-            for pairs in huge:
-                pipe.execute_command("XADD", sc.dead_letter, "*", *pairs)
-            pipe.execute()
+        for pairs in write_oversized(client, sc.dead_letter, dead):
+            args += [len(pairs), *pairs]
         if is_cluster(client):
             # redis-py's cluster pipeline refuses scripts: the fenced move alone, then the forgotten records.
             advanced = lease.advance(keys=fence, args=args, client=client)

@@ -16,7 +16,7 @@ from redis.typing import EncodableT
 
 from ..client.connection import MAX_COMMAND_ARGS, Client, connect, is_denied
 from ..config import PUBLISH_TIMEOUTS, BridgeConfig, StreamConfig
-from ..deadletters import DeadLetter
+from ..deadletters import DeadLetter, write_oversized
 from ..exceptions import LeaseLost, StreamError
 from ..position.lease import Lease
 from .redis_fast import LPUSH_CHUNK, Built, FastPath
@@ -396,19 +396,11 @@ class Step:
 
     def _dead_letters(self, argv: _Argv, streams_db: str, dead: Sequence[DeadLetter]) -> None:
         sc = self.sc
-        letters = [letter.pairs() for letter in dead]
-        huge = [pairs for pairs in letters if len(pairs) + 3 > MAX_COMMAND_ARGS]
-        if huge:
-            # Too long for one unpack(): written before the step, at least once (a retry may repeat it).
-            pipe = self.client.pipeline(transaction=False)
-            for pairs in huge:
-                pipe.execute_command("XADD", sc.dead_letter, "*", *pairs)  # type: ignore[no-untyped-call]
-            pipe.execute()
-        if len(huge) < len(letters):
+        letters = write_oversized(self.client, sc.dead_letter, dead)
+        if letters:
             argv.check(streams_db, sc.dead_letter, "stream")
-            for pairs in letters:
-                if len(pairs) + 3 <= MAX_COMMAND_ARGS:
-                    argv.write(streams_db, "XADD", sc.dead_letter, "*", *pairs)
+        for pairs in letters:
+            argv.write(streams_db, "XADD", sc.dead_letter, "*", *pairs)
 
     def _group(self, argv: _Argv, streams_db: str) -> tuple[list[EncodableT], list[str]]:
         """The XACK of the batch (its ids sent once, in the fence) and the group fence."""
