@@ -13,6 +13,7 @@ log otherwise.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -142,6 +143,20 @@ def run_worker(directory: Path, broker_url: str, stream_url: str, queue: str, la
     print(f"clean install: {label} broker: entry {entry_id} ran as a task in a real worker", flush=True)
 
 
+def run_status(directory: Path, broker_url: str, stream_url: str) -> None:
+    """The operator CLI of a plain install (rich is a dependency): ``celery redis-stream status --json``."""
+    env = {**os.environ, "PYTHONPATH": str(directory), "CHECK_BROKER_URL": broker_url,
+           "CHECK_STREAM_URL": stream_url, "CHECK_QUEUE": "clean-check"}  # fmt: skip
+    cmd = [sys.executable, "-m", "celery", "-A", "checkapp", "redis-stream", "status", "--json"]
+    done = subprocess.run(cmd, cwd=directory, env=env, capture_output=True, text=True, timeout=60, check=False)
+    if done.returncode != 0:
+        raise CheckFailed(f"redis-stream status exited {done.returncode}: {(done.stderr or done.stdout)[-2000:]}")
+    streams = {row["stream"]: row for row in json.loads(done.stdout)["streams"]}
+    if streams.get("orders", {}).get("exists") is not True:
+        raise CheckFailed(f"redis-stream status did not show the stream orders: {done.stdout[-2000:]}")
+    print("clean install: `celery redis-stream status --json` showed the stream", flush=True)
+
+
 def delete_queue(queue: str) -> None:
     from kombu import Connection
 
@@ -157,6 +172,7 @@ def main() -> int:
         redis_proc, port = start_redis(directory)
         stream_url = f"redis://127.0.0.1:{port}/0"
         run_worker(directory, f"redis://127.0.0.1:{port}/1", stream_url, "clean-check", "redis")
+        run_status(directory, f"redis://127.0.0.1:{port}/1", stream_url)
         queue = f"crs-clean-{uuid.uuid4().hex[:8]}"
         try:
             run_worker(directory, AMQP_URL, stream_url, queue, "rabbitmq")
