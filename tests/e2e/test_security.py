@@ -240,6 +240,47 @@ def test_documented_least_privilege_acl_is_enough_and_a_missing_permission_stops
         worker.stop()
 
 
+def test_the_documented_traffic_control_acl_is_enough_and_without_its_selector_the_reader_stops(
+    redis_server: RedisServer,
+) -> None:
+    admin = redis_server.client()
+    acl = documented_acl("stream-traffic")
+    admin.execute_command(*acl)
+    tasks = {"orders": {"task": "tests.record", "rate_limit": "200/s", "dedupe": {"key": "{order_id}"}}}
+
+    def env_for(name: str) -> dict[str, str]:
+        url = f"redis://{name}:CHANGE-ME@127.0.0.1:{redis_server.port}/0"
+        return worker_env(url, redis_server.url_db(1), redis_server.url_db(2), tasks, stream_start="0")
+
+    ids = [admin.xadd("orders", {"order_id": str(n % 5)}).decode() for n in range(10)]  # 5 business keys, twice
+    ledger = redis_server.client(2)
+    worker = Worker(env_for("stream-traffic"), "acl-traffic").start()
+    try:
+        wait_for(lambda: admin.xinfo_groups("orders") and admin.xinfo_groups("orders")[0]["pending"] == 0
+                 and admin.xinfo_groups("orders")[0]["last-delivered-id"].decode() == ids[-1],
+                 30, "every entry read and acknowledged")  # fmt: skip
+        assert sorted(r["stream_id"] for r in executed(ledger)) == ids[:5]  # the first of each key, once
+        assert admin.exists("stream_rate:{orders}") and admin.keys("stream_dedupe:{orders}:*")
+        assert acl_denials(admin, "stream-traffic") == []
+        assert "not retried" not in worker.output()
+    finally:
+        worker.stop()
+
+    # Without the selector: the reader stops with one clear ERROR, and the worker stays up.
+    broken = [("stream-traffic-broken" if a == "stream-traffic" else a) for a in acl if "stream_rate:" not in a]
+    assert len(broken) == len(acl) - 1
+    admin.execute_command(*broken)
+    worker = Worker(env_for("stream-traffic-broken"), "acl-traffic-broken").start()
+    try:
+        admin.xadd("orders", {"order_id": "late"})
+        worker.wait_log("not retried", 30)
+        assert worker.proc is not None and worker.proc.poll() is None
+        errors = [line for line in bridge_lines(worker) if "stopped reading" in line]
+        assert len(errors) == 1 and "ERROR" in errors[0] and "NoPermissionError" in errors[0], errors
+    finally:
+        worker.stop()
+
+
 def test_inspect_conf_masks_the_stream_url_password() -> None:
     # `celery inspect conf` and `celery report` print app.conf.table(), filtered by celery.app.utils
     from celery.app.utils import filter_hidden_settings
