@@ -275,10 +275,14 @@ class DedupeRule:
     template: str
     ttl_ms: int
     parts: tuple[tuple[str, str | None], ...]
+    #: The template's field names, worked out once: as text, and as the bytes Redis returns them in.
+    fields: tuple[str, ...] = field(init=False)
+    _wanted: dict[bytes, str] = field(init=False, repr=False, compare=False)
 
-    @property
-    def fields(self) -> tuple[str, ...]:
-        return tuple(name for _, name in self.parts if name is not None)
+    def __post_init__(self) -> None:
+        names = tuple(name for _, name in self.parts if name is not None)
+        object.__setattr__(self, "fields", names)
+        object.__setattr__(self, "_wanted", {name.encode(): name for name in names})
 
     def key(self, pairs: tuple[bytes, ...]) -> str:
         """The business key of an entry's own fields, given as Redis returned them (name, value, ...).
@@ -286,14 +290,10 @@ class DedupeRule:
         Only the template's fields are decoded (UTF-8), the first occurrence of a name counting; one that is
         missing or not UTF-8 raises EntryError ``dedupe_key`` (the entry is dead-lettered).
         """
-        wanted = self.fields
         found: dict[str, str] = {}
         for i in range(0, len(pairs) - 1, 2):
-            try:
-                name = pairs[i].decode()
-            except UnicodeDecodeError:
-                continue
-            if name in wanted and name not in found:
+            name = self._wanted.get(pairs[i])
+            if name is not None and name not in found:
                 try:
                     found[name] = pairs[i + 1].decode()
                 except UnicodeDecodeError:
