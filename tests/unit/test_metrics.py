@@ -84,3 +84,13 @@ def test_a_metrics_port_without_prometheus_client_names_the_extra(monkeypatch: p
     monkeypatch.setitem(sys.modules, "prometheus_client", None)
     with pytest.raises(StreamConfigError, match=r"stream_metrics_port needs prometheus_client.*\[prometheus\]"):
         MetricsServer(service("redis://127.0.0.1:1/0"), port=free_port(), addr="127.0.0.1")  # type: ignore[arg-type]
+
+
+def test_traffic_control_shows_in_the_readers_counts() -> None:
+    readers = service(f"redis://127.0.0.1:{free_port()}/0")
+    orders = readers.stats["orders"]
+    orders.rate_limit_waits, orders.rate_limited, orders.deduplicated = 3, True, 2
+    metrics = scrape(readers)
+    assert metrics["redis_stream_rate_limit_waits_total"] == {ORDERS: 3.0, AUDIT: 0.0}
+    assert metrics["redis_stream_rate_limited"] == {ORDERS: 1.0, AUDIT: 0.0}
+    assert metrics["redis_stream_deduplicated_total"] == {ORDERS: 2.0, AUDIT: 0.0}
