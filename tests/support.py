@@ -235,6 +235,11 @@ def worker_env(stream_url: str, broker_url: str, ledger_url: str, tasks: dict[st
     }
 
 
+def fast_env(server: RedisServer, tasks: dict[str, Any], **conf: Any) -> dict[str, str]:
+    """A worker on one private server (streams db 0, broker db 1, ledger db 2) with the fast test settings."""
+    return worker_env(server.url_db(0), server.url_db(1), server.url_db(2), tasks, **{**FAST, **conf})
+
+
 def celery_args(*args: str, app: str = "tests.workerapp") -> list[str]:
     """The command line ``celery -A app ARGS`` with this interpreter."""
     return [sys.executable, "-m", "celery", "-A", app, *args]

@@ -15,11 +15,8 @@ from typing import Any
 
 import pytest
 
-from ..support import FAST, RedisServer, Worker, celery, queued_messages, wait_for, worker_env
-
-
-def env_for(server: RedisServer, tasks: dict[str, Any], **conf: Any) -> dict[str, str]:
-    return worker_env(server.url_db(0), server.url_db(1), server.url_db(2), tasks, **{**FAST, **conf})
+from ..support import RedisServer, Worker, celery, fast_env, queued_messages, wait_for
+from .test_cli import status_json
 
 
 class Arrivals(threading.Thread):
@@ -70,13 +67,6 @@ class Arrivals(threading.Thread):
         return end - start
 
 
-def status_json(env: dict[str, str]) -> dict[str, Any]:
-    result = celery(env, "redis-stream", "status", "--json")
-    assert result.returncode in (0, 1), result.stdout + result.stderr
-    rows: list[dict[str, Any]] = json.loads(result.stdout)["streams"]
-    return {row["stream"]: row for row in rows}
-
-
 def inspect_streams(env: dict[str, str]) -> dict[str, list[dict[str, Any]]]:
     """``inspect redis_stream``: per stream, the stats every worker reported."""
     result = celery(env, "inspect", "redis_stream", "--json", "-t", "10")
@@ -98,7 +88,7 @@ def produce(server: RedisServer, stream: str, rows: list[dict[str, str]]) -> lis
 def test_two_workers_sharing_a_20_per_second_stream_dispatch_at_most_20_a_second_together(
     redis_server: RedisServer,
 ) -> None:
-    env = env_for(redis_server, {"orders": {"task": "tests.record", "rate_limit": "20/s"}})
+    env = fast_env(redis_server, {"orders": {"task": "tests.record", "rate_limit": "20/s"}})
     produced = produce(redis_server, "orders", [{"n": str(i)} for i in range(300)])
     arrivals = Arrivals(redis_server)
     arrivals.start()
@@ -107,7 +97,7 @@ def test_two_workers_sharing_a_20_per_second_stream_dispatch_at_most_20_a_second
     try:
         wait_for(lambda: redis_server.client(1).llen("celery") >= 60, 30, "60 dispatched")
         # While the backlog waits for tokens: both the fleet's view and each worker's say so.
-        row = status_json(env)["orders"]
+        row = status_json(env)[1]["orders"]
         assert row["rate_limit"] == "20/s" and row["rate_limited"] is True, row
         readers = inspect_streams(env)["orders"]
         assert len(readers) == 2 and all(r["rate_limit"] == "20/s" for r in readers), readers
@@ -134,7 +124,7 @@ def test_two_workers_sharing_a_20_per_second_stream_dispatch_at_most_20_a_second
 def test_a_global_numeric_limit_holds_for_each_stream_in_tracker_mode_across_a_killed_worker(
     redis_server: RedisServer,
 ) -> None:
-    env = env_for(
+    env = fast_env(
         redis_server,
         {"a": {"task": "tests.record", "queue": "qa"}, "b": {"task": "tests.record", "queue": "qb"}},
         stream_rate_limit=40, stream_mode="tracker", stream_claim_idle_ms=1000,
@@ -182,7 +172,7 @@ def test_a_bad_limit_or_dedupe_stops_the_worker_at_start_up_naming_the_setting(
 ) -> None:
     redis_server.client().xadd("orders", {"n": "1"})
     tasks = conf.pop("stream_tasks")
-    worker = Worker(env_for(redis_server, tasks, **conf)).start(wait=None)
+    worker = Worker(fast_env(redis_server, tasks, **conf)).start(wait=None)
     assert worker.wait(60) != 0
     output = worker.output()
     assert f"CRITICAL/MainProcess] redis-stream: setting {words}" in output, output[-3000:]
@@ -205,7 +195,7 @@ def test_600_entries_of_200_orders_with_a_worker_killed_midway_make_exactly_200_
     # Streams on db 0 and the broker on db 1 of one server: the exactly-once condition, unless the fast path
     # is off (the batch is then at least once: a kill may send the batch in flight again, never a second entry
     # of an order).
-    env = env_for(
+    env = fast_env(
         redis_server, {"orders": {"task": "tests.record", "dedupe": {"key": "{order_id}", "ttl_ms": 600_000},
                                   "batch_size": 10, "rate_limit": "300/s"}},
         stream_mode=mode, stream_claim_idle_ms=1000, stream_fast_path=exact,
@@ -234,7 +224,7 @@ def test_600_entries_of_200_orders_with_a_worker_killed_midway_make_exactly_200_
 
         wait_for(settled, 60, "every entry passed")
         time.sleep(0.5)
-        row = status_json(env)["orders"]
+        row = status_json(env)[1]["orders"]
     finally:
         a.stop(), b.stop()
     guarantee = "exactly-once: the streams and the broker share one Redis server" if exact else "at-least-once"
@@ -258,7 +248,7 @@ def test_600_entries_of_200_orders_with_a_worker_killed_midway_make_exactly_200_
 def test_a_template_key_is_deduplicated_within_its_ttl_and_a_missing_field_is_dead_lettered(
     redis_server: RedisServer, mode: str
 ) -> None:
-    env = env_for(
+    env = fast_env(
         redis_server, {"orders": {"task": "tests.record", "dedupe": {"key": "{tenant}:{order_id}", "ttl_ms": 1500}}},
         stream_mode=mode,
     )  # fmt: skip
@@ -279,7 +269,7 @@ def test_a_template_key_is_deduplicated_within_its_ttl_and_a_missing_field_is_de
         again = produce(redis_server, "orders", [{"tenant": "t1", "order_id": "1"}, {"tenant": "t1", "order_id": "1"}])
         wait_for(lambda: redis_server.client(1).llen("celery") >= 3, 30, "the third task")
         time.sleep(0.5)
-        row = status_json(env)["orders"]
+        row = status_json(env)[1]["orders"]
     finally:
         assert worker.stop() == 0
     ids = [m["redis_stream_id"] for m in queued_messages(redis_server.client(1))]

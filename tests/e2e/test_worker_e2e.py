@@ -18,20 +18,15 @@ from typing import Any
 import pytest
 
 from ..support import (
-    FAST,
     RedisServer,
     Worker,
     executed,
+    fast_env,
     produce_many,
     queued_messages,
     wait_for,
-    worker_env,
     worker_pool,
 )
-
-
-def env_for(server: RedisServer, tasks: dict[str, Any], **conf: Any) -> dict[str, str]:
-    return worker_env(server.url_db(0), server.url_db(1), server.url_db(2), tasks, **{**FAST, **conf})
 
 
 def dispatched(server: RedisServer, queue: str = "celery") -> list[dict[str, Any]]:
@@ -44,7 +39,7 @@ def wait_dispatched(server: RedisServer, n: int, timeout: float = 60, queue: str
 
 
 def test_an_entry_runs_the_mapped_task_with_its_fields_and_stream_headers(redis_server: RedisServer) -> None:
-    env = env_for(
+    env = fast_env(
         redis_server,
         {
             "orders": "tests.record",
@@ -76,7 +71,7 @@ def test_an_entry_runs_the_mapped_task_with_its_fields_and_stream_headers(redis_
 
 
 def test_queue_and_send_options_per_stream_reach_the_broker(redis_server: RedisServer) -> None:
-    env = env_for(redis_server, {"orders": {"task": "tests.record", "queue": "orders_q", "options": {"priority": 3}}})
+    env = fast_env(redis_server, {"orders": {"task": "tests.record", "queue": "orders_q", "options": {"priority": 3}}})
     produce_many(redis_server.client(), "orders", 3)
     worker = Worker(env, queues="other").start()
     broker = redis_server.client(1)
@@ -95,7 +90,7 @@ def test_queue_and_send_options_per_stream_reach_the_broker(redis_server: RedisS
 def test_a_new_group_starting_at_dollar_skips_older_entries(redis_server: RedisServer) -> None:
     client = redis_server.client()
     produce_many(client, "orders", 5)
-    worker = Worker(env_for(redis_server, {"orders": "tests.record"}, stream_start="$"), queues="other").start()
+    worker = Worker(fast_env(redis_server, {"orders": "tests.record"}, stream_start="$"), queues="other").start()
     try:
         wait_for(lambda: client.xinfo_groups("orders"), 10, "group created")
         new = produce_many(client, "orders", 3, start=100)
@@ -108,7 +103,7 @@ def test_a_new_group_starting_at_dollar_skips_older_entries(redis_server: RedisS
 
 
 def test_two_workers_split_a_stream_and_dispatch_each_entry_once(redis_server: RedisServer) -> None:
-    env = env_for(redis_server, {"orders": "tests.record"}, stream_batch_size=20)
+    env = fast_env(redis_server, {"orders": "tests.record"}, stream_batch_size=20)
     a = Worker(env, "a", queues="other").start()
     b = Worker(env, "b", queues="other").start()
     try:
@@ -136,7 +131,7 @@ def a_host() -> str:
 
 
 def test_same_entry_dispatched_again_keeps_its_task_id(redis_server: RedisServer) -> None:
-    env = env_for(redis_server, {"orders": "tests.record"})
+    env = fast_env(redis_server, {"orders": "tests.record"})
     produced = produce_many(redis_server.client(), "orders", 5)
     worker = Worker(env, queues="other").start()
     wait_dispatched(redis_server, 5)
@@ -152,7 +147,7 @@ def test_same_entry_dispatched_again_keeps_its_task_id(redis_server: RedisServer
     assert {m["redis_stream_id"]: m["id"] for m in again} == first
     # another group on the same stream gets other task ids
     redis_server.client(1).delete("celery")
-    env2 = env_for(redis_server, {"orders": {"task": "tests.record", "group": "g2"}})
+    env2 = fast_env(redis_server, {"orders": {"task": "tests.record", "group": "g2"}})
     third = Worker(env2, "third", queues="other").start()
     wait_dispatched(redis_server, 5)
     third.stop()
@@ -175,7 +170,7 @@ def test_kill_9_and_restart_loses_nothing_and_duplicates_at_most_a_batch_per_kil
     redis_server: RedisServer, mode: str
 ) -> None:
     batch = 20
-    env = env_for(redis_server, {"orders": "tests.record"}, stream_batch_size=batch, stream_mode=mode)
+    env = fast_env(redis_server, {"orders": "tests.record"}, stream_batch_size=batch, stream_mode=mode)
     total, kills = 1500, 3
     done = threading.Event()
     result: list[str] = []
@@ -210,7 +205,7 @@ def test_sigterm_mid_stream_then_restart_dispatches_everything_exactly_once(
     redis_server: RedisServer, mode: str, workers: list[Worker]
 ) -> None:
     # Small batches keep the default (fast) path busy for seconds, so the SIGTERM lands mid-stream.
-    env = env_for(redis_server, {"orders": "tests.record"}, stream_batch_size=10, stream_mode=mode)
+    env = fast_env(redis_server, {"orders": "tests.record"}, stream_batch_size=10, stream_mode=mode)
     total = 20000
     produced = produce_many(redis_server.client(), "orders", total)
     worker = Worker(env, queues="other").start()
@@ -232,7 +227,7 @@ def test_pending_entries_of_a_dead_worker_are_claimed_by_another(redis_server: R
     # A worker that read these entries and died before dispatching them.
     client.xreadgroup("celery", "dead@host", {"orders": ">"}, count=30)
     assert client.xpending("orders", "celery")["pending"] == 30
-    env = env_for(redis_server, {"orders": "tests.record"}, stream_claim_idle_ms=1000)
+    env = fast_env(redis_server, {"orders": "tests.record"}, stream_claim_idle_ms=1000)
     worker = Worker(env, "alive", queues="other").start()
     try:
         wait_dispatched(redis_server, 30, timeout=30)
@@ -248,7 +243,7 @@ def test_own_pending_entries_are_dispatched_first_on_restart(redis_server: Redis
     produced = produce_many(client, "orders", 10)
     client.xgroup_create("orders", "celery", id="0")
     client.xreadgroup("celery", f"w1@{a_host()}", {"orders": ">"}, count=4)
-    env = env_for(redis_server, {"orders": "tests.record"})  # claim idle 60 s: only own pending is re-read
+    env = fast_env(redis_server, {"orders": "tests.record"})  # claim idle 60 s: only own pending is re-read
     worker = Worker(env, "w1", queues="other").start()
     try:
         wait_dispatched(redis_server, 10)
@@ -261,7 +256,7 @@ def test_own_pending_entries_are_dispatched_first_on_restart(redis_server: Redis
 
 def test_tracker_mode_resumes_after_the_stored_position(redis_server: RedisServer) -> None:
     client = redis_server.client()
-    env = env_for(redis_server, {"orders": "tests.record"}, stream_mode="tracker")
+    env = fast_env(redis_server, {"orders": "tests.record"}, stream_mode="tracker")
     first = produce_many(client, "orders", 10)
     worker = Worker(env, queues="other").start()
     wait_dispatched(redis_server, 10)
@@ -278,7 +273,7 @@ def test_tracker_mode_resumes_after_the_stored_position(redis_server: RedisServe
 
 
 def test_two_workers_on_a_tracked_stream_dispatch_nothing_twice_and_take_over(redis_server: RedisServer) -> None:
-    env = env_for(redis_server, {"orders": "tests.record"}, stream_mode="tracker", stream_claim_idle_ms=1500)
+    env = fast_env(redis_server, {"orders": "tests.record"}, stream_mode="tracker", stream_claim_idle_ms=1500)
     a = Worker(env, "a", queues="other").start()
     b = Worker(
         env,
@@ -307,7 +302,7 @@ def test_two_workers_on_a_tracked_stream_dispatch_nothing_twice_and_take_over(re
 
 @pytest.mark.parametrize(("pool", "concurrency"), [("prefork", 2), ("threads", 2), ("solo", 1)])
 def test_one_reader_per_worker_whatever_the_pool(redis_server: RedisServer, pool: str, concurrency: int) -> None:
-    env = env_for(redis_server, {"orders": "tests.record"})
+    env = fast_env(redis_server, {"orders": "tests.record"})
     produced = produce_many(redis_server.client(), "orders", 200)
     worker = Worker(env, pool=pool, concurrency=concurrency).start()
     try:
@@ -327,7 +322,7 @@ def test_the_worker_runs_on_the_pool_crs_pool_names_and_the_bridge_feeds_it(redi
     """The CI matrix's pool cells: CRS_POOL reaches `celery worker --pool` (the banner names it), one reader feeds
     the pool, and the tasks run in it: in child processes on prefork, in the worker process on the others."""
     pool = worker_pool()
-    env = env_for(redis_server, {"orders": "tests.record"})
+    env = fast_env(redis_server, {"orders": "tests.record"})
     produced = produce_many(redis_server.client(), "orders", 100)
     worker = Worker(env, concurrency=1 if pool == "solo" else 2).start()
     try:
@@ -346,7 +341,7 @@ def test_the_worker_runs_on_the_pool_crs_pool_names_and_the_bridge_feeds_it(redi
 
 def test_an_invalid_setting_stops_the_worker_before_anything_is_read(redis_server: RedisServer) -> None:
     produce_many(redis_server.client(), "orders", 3)
-    env = env_for(redis_server, {"orders": "tests.not_registered"})
+    env = fast_env(redis_server, {"orders": "tests.not_registered"})
     worker = Worker(env).start(wait=None)
     code = worker.wait(60)
     assert code != 0
@@ -356,7 +351,7 @@ def test_an_invalid_setting_stops_the_worker_before_anything_is_read(redis_serve
 
 
 def test_worker_options_choose_which_streams_are_read(redis_server: RedisServer) -> None:
-    env = env_for(redis_server, {"a": "tests.record", "b": "tests.record"})
+    env = fast_env(redis_server, {"a": "tests.record", "b": "tests.record"})
     client = redis_server.client()
     produce_many(client, "a", 2)
     produce_many(client, "b", 2)
@@ -374,7 +369,7 @@ def test_worker_options_choose_which_streams_are_read(redis_server: RedisServer)
 
 
 def test_warm_shutdown_is_prompt(redis_server: RedisServer) -> None:
-    env = env_for(redis_server, {"orders": "tests.record"}, stream_block_ms=1000)
+    env = fast_env(redis_server, {"orders": "tests.record"}, stream_block_ms=1000)
     worker = Worker(env, queues="other").start()
     time.sleep(0.5)
     started = time.monotonic()
