@@ -108,8 +108,7 @@ class Batches:
                     step.add("HDEL", key, *fields[i : i + HDEL_CHUNK])
             if counted is not None:
                 step.add("HINCRBY", counted, "deduplicated", skipped)
-            step.passed_over = skipped
-        if step is None or not step.commit(dead):
+        if step is None or not step.commit(dead, passed_over=skipped):
             commit(client, sc, position_of(sc).acked(ids, trimmed), dead, lease=lease, forget=forget)
             if counted is not None:
                 client.hincrby(counted, "deduplicated", skipped)  # after the move: a crash may undercount, never over

@@ -316,7 +316,6 @@ class Step:
         self.guarantee: Guarantee | None = None
         self.extra: list[tuple[EncodableT, ...]] = []
         self.target: tuple[str, str] = ("0", "")  # the broker's db and key prefix, set by take()
-        self.passed_over = 0  # entries of the batch deduplicated (batch/dedupe.py): nothing to send for them
 
     def add(self, *command: EncodableT) -> None:
         """Run ``command`` (in the streams database) in the same step, after the position move.
@@ -338,14 +337,13 @@ class Step:
         self.built, self.target = built, (str(db), prefix)
         return True
 
-    def commit(self, dead: Sequence[DeadLetter]) -> bool:
+    def commit(self, dead: Sequence[DeadLetter], *, passed_over: int = 0) -> bool:
         """Run the step if it holds the batch; False: nothing was done, the caller commits as usual.
 
-        A batch of dead letters (and deduplicated entries) only, with nothing
-        to publish, is committed here too: its fenced step touches the streams
-        database alone.
+        A batch of dead letters and ``passed_over`` deduplicated entries only (batch/dedupe.py), with
+        nothing to publish, is committed here too: its fenced step touches the streams database alone.
         """
-        nothing_to_send = self.built is None and bool(self.ids) and len(dead) + self.passed_over == len(self.ids)
+        nothing_to_send = self.built is None and bool(self.ids) and len(dead) + passed_over == len(self.ids)
         if self.built is None and not nothing_to_send:
             declined = self.guarantee or Guarantee(
                 AT_LEAST_ONCE, f"the fast path steps aside: {self.owner.fast_path.reason}"
